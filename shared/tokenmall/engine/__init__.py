@@ -1,0 +1,21 @@
+"""The pure rules engine (RULES.md): no I/O, no framework imports.
+
+Used by the simulator (``tokenmall simulate``), the projection and the services.
+"""
+
+from tokenmall.engine.core import Engine, ExitRecord, Order, Refused, SettlementReport
+from tokenmall.engine.ledger import Ledger, Posting
+from tokenmall.engine.plan import Plan, PlanError, merge_plan
+
+__all__ = [
+    "Engine",
+    "ExitRecord",
+    "Ledger",
+    "Order",
+    "Plan",
+    "PlanError",
+    "Posting",
+    "Refused",
+    "SettlementReport",
+    "merge_plan",
+]

@@ -1,0 +1,561 @@
+"""The rules engine: explicit state, explicit inputs, balanced postings out.
+
+``Engine`` applies one input at a time (join, order, refund, sell, exchange,
+merchant exchange, adjust, plan version, settle).  Every input is validated
+completely before anything changes, so a refused input (:class:`Refused`)
+leaves the state exactly as it was.  Value only moves through
+:class:`~tokenmall.engine.ledger.Ledger` postings.
+
+Units: cents for cash-like values and quota, 1e-8 units for equity points.  The
+equity price is kept as the exact ratio ``pool / outstanding`` (cents per unit);
+the reported price (CNY per point) is that ratio × 10**6.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from tokenmall.engine import settlement as st
+from tokenmall.engine.ledger import (
+    ADJUSTMENTS,
+    EXTERNAL,
+    ISSUANCE,
+    POOL,
+    RETAINED,
+    ROUNDING,
+    SALES,
+    TREASURY,
+    BatchPosting,
+    Ledger,
+    pool_account,
+)
+from tokenmall.engine.plan import Plan, PlanError
+from tokenmall.money import UNITS, ceil_div, floor_mul
+
+# price ratio (cents per 1e-8 unit) × this = CNY per point
+_PRICE_SCALE = UNITS // 100
+
+
+class Refused(ValueError):
+    """The rules refuse this input; nothing was changed."""
+
+
+@dataclass(slots=True)
+class Order:
+    id: str
+    member: int
+    amount: int  # cents, full amount
+    stable: int  # cents paid in stable points
+    day: int
+    grant: int | None  # grant index, None when the amount is below every tier
+    points: int  # equity units granted to the buyer
+    refunded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
+    member: int
+    points: int
+    payout: int
+
+
+@dataclass
+class SettlementReport:
+    day: int
+    released: dict[str, int]  # kind -> total cents
+    members_released: int
+    retained: int
+    rounding: int
+    exits: list[ExitRecord] = field(default_factory=list)
+    already_settled: bool = False
+
+
+class Engine:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.pending_plan: Plan | None = None
+        self.day = 1  # the current (unsettled) business day
+        # members, by registration order
+        self.names: list[str] = []
+        self.index: dict[str, int] = {}
+        self.parent: list[int] = []
+        self.depth: list[int] = []
+        self.merchant: list[bool] = []
+        self.spend: list[int] = []
+        self.quota: list[int] = []  # sum of the member's grants' remaining
+        # grants, in creation order
+        self.grant_member: list[int] = []
+        self.grant_remaining: list[int] = []
+        self.grant_base: list[int] = []
+        self.member_grants: list[list[int]] = []
+        # orders and sales
+        self.orders: dict[str, Order] = {}
+        self.accepted_orders = 0
+        self.paid_today = 0
+        self.refunded_today = 0
+        self.sales_total = 0
+        # books and equity
+        self.ledger = Ledger()
+        self.points = self.ledger.members["equity"]  # member equity balances (units)
+        self.circulating = 0
+        self.minted = 0
+        self.equity_seen = plan.equity is not None
+        self.last_price: Fraction = self._issue_price(plan)  # cents per unit
+        self._exit_heap: list[tuple[float, int]] = []
+        self.released: dict[str, np.ndarray] = {}
+        self.exits: list[ExitRecord] = []
+        self.last_day_result: st.DayResult | None = None
+
+    # ------------------------------------------------------------ queries
+
+    @staticmethod
+    def _issue_price(plan: Plan) -> Fraction:
+        price = plan.equity.issue_price if plan.equity else Fraction(1)
+        return price / _PRICE_SCALE
+
+    def member(self, name: str) -> int:
+        try:
+            return self.index[name]
+        except KeyError:
+            raise Refused(f"unknown member {name!r}") from None
+
+    @property
+    def pool(self) -> int:
+        return self.ledger.platform["cny"][POOL]
+
+    @property
+    def treasury(self) -> int:
+        return self.ledger.platform["equity"][TREASURY]
+
+    @property
+    def outstanding(self) -> int:
+        return self.circulating + self.treasury
+
+    def price_ratio(self) -> Fraction:
+        """Exact price in cents per unit; the last price when nothing is outstanding."""
+        out = self.outstanding
+        return Fraction(self.pool, out) if out > 0 else self.last_price
+
+    def price(self) -> Fraction:
+        """Exact price in CNY per point."""
+        return self.price_ratio() * _PRICE_SCALE
+
+    def _grant_price(self) -> tuple[int, int]:
+        """(numerator, denominator) of the price at which points are granted or bought.
+
+        A zero price (pool emptied while points exist, possible only after an
+        admin mint) would grant unbounded points; the last positive price is used.
+        """
+        pool, out = self.pool, self.outstanding
+        if out > 0 and pool > 0:
+            return pool, out
+        return self.last_price.numerator, self.last_price.denominator
+
+    def _remember_price(self) -> None:
+        pool, out = self.pool, self.outstanding
+        if out > 0 and pool > 0:
+            self.last_price = Fraction(pool, out)
+
+    # ------------------------------------------------------------ members
+
+    def join(self, name: str, sponsor: str | None = None, merchant: bool = False) -> int:
+        if not isinstance(name, str) or not name:
+            raise Refused("member must be a non-empty string")
+        if name in self.index:
+            raise Refused(f"member {name!r} already exists")
+        parent = self.member(sponsor) if sponsor is not None else -1
+        m = len(self.names)
+        self.names.append(name)
+        self.index[name] = m
+        self.parent.append(parent)
+        self.depth.append(self.depth[parent] + 1 if parent >= 0 else 0)
+        self.merchant.append(bool(merchant))
+        self.spend.append(0)
+        self.quota.append(0)
+        self.member_grants.append([])
+        self.ledger.add_member()
+        return m
+
+    # ------------------------------------------------------------ orders
+
+    def order(self, name: str, amount: int, order_id: str | None = None, stable: int = 0) -> Order:
+        m = self.member(name)
+        if amount <= 0:
+            raise Refused(f"order amount must be > 0, got {amount / 100}")
+        if stable < 0 or stable > amount:
+            raise Refused("stable part must be between 0 and the order amount")
+        if stable > self.ledger.members["stable"][m]:
+            raise Refused(f"member {name!r} holds fewer stable points than the {stable / 100:.2f} to pay")
+        oid = order_id if order_id is not None else f"order-{self.accepted_orders + 1}"
+        if oid in self.orders:
+            raise Refused(f"order {oid!r} already exists")
+
+        plan = self.plan
+        self.ledger.post("cny", EXTERNAL, SALES, amount - stable, "order", oid)
+        self.ledger.post("stable", m, SALES, stable, "order", oid)
+        self.spend[m] += amount
+        self.sales_total += amount
+        self.paid_today += amount
+        self.accepted_orders += 1
+
+        grant = None
+        tier = plan.grants.tier_for(amount)
+        if tier is not None:
+            quota = floor_mul(amount, tier.multiple)
+            base = floor_mul(amount, plan.grants.daily_rate) if plan.grants.daily_rate else 0
+            if quota > 0:
+                grant = len(self.grant_member)
+                self.grant_member.append(m)
+                self.grant_remaining.append(quota)
+                self.grant_base.append(base)
+                self.member_grants[m].append(grant)
+                self.quota[m] += quota
+
+        points = 0
+        eq = plan.equity
+        if eq is not None:
+            self.equity_seen = True
+            contribution = floor_mul(amount, eq.pool_rate)
+            qn, qd = self._grant_price()  # price before this order
+            room = max(0, eq.total_supply - self.minted)
+            points = min(room, (contribution * eq.grant_rate.numerator * qd)
+                         // (eq.grant_rate.denominator * qn))
+            sponsor = self.parent[m]
+            sponsor_points = 0
+            if eq.referral_grant_rate > 0 and sponsor >= 0 and self.quota[sponsor] > 0:
+                sponsor_points = min(room - points,
+                                     (contribution * eq.referral_grant_rate.numerator * qd)
+                                     // (eq.referral_grant_rate.denominator * qn))
+            self.ledger.post("cny", SALES, POOL, contribution, "contribution", oid)
+            self._mint(m, points, "grant", oid)
+            self._mint(sponsor, sponsor_points, "referral_grant", oid)
+            self._remember_price()
+        order = Order(oid, m, amount, stable, self.day, grant, points)
+        self.orders[oid] = order
+        self._touch(m)
+        self._run_exits()
+        return order
+
+    def _mint(self, m: int, units: int, kind: str, ref: str) -> None:
+        if units <= 0:
+            return
+        self.ledger.post("equity", ISSUANCE, m, units, kind, ref)
+        self.minted += units
+        self.circulating += units
+        self._touch(m)
+
+    def refund(self, order_id: str) -> Order:
+        order = self.orders.get(order_id)
+        if order is None:
+            raise Refused(f"unknown order {order_id!r}")
+        if order.refunded:
+            raise Refused(f"order {order_id!r} is already refunded")
+        m = order.member
+        order.refunded = True
+        self.spend[m] -= order.amount
+        self.sales_total -= order.amount
+        self.refunded_today += order.amount
+        if order.grant is not None:
+            self.quota[m] -= self.grant_remaining[order.grant]
+            self.grant_remaining[order.grant] = 0
+        self.ledger.post("stable", SALES, m, order.stable, "refund", order_id)
+        self.ledger.post("cny", SALES, EXTERNAL, order.amount - order.stable, "refund", order_id)
+        burn = min(order.points, self.points[m])
+        if burn > 0:
+            value = (burn * self.pool) // self.outstanding
+            self._burn(m, burn, "refund", order_id)
+            self.ledger.post("cny", POOL, m, value, "refund", order_id)
+            self._remember_price()
+        self._touch(m)
+        self._run_exits()
+        return order
+
+    # ------------------------------------------------------------ equity trades
+
+    def _require_equity(self) -> Any:
+        if self.plan.equity is None:
+            raise Refused("the equity module is not enabled")
+        return self.plan.equity
+
+    def _points_to_trade(self, m: int, points: int | None) -> int:
+        held = self.points[m]
+        wanted = held if points is None else points
+        if wanted <= 0:
+            raise Refused("points to trade must be > 0" if points is not None
+                          else f"member {self.names[m]!r} holds no points")
+        if wanted > held:
+            raise Refused(f"member {self.names[m]!r} holds {held / UNITS} points, "
+                          f"fewer than {wanted / UNITS}")
+        return wanted
+
+    def sell(self, name: str, points: int | None) -> int:
+        """Sell ``points`` units (``None`` = all) back to the pool; returns the cny payout."""
+        eq = self._require_equity()
+        m = self.member(name)
+        units = self._points_to_trade(m, points)
+        payout = self._sell(m, units, eq.sell_fee_rate, "sell", name)
+        self._run_exits()
+        return payout
+
+    def _sell(self, m: int, units: int, fee: Fraction, kind: str, ref: str) -> int:
+        pool, out = self.pool, self.outstanding
+        gross = units * pool  # × 1/out: exact gross in cents
+        payout = (gross * (fee.denominator - fee.numerator)) // (out * fee.denominator)
+        self._burn(m, units, kind, ref)
+        self.ledger.post("cny", POOL, m, payout, kind, ref)
+        self._use_quota(m, ceil_div(gross, out))
+        self._remember_price()
+        self._touch(m)
+        return payout
+
+    def exchange(self, name: str, points: int) -> int:
+        """Equity points to the treasury, stable points to the member; returns stable cents."""
+        self._require_equity()
+        m = self.member(name)
+        units = self._points_to_trade(m, points)
+        gross = units * self.pool
+        out = self.outstanding
+        value = gross // out
+        self.ledger.post("equity", m, TREASURY, units, "exchange", name)
+        self.circulating -= units
+        self.ledger.post("stable", ISSUANCE, m, value, "exchange", name)
+        self._use_quota(m, ceil_div(gross, out))
+        self._touch(m)
+        self._run_exits()
+        return value
+
+    def merchant_exchange(self, name: str, stable: int) -> int:
+        """A merchant's stable points buy equity points out of the treasury; returns units."""
+        self._require_equity()
+        m = self.member(name)
+        if not self.merchant[m]:
+            raise Refused(f"member {name!r} is not a merchant")
+        if stable <= 0:
+            raise Refused("stable amount must be > 0")
+        if stable > self.ledger.members["stable"][m]:
+            raise Refused(f"merchant {name!r} holds fewer stable points than {stable / 100:.2f}")
+        qn, qd = self._grant_price()
+        units = (stable * qd) // qn
+        if units <= 0:
+            raise Refused("that amount buys no equity points at the current price")
+        if units > self.treasury:
+            raise Refused(f"the treasury holds {self.treasury / UNITS} points, fewer than "
+                          f"{units / UNITS}")
+        self.ledger.post("stable", m, ISSUANCE, stable, "merchant_exchange", name)
+        self.ledger.post("equity", TREASURY, m, units, "merchant_exchange", name)
+        self.circulating += units
+        self._run_exits()
+        return units
+
+    def _burn(self, m: int, units: int, kind: str, ref: str) -> None:
+        self.ledger.post("equity", m, ISSUANCE, units, kind, ref)
+        self.circulating -= units
+
+    def _use_quota(self, m: int, amount: int) -> int:
+        """Deduct up to ``amount`` from m's grants, oldest first; returns what was taken."""
+        taken = 0
+        grants = self.member_grants[m]
+        for g in grants:
+            if taken >= amount:
+                break
+            take = min(self.grant_remaining[g], amount - taken)
+            self.grant_remaining[g] -= take
+            taken += take
+        while grants and self.grant_remaining[grants[0]] == 0:
+            grants.pop(0)  # spent grants never release again: drop them from the walk
+        self.quota[m] -= taken
+        return taken
+
+    # ------------------------------------------------------------ admin
+
+    def adjust(self, name: str, asset: str, amount: int, reason: str) -> None:
+        """Admin adds (amount > 0) or removes (< 0) value; posted against ``adjustments``."""
+        m = self.member(name)
+        if asset not in ("cny", "stable", "equity"):
+            raise Refused(f"unknown asset {asset!r} (cny, stable or equity)")
+        if not reason or not str(reason).strip():
+            raise Refused("an adjustment needs a reason")
+        if amount == 0:
+            raise Refused("adjustment amount must not be zero")
+        held = self.ledger.members[asset][m]
+        if amount < 0 and held + amount < 0:
+            raise Refused(f"member {name!r} holds {held} minor units of {asset}; "
+                          f"removing {-amount} would go below zero")
+        if asset == "equity":
+            eq = self._require_equity()
+            if amount > 0 and self.minted + amount > eq.total_supply:
+                raise Refused("adding these points would pass equity.total_supply")
+            if amount > 0:
+                self.ledger.post("equity", ADJUSTMENTS, m, amount, "adjust", reason)
+                self.minted += amount
+            else:
+                self.ledger.post("equity", m, ADJUSTMENTS, -amount, "adjust", reason)
+            self.circulating += amount
+            self._remember_price()
+            self._touch(m)
+        elif amount > 0:
+            self.ledger.post(asset, ADJUSTMENTS, m, amount, "adjust", reason)
+        else:
+            self.ledger.post(asset, m, ADJUSTMENTS, -amount, "adjust", reason)
+        self._run_exits()
+
+    def propose_plan(self, partial: dict[str, Any]) -> Plan:
+        """A new plan version, effective from the next day (RULES §6)."""
+        try:
+            version = (self.pending_plan or self.plan).merged(partial)
+        except PlanError as exc:
+            raise Refused(f"plan: {exc}") from None
+        self.pending_plan = version
+        return version
+
+    # ------------------------------------------------------------ forced exits
+
+    def _touch(self, m: int) -> None:
+        """m's quota or points changed: queue its new exit ratio."""
+        if m < 0 or self.merchant[m]:
+            return
+        p = self.points[m]
+        if p > 0:
+            heapq.heappush(self._exit_heap, (self.quota[m] / p, m))
+
+    def _run_exits(self) -> None:
+        """Force out every due member, lowest ``remaining / points`` first (RULES §3).
+
+        The heap is keyed by the correctly rounded float ``quota / points``;
+        since rounding is monotone, every exactly-due member has a key <= the
+        rounded price, so popping keys <= price finds all candidates, and the
+        exact integer test ``points × pool >= quota × outstanding`` decides.
+        """
+        eq = self.plan.equity
+        heap = self._exit_heap
+        if eq is None or not heap:
+            return
+        points, quota = self.points, self.quota
+        while self.outstanding > 0:
+            pool, out = self.pool, self.outstanding
+            price = pool / out
+            due: list[int] = []
+            keep: list[tuple[float, int]] = []
+            while heap and heap[0][0] <= price:
+                key, m = heapq.heappop(heap)
+                p = points[m]
+                if p == 0 or quota[m] / p != key:
+                    continue  # stale entry
+                if p * pool >= quota[m] * out:
+                    due.append(m)
+                else:
+                    keep.append((key, m))
+            for entry in keep:
+                heapq.heappush(heap, entry)
+            if not due:
+                return
+            # members already due stay due as the price rises; newly due ones have
+            # higher ratios, so finishing this batch in exact order is the same as
+            # always taking the lowest due ratio
+            due = sorted(set(due), key=lambda m: (Fraction(quota[m], points[m]), m))
+            for m in due:
+                self._force_exit(m, eq.sell_fee_rate)
+
+    def _force_exit(self, m: int, fee: Fraction) -> None:
+        units = self.points[m]
+        payout = self._sell(m, units, fee, "forced_exit", self.names[m])
+        self._use_quota(m, self.quota[m])
+        self.exits.append(ExitRecord(m, units, payout))
+
+    def _rebuild_exit_heap(self) -> None:
+        if self.plan.equity is None or self.circulating == 0:
+            self._exit_heap = []
+            return
+        pts = np.asarray(self.points, dtype=np.int64)
+        holders = np.flatnonzero((pts > 0) & ~np.asarray(self.merchant, dtype=bool))
+        quota, points = self.quota, self.points
+        entries = [(quota[m] / points[m], m) for m in holders.tolist()]
+        entries.sort()
+        self._exit_heap = entries  # a sorted list is a valid heap
+
+    # ------------------------------------------------------------ settlement
+
+    def settle(self, day: int | None = None) -> SettlementReport:
+        """Settle the current day and open the next.  Settling a settled day changes nothing."""
+        if day is not None and day < self.day:
+            return SettlementReport(day, {}, 0, 0, 0, already_settled=True)
+        if day is not None and day > self.day:
+            raise Refused(f"day {day} has not started yet (current day is {self.day})")
+        settled = self.day
+        result = st.settle_day(self.day_input())
+        self.last_day_result = result
+        self._apply_day(result)
+        exits_before = len(self.exits)
+        self._rebuild_exit_heap()
+        self._run_exits()
+        report = SettlementReport(
+            day=settled,
+            released={k: int(v.sum()) for k, v in result.released.items()},
+            members_released=result.members_released,
+            retained=sum(result.retained.values()),
+            rounding=sum(result.rounding.values()),
+            exits=self.exits[exits_before:],
+        )
+        self.day += 1
+        self.paid_today = self.refunded_today = 0
+        if self.pending_plan is not None:
+            self.plan, self.pending_plan = self.pending_plan, None
+            if self.plan.equity is not None and not self.equity_seen:
+                self.equity_seen = True
+                self.last_price = self._issue_price(self.plan)
+        return report
+
+    def day_input(self) -> st.DayInput:
+        def arr(values: list[int]) -> np.ndarray:
+            return np.asarray(values, dtype=np.int64)
+
+        return st.DayInput(
+            plan=self.plan,
+            parent=arr(self.parent),
+            depth=arr(self.depth),
+            spend=arr(self.spend),
+            points=arr(self.points),
+            grant_member=arr(self.grant_member),
+            grant_remaining=arr(self.grant_remaining),
+            grant_base=arr(self.grant_base),
+            net_sales=max(0, self.paid_today - self.refunded_today),
+        )
+
+    def _apply_day(self, result: st.DayResult) -> None:
+        n = len(self.names)
+        asset = self.plan.release_to
+        ledger = self.ledger
+        ref = f"day-{self.day}"
+        for pool in self.plan.pools:
+            account = pool_account(pool.name)
+            ledger.post(asset, SALES, account, result.pool_funding.get(pool.name, 0), "pool_funding", ref)
+        for kind, amounts in result.released.items():
+            source = pool_account(kind) if kind in result.pool_funding else ISSUANCE
+            paid = np.flatnonzero(amounts)
+            ledger.post_batch(BatchPosting(asset, source, paid.astype(np.int64), amounts[paid],
+                                           f"release:{kind}", ref))
+            total = self.released.get(kind)
+            if total is None or total.size < n:
+                grown = np.zeros(n, dtype=np.int64)
+                if total is not None:
+                    grown[: total.size] = total
+                total = grown
+            total += amounts
+            self.released[kind] = total
+        for kind, amount in result.retained.items():
+            source = pool_account(kind) if kind in result.pool_funding else ISSUANCE
+            ledger.post(asset, source, RETAINED, amount, f"retained:{kind}", ref)
+        for kind, amount in result.rounding.items():
+            ledger.post(asset, pool_account(kind), ROUNDING, amount, f"rounding:{kind}", ref)
+        self.grant_remaining = result.grant_remaining.tolist()
+        self.quota = result.quota.tolist()
+
+    # ------------------------------------------------------------ reporting helpers
+
+    def released_of(self, m: int) -> dict[str, int]:
+        return {k: int(v[m]) for k, v in self.released.items() if m < v.size and v[m]}
