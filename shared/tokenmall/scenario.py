@@ -353,7 +353,7 @@ def simulate(scenario: Scenario) -> RunResult:
 
 
 def _day_point(engine: Engine, released_cents: int) -> DayPoint:
-    price = engine.price() if engine.equity_seen else None
+    price = engine.price() if engine.plan.equity is not None else None
     return DayPoint(
         day=engine.day - 1,
         price=None if price is None else Decimal(price.numerator) / Decimal(price.denominator),
@@ -391,7 +391,7 @@ def result_document(engine: Engine) -> dict[str, Any]:
                          if m < v.size and v[m] != 0},
         }
     price = None
-    if engine.equity_seen:
+    if plan.equity is not None:
         ratio = engine.price()
         price = format_ratio_down(ratio.numerator, ratio.denominator, 8)
     platform = ledger.platform

@@ -584,6 +584,10 @@ class _Engine:
         assert p is not None
         gross = Fraction(units, POINT_UNITS) * p  # CNY, exact
         payout = _floor(gross * (1 - fee) * CENTS)
+        # Only reachable before the first grant (price = issue_price while the
+        # pool may be empty, e.g. points added by an adjustment): the pool
+        # cannot pay more than it holds.
+        payout = min(payout, self.pool_cents())
         quota_taken = _ceil(gross * CENTS)
         self.burn(m, units)
         self.post("pool", _member_account(m.name), "cny", payout)
@@ -652,6 +656,8 @@ class _Engine:
     # ----------------------------------------------------------------- steps
     def step_join(self, b: dict[str, Any]) -> None:
         _check_fields("join", b, {"member"}, {"sponsor", "merchant"})
+        if b["member"] is None:
+            raise ValueError("join: member must be named")
         name = str(b["member"])
         if name in self.members:
             raise _Refuse(f"member {name!r} already exists")
@@ -686,10 +692,8 @@ class _Engine:
                 raise _Refuse("stable part > amount")
             if stable > self.mbal(m, "stable"):
                 raise _Refuse("member does not hold that many stable points")
-        if b.get("id") is not None:
-            oid = str(b["id"])
-        else:
-            oid = f"order-{self.accepted_orders + 1}"
+        default_id = f"order-{self.accepted_orders + 1}"
+        oid = str(b["id"]) if b.get("id") is not None else default_id
         if oid in self.orders:
             raise _Refuse(f"duplicate order id {oid!r}")
 
@@ -727,10 +731,9 @@ class _Engine:
             self.post("sales", "pool", "cny", contribution)
             c = Fraction(contribution, CENTS)
             available = eq.total_supply_units - self.minted
-            if p > 0:
-                want_buyer = _floor(c * eq.grant_rate / p * POINT_UNITS)
-            else:  # cannot happen (pool > 0 whenever points are outstanding)
-                want_buyer = available
+            # p > 0 always holds (pool > 0 whenever points are outstanding);
+            # a zero price would mean "as many points as the cap allows".
+            want_buyer = _floor(c * eq.grant_rate / p * POINT_UNITS) if p > 0 else available
             buyer_points = max(0, min(want_buyer, available))
             sponsor_points = 0
             if eq.referral_grant_rate > 0 and m.sponsor is not None:
@@ -782,6 +785,7 @@ class _Engine:
                 p = self.price()
                 assert p is not None
                 payout = _floor(Fraction(n, POINT_UNITS) * p * CENTS)
+                payout = min(payout, self.pool_cents())  # never binds after a grant
                 self.burn(m, n)
                 self.post("pool", acc, "cny", payout)
                 self._after_equity_change(p)
@@ -932,9 +936,7 @@ class _Engine:
 
         def add(earner: str, kind: str, source: _Member, amount: int) -> None:
             if amount > 0:
-                accel.setdefault(earner, []).append(
-                    (KIND_ORDER[kind], source.idx, kind, amount)
-                )
+                accel.setdefault(earner, []).append((KIND_ORDER[kind], source.idx, kind, amount))
 
         if plan.gen1_rate is not None:
             for x in members:

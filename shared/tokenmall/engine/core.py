@@ -32,6 +32,7 @@ from tokenmall.engine.ledger import (
     TREASURY,
     BatchPosting,
     Ledger,
+    ReleaseBatch,
     pool_account,
 )
 from tokenmall.engine.plan import Plan, PlanError
@@ -104,7 +105,7 @@ class Engine:
         self.points = self.ledger.members["equity"]  # member equity balances (units)
         self.circulating = 0
         self.minted = 0
-        self.equity_seen = plan.equity is not None
+        self.first_grant_done = False  # before the first grant the price is issue_price
         self.last_price: Fraction = self._issue_price(plan)  # cents per unit
         self._exit_heap: list[tuple[float, int]] = []
         self.released: dict[str, np.ndarray] = {}
@@ -136,29 +137,38 @@ class Engine:
     def outstanding(self) -> int:
         return self.circulating + self.treasury
 
-    def price_ratio(self) -> Fraction:
-        """Exact price in cents per unit; the last price when nothing is outstanding."""
+    def price_pair(self) -> tuple[int, int]:
+        """The exact price as (numerator, denominator) in cents per unit.
+
+        ``pool / outstanding`` once the first grant has happened and points are
+        outstanding; otherwise the last price (initially ``issue_price``).
+        """
         out = self.outstanding
-        return Fraction(self.pool, out) if out > 0 else self.last_price
+        if self.first_grant_done and out > 0:
+            return self.pool, out
+        return self.last_price.numerator, self.last_price.denominator
+
+    def price_ratio(self) -> Fraction:
+        return Fraction(*self.price_pair())
 
     def price(self) -> Fraction:
         """Exact price in CNY per point."""
         return self.price_ratio() * _PRICE_SCALE
 
     def _grant_price(self) -> tuple[int, int]:
-        """(numerator, denominator) of the price at which points are granted or bought.
+        """The price at which points are granted or bought.
 
-        A zero price (pool emptied while points exist, possible only after an
+        A zero price (the pool emptied while points exist, possible only after an
         admin mint) would grant unbounded points; the last positive price is used.
         """
-        pool, out = self.pool, self.outstanding
-        if out > 0 and pool > 0:
-            return pool, out
+        num, den = self.price_pair()
+        if num > 0:
+            return num, den
         return self.last_price.numerator, self.last_price.denominator
 
     def _remember_price(self) -> None:
         pool, out = self.pool, self.outstanding
-        if out > 0 and pool > 0:
+        if self.first_grant_done and out > 0 and pool > 0:
             self.last_price = Fraction(pool, out)
 
     # ------------------------------------------------------------ members
@@ -180,6 +190,70 @@ class Engine:
         self.member_grants.append([])
         self.ledger.add_member()
         return m
+
+    def bulk_load(
+        self,
+        names: list[str],
+        parent: list[int],
+        spend: list[int],
+        grant_member: list[int],
+        grant_remaining: list[int],
+        grant_base: list[int],
+        points: list[int] | None = None,
+        pool: int = 0,
+        merchant: list[bool] | None = None,
+    ) -> None:
+        """Load a whole population into an empty engine at once (restores, benchmarks).
+
+        ``parent[i] < i`` (sponsors register first); grants are in creation order.
+        Value enters through balanced postings like everywhere else: spend and the
+        pool from ``external``/``sales``, points from ``issuance``.
+        """
+        if self.names:
+            raise ValueError("bulk_load needs an empty engine")
+        n = len(names)
+        if any(p >= i for i, p in enumerate(parent)):
+            raise ValueError("every sponsor must come before its referrals")
+        self.names = list(names)
+        self.index = {name: i for i, name in enumerate(names)}
+        if len(self.index) != n:
+            raise ValueError("member names must be unique")
+        self.parent = list(parent)
+        depth = [0] * n
+        for i, p in enumerate(parent):
+            if p >= 0:
+                depth[i] = depth[p] + 1
+        self.depth = depth
+        self.merchant = list(merchant) if merchant is not None else [False] * n
+        self.spend = list(spend)
+        self.grant_member = list(grant_member)
+        self.grant_remaining = list(grant_remaining)
+        self.grant_base = list(grant_base)
+        quota = [0] * n
+        member_grants: list[list[int]] = [[] for _ in range(n)]
+        for g, (m, rem) in enumerate(zip(grant_member, grant_remaining, strict=True)):
+            quota[m] += rem
+            member_grants[m].append(g)
+        self.quota = quota
+        self.member_grants = member_grants
+        ledger = self.ledger
+        for balances in ledger.members.values():
+            balances.extend([0] * n)
+        total_spend = sum(spend)
+        ledger.post("cny", EXTERNAL, SALES, total_spend, "bulk_load")
+        self.sales_total += total_spend
+        ledger.post("cny", SALES, POOL, pool, "bulk_load")
+        if points is not None:
+            held_points = np.asarray(points, dtype=np.int64)
+            holders = np.flatnonzero(held_points)
+            ledger.post_batch(BatchPosting("equity", ISSUANCE, holders, held_points[holders],
+                                           "bulk_load"))
+            total = int(held_points.sum())
+            self.minted += total
+            self.circulating += total
+            self.first_grant_done = total > 0
+            self._remember_price()
+        self._rebuild_exit_heap()
 
     # ------------------------------------------------------------ orders
 
@@ -219,7 +293,6 @@ class Engine:
         points = 0
         eq = plan.equity
         if eq is not None:
-            self.equity_seen = True
             contribution = floor_mul(amount, eq.pool_rate)
             qn, qd = self._grant_price()  # price before this order
             room = max(0, eq.total_supply - self.minted)
@@ -234,6 +307,8 @@ class Engine:
             self.ledger.post("cny", SALES, POOL, contribution, "contribution", oid)
             self._mint(m, points, "grant", oid)
             self._mint(sponsor, sponsor_points, "referral_grant", oid)
+            if points + sponsor_points > 0:
+                self.first_grant_done = True
             self._remember_price()
         order = Order(oid, m, amount, stable, self.day, grant, points)
         self.orders[oid] = order
@@ -267,7 +342,8 @@ class Engine:
         self.ledger.post("cny", SALES, EXTERNAL, order.amount - order.stable, "refund", order_id)
         burn = min(order.points, self.points[m])
         if burn > 0:
-            value = (burn * self.pool) // self.outstanding
+            num, den = self.price_pair()
+            value = min(self.pool, (burn * num) // den)
             self._burn(m, burn, "refund", order_id)
             self.ledger.post("cny", POOL, m, value, "refund", order_id)
             self._remember_price()
@@ -303,9 +379,11 @@ class Engine:
         return payout
 
     def _sell(self, m: int, units: int, fee: Fraction, kind: str, ref: str) -> int:
-        pool, out = self.pool, self.outstanding
-        gross = units * pool  # × 1/out: exact gross in cents
+        num, out = self.price_pair()
+        gross = units * num  # × 1/out: the exact gross in cents
         payout = (gross * (fee.denominator - fee.numerator)) // (out * fee.denominator)
+        # never more than the pool holds (binds only before the first grant, on admin-minted points)
+        payout = min(payout, self.pool)
         self._burn(m, units, kind, ref)
         self.ledger.post("cny", POOL, m, payout, kind, ref)
         self._use_quota(m, ceil_div(gross, out))
@@ -318,8 +396,8 @@ class Engine:
         self._require_equity()
         m = self.member(name)
         units = self._points_to_trade(m, points)
-        gross = units * self.pool
-        out = self.outstanding
+        num, out = self.price_pair()
+        gross = units * num
         value = gross // out
         self.ledger.post("equity", m, TREASURY, units, "exchange", name)
         self.circulating -= units
@@ -437,7 +515,7 @@ class Engine:
             return
         points, quota = self.points, self.quota
         while self.outstanding > 0:
-            pool, out = self.pool, self.outstanding
+            pool, out = self.price_pair()
             price = pool / out
             due: list[int] = []
             keep: list[tuple[float, int]] = []
@@ -457,9 +535,30 @@ class Engine:
             # members already due stay due as the price rises; newly due ones have
             # higher ratios, so finishing this batch in exact order is the same as
             # always taking the lowest due ratio
-            due = sorted(set(due), key=lambda m: (Fraction(quota[m], points[m]), m))
-            for m in due:
+            for m in self._exact_exit_order(set(due)):
                 self._force_exit(m, eq.sell_fee_rate)
+
+    def _exact_exit_order(self, due: set[int]) -> list[int]:
+        """Ascending exact ``quota / points``, then registration order.
+
+        Sorting by the correctly rounded float first is already right except among
+        equal floats, which are re-sorted by the exact ratio.
+        """
+        quota, points = self.quota, self.points
+        ordered = sorted(due, key=lambda m: (quota[m] / points[m], m))
+        result: list[int] = []
+        i = 0
+        while i < len(ordered):
+            key = quota[ordered[i]] / points[ordered[i]]
+            j = i + 1
+            while j < len(ordered) and quota[ordered[j]] / points[ordered[j]] == key:
+                j += 1
+            group = ordered[i:j]
+            if len(group) > 1:
+                group.sort(key=lambda m: (Fraction(quota[m], points[m]), m))
+            result.extend(group)
+            i = j
+        return result
 
     def _force_exit(self, m: int, fee: Fraction) -> None:
         units = self.points[m]
@@ -468,15 +567,23 @@ class Engine:
         self.exits.append(ExitRecord(m, units, payout))
 
     def _rebuild_exit_heap(self) -> None:
+        """All holders keyed by their exit ratio, sorted (a sorted list is a valid heap)."""
         if self.plan.equity is None or self.circulating == 0:
             self._exit_heap = []
             return
         pts = np.asarray(self.points, dtype=np.int64)
         holders = np.flatnonzero((pts > 0) & ~np.asarray(self.merchant, dtype=bool))
-        quota, points = self.quota, self.points
-        entries = [(quota[m] / points[m], m) for m in holders.tolist()]
-        entries.sort()
-        self._exit_heap = entries  # a sorted list is a valid heap
+        quota = np.asarray(self.quota, dtype=np.int64)[holders]
+        held = pts[holders]
+        if holders.size and max(int(quota.max()), int(held.max())) < 2**53:
+            # both exactly representable: IEEE division is then correctly rounded,
+            # the same float Python's int / int gives (which the heap's checks use)
+            keys = quota.astype(np.float64) / held.astype(np.float64)
+            order = np.lexsort((holders, keys))
+            self._exit_heap = list(zip(keys[order].tolist(), holders[order].tolist(), strict=True))
+        else:
+            q, p = self.quota, self.points
+            self._exit_heap = sorted((q[m] / p[m], m) for m in holders.tolist())
 
     # ------------------------------------------------------------ settlement
 
@@ -505,8 +612,7 @@ class Engine:
         self.paid_today = self.refunded_today = 0
         if self.pending_plan is not None:
             self.plan, self.pending_plan = self.pending_plan, None
-            if self.plan.equity is not None and not self.equity_seen:
-                self.equity_seen = True
+            if self.plan.equity is not None and not self.first_grant_done:
                 self.last_price = self._issue_price(self.plan)
         return report
 
@@ -534,11 +640,18 @@ class Engine:
         for pool in self.plan.pools:
             account = pool_account(pool.name)
             ledger.post(asset, SALES, account, result.pool_funding.get(pool.name, 0), "pool_funding", ref)
+
+        def source(kind: str) -> str:
+            return pool_account(kind) if kind in result.pool_funding else ISSUANCE
+
+        paid = np.zeros(n, dtype=bool)
+        for amounts in result.released.values():
+            paid |= amounts > 0
+        earners = np.flatnonzero(paid)
+        ledger.post_release(ReleaseBatch(
+            asset, earners, {k: v[earners] for k, v in result.released.items()},
+            {k: source(k) for k in result.released}, ref))
         for kind, amounts in result.released.items():
-            source = pool_account(kind) if kind in result.pool_funding else ISSUANCE
-            paid = np.flatnonzero(amounts)
-            ledger.post_batch(BatchPosting(asset, source, paid.astype(np.int64), amounts[paid],
-                                           f"release:{kind}", ref))
             total = self.released.get(kind)
             if total is None or total.size < n:
                 grown = np.zeros(n, dtype=np.int64)
@@ -548,8 +661,7 @@ class Engine:
             total += amounts
             self.released[kind] = total
         for kind, amount in result.retained.items():
-            source = pool_account(kind) if kind in result.pool_funding else ISSUANCE
-            ledger.post(asset, source, RETAINED, amount, f"retained:{kind}", ref)
+            ledger.post(asset, source(kind), RETAINED, amount, f"retained:{kind}", ref)
         for kind, amount in result.rounding.items():
             ledger.post(asset, pool_account(kind), ROUNDING, amount, f"rounding:{kind}", ref)
         self.grant_remaining = result.grant_remaining.tolist()

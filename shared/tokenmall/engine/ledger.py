@@ -65,6 +65,28 @@ class BatchPosting:
         return int(self.amounts.sum(dtype=np.int64)) if self.amounts.size else 0
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseBatch:
+    """A day's releases: one line per member, one column per release kind.
+
+    Column ``kind`` is paid out of platform account ``sources[kind]``; the member
+    receives the row total.  This is the one-posting-per-member-per-day shape the
+    wallet books.
+    """
+
+    asset: str
+    members: NDArray[np.int64]  # unique
+    columns: dict[str, NDArray[np.int64]]  # kind -> amounts aligned with members
+    sources: dict[str, str]  # kind -> platform account
+    ref: str = ""
+
+    def row_totals(self) -> NDArray[np.int64]:
+        total = np.zeros(self.members.size, dtype=np.int64)
+        for amounts in self.columns.values():
+            total += amounts
+        return total
+
+
 class InsufficientBalance(ValueError):
     pass
 
@@ -73,7 +95,7 @@ class Ledger:
     def __init__(self) -> None:
         self.members: dict[str, list[int]] = {a: [] for a in ASSETS}
         self.platform: dict[str, defaultdict[str, int]] = {a: defaultdict(int) for a in ASSETS}
-        self.journal: list[Posting | BatchPosting] | None = None  # set to [] to record
+        self.journal: list[Posting | BatchPosting | ReleaseBatch] | None = None  # [] records
 
     def add_member(self) -> None:
         for balances in self.members.values():
@@ -108,17 +130,30 @@ class Ledger:
     def post_batch(self, batch: BatchPosting) -> None:
         if batch.members.size == 0:
             return
-        balances = self.members[batch.asset]
-        if batch.members.size < 4096:
-            for m, amount in zip(batch.members.tolist(), batch.amounts.tolist(), strict=True):
-                balances[m] += amount
-        else:  # members are unique within a batch: one vectorised add, written back in place
-            updated = np.array(balances, dtype=np.int64)
-            updated[batch.members] += batch.amounts
-            balances[:] = updated.tolist()
+        self._add_to_members(batch.asset, batch.members, batch.amounts)
         self.platform[batch.asset][batch.platform] -= batch.total
         if self.journal is not None:
             self.journal.append(batch)
+
+    def post_release(self, batch: ReleaseBatch) -> None:
+        if batch.members.size == 0:
+            return
+        self._add_to_members(batch.asset, batch.members, batch.row_totals())
+        for kind, amounts in batch.columns.items():
+            self.platform[batch.asset][batch.sources[kind]] -= int(amounts.sum())
+        if self.journal is not None:
+            self.journal.append(batch)
+
+    def _add_to_members(self, asset: str, members: NDArray[np.int64],
+                        amounts: NDArray[np.int64]) -> None:
+        balances = self.members[asset]
+        if members.size < 4096:
+            for m, amount in zip(members.tolist(), amounts.tolist(), strict=True):
+                balances[m] += amount
+        else:  # members are unique: one vectorised add, written back in place
+            updated = np.array(balances, dtype=np.int64)
+            updated[members] += amounts
+            balances[:] = updated.tolist()
 
     def total(self, asset: str) -> int:
         """Sum over every account of ``asset``; zero whenever the books balance."""

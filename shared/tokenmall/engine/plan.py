@@ -105,11 +105,12 @@ BASE_PLAN: dict[str, Any] = {
     "team": None,
 }
 
-# Defaults for keys left out of a module that is switched on.
+# Keys left out of a module that is switched on take the seed values (RULES §9),
+# as they would had the module come with its preset.
 MODULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "equity": dict(PRESETS["equity"]["equity"]),
-    "referral": {"gen1_rate": 0, "gen2_rate": 0},
-    "team": {"levels": [], "peer_rate": 0, "max_depth": None},
+    "referral": dict(PRESETS["points"]["referral"]),
+    "team": dict(PRESETS["points"]["team"]),
 }
 
 _SCHEMA: dict[str, Any] = {

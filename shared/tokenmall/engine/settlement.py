@@ -250,11 +250,13 @@ def _pay_pool(pool: PoolConfig, weight: I64, net_sales: int, quota: I64, out: Da
             retained = int((share - take).sum())
     else:
         scale = UNITS if pool.weight == "equity_points" else 1
+        # who is eligible is decided once, when the pool starts paying (RULES §4)
+        eligible = (weight >= 1) & (quota > 0)
         for tier in pool.tiers:
             funding = (net_sales * tier.rate.numerator) // tier.rate.denominator
             funded += funding
             lo = -((-tier.min.numerator * scale) // tier.min.denominator)  # ceil
-            in_tier = (weight >= max(lo, 1)) & (quota > 0)
+            in_tier = eligible & (weight >= lo)
             if tier.max is not None:
                 in_tier &= weight <= (tier.max.numerator * scale) // tier.max.denominator
             members = np.flatnonzero(in_tier)
