@@ -29,17 +29,32 @@ ALL_PRESETS_PLAN: dict[str, Any] = {
         ],
         "daily_rate": "0.012",
     },
-    "equity": {"pool_rate": "0.30", "grant_rate": "0.70", "issue_price": 1,
-               "total_supply": 100000000, "sell_fee_rate": "0.10", "referral_grant_rate": 0},
-    "weights": {"share_unit": 1000, "referral_share_rate": "0.5", "contribution_unit": 500,
-                "referral_contribution_rate": "0.2"},
+    "equity": {
+        "pool_rate": "0.30",
+        "grant_rate": "0.70",
+        "issue_price": 1,
+        "total_supply": 100000000,
+        "sell_fee_rate": "0.10",
+        "referral_grant_rate": 0,
+    },
+    "weights": {
+        "share_unit": 1000,
+        "referral_share_rate": "0.5",
+        "contribution_unit": 500,
+        "referral_contribution_rate": "0.2",
+    },
     "pools": [
         {"name": "static", "rate": "0.30", "split": "pro_rata", "weight": "shares"},
-        {"name": "dynamic", "split": "tiers", "weight": "shares", "tiers": [
-            {"name": "V1", "min": 50, "max": 100, "rate": "0.01"},
-            {"name": "V2", "min": 101, "max": 200, "rate": "0.03"},
-            {"name": "V3", "min": 201, "max": 500, "rate": "0.06"},
-        ]},
+        {
+            "name": "dynamic",
+            "split": "tiers",
+            "weight": "shares",
+            "tiers": [
+                {"name": "V1", "min": 50, "max": 100, "rate": "0.01"},
+                {"name": "V2", "min": 101, "max": 200, "rate": "0.03"},
+                {"name": "V3", "min": 201, "max": 500, "rate": "0.06"},
+            ],
+        },
         {"name": "contribution", "rate": "0.05", "split": "pro_rata", "weight": "contribution"},
         {"name": "dividend", "rate": "0.05", "split": "pro_rata", "weight": "equity_points"},
     ],
@@ -106,8 +121,11 @@ def build_population(members: int, max_depth: int, seed: int) -> tuple[Engine, d
     )
     engine.paid_today = int(spend.sum()) // 100  # the day's sales: 1% of lifetime spend
     depth = np.asarray(engine.depth)
-    return engine, {"grants": int(flat.size), "max_tree_depth": int(depth.max()),
-                    "daily_sales_cny": engine.paid_today // 100}
+    return engine, {
+        "grants": int(flat.size),
+        "max_tree_depth": int(depth.max()),
+        "daily_sales_cny": engine.paid_today // 100,
+    }
 
 
 def bench_settlement(members: int, max_depth: int, seed: int) -> dict[str, Any]:
@@ -169,8 +187,9 @@ def bench_orders(orders: int, members: int, seed: int) -> dict[str, Any]:
     }
 
 
-def bench_engine(members: int = 1_000_000, orders: int = 200_000, max_depth: int = 50,
-                 seed: int = 7) -> dict[str, Any]:
+def bench_engine(
+    members: int = 1_000_000, orders: int = 200_000, max_depth: int = 50, seed: int = 7
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "engine",
         "machine": {"python": platform.python_version(), "numpy": np.__version__},

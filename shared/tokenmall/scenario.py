@@ -19,7 +19,7 @@ import yaml
 
 from tokenmall.engine import Engine, Plan, PlanError, Refused
 from tokenmall.engine import settlement as st
-from tokenmall.engine.plan import merge_plan
+from tokenmall.engine.plan import check_plan_numbers, merge_plan
 from tokenmall.money import (
     AmountError,
     format_cents,
@@ -61,7 +61,7 @@ _DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal_float)
 
 def load_yaml(text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_DecimalLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_DecimalLoader)
     except yaml.YAMLError as exc:
         raise ScenarioError(f"invalid YAML: {exc}") from None
 
@@ -125,13 +125,15 @@ def _substitute(value: Any, i: int) -> Any:
     return value
 
 
-def _parse_step(raw: Any, index: int) -> tuple[str, dict[str, Any], int, bool]:
-    where = f"steps[{index}]"
+def _parse_step(raw: Any, number: int) -> tuple[str, dict[str, Any], int, bool]:
+    where = f"step {number}"
     if not isinstance(raw, Mapping):
         raise ScenarioError(f"{where}: a step is a one-key mapping such as `order: {{...}}`")
     kinds = [k for k in raw if k not in STEP_MODIFIERS]
     if len(kinds) != 1:
-        raise ScenarioError(f"{where}: expected exactly one step key, got {sorted(map(str, kinds))}")
+        raise ScenarioError(
+            f"{where}: expected exactly one step key, got {sorted(map(str, kinds))}"
+        )
     kind = kinds[0]
     if kind not in STEP_FIELDS:
         raise ScenarioError(f"{where}: unknown step {kind!r} (known: {', '.join(STEP_FIELDS)})")
@@ -148,7 +150,8 @@ def _parse_step(raw: Any, index: int) -> tuple[str, dict[str, Any], int, bool]:
         raise ScenarioError(f"{where}: refused must be true or false")
     if kind == "plan":
         try:
-            merge_plan({}, dict(body))  # schema check only; values are checked when applied
+            merge_plan({}, dict(body))  # keys; ranges are checked when the step is applied
+            check_plan_numbers(dict(body))
         except PlanError as exc:
             raise ScenarioError(f"{where}: {exc}") from None
         return kind, dict(body), repeat, refused
@@ -194,8 +197,11 @@ def _parse_check(raw: Any, index: int) -> Check:
                 to_decimal(expected, "equals")
             return Check(str(raw["path"]), equals=expected, has_equals=True)
         if "approx" in raw:
-            return Check(str(raw["path"]), approx=to_decimal(raw["approx"], "approx"),
-                         tol=to_decimal(raw.get("tol", 0), "tol"))
+            return Check(
+                str(raw["path"]),
+                approx=to_decimal(raw["approx"], "approx"),
+                tol=to_decimal(raw.get("tol", 0), "tol"),
+            )
     except AmountError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     raise ScenarioError(f"{where}: a check needs equals or approx")
@@ -218,8 +224,8 @@ def parse_scenario(doc: Any, default_name: str = "scenario") -> Scenario:
     if not isinstance(raw_steps, list):
         raise ScenarioError("steps must be a list")
     steps: list[Step] = []
-    for index, raw in enumerate(raw_steps):
-        kind, body, repeat, refused = _parse_step(raw, index)
+    for raw in raw_steps:
+        kind, body, repeat, refused = _parse_step(raw, len(steps) + 1)
         for i in range(1, repeat + 1):
             fields = _substitute(body, i) if repeat > 1 or "{i}" in str(body) else body
             number = len(steps) + 1
@@ -269,12 +275,19 @@ def apply_step(engine: Engine, step: Step) -> Any:
     kind = step.kind
     if kind == "join":
         sponsor = f.get("sponsor")
-        return engine.join(_name(f["member"]), None if sponsor is None else _name(sponsor),
-                           bool(f.get("merchant", False)))
+        return engine.join(
+            _name(f["member"]),
+            None if sponsor is None else _name(sponsor),
+            bool(f.get("merchant", False)),
+        )
     if kind == "order":
         oid = f.get("id")
-        return engine.order(_name(f["member"]), _cents(f["amount"], "amount"),
-                            None if oid is None else _name(oid), _cents(f.get("stable", 0), "stable"))
+        return engine.order(
+            _name(f["member"]),
+            _cents(f["amount"], "amount"),
+            None if oid is None else _name(oid),
+            _cents(f.get("stable", 0), "stable"),
+        )
     if kind == "refund":
         return engine.refund(_name(f["order"]))
     if kind == "settle":
@@ -294,7 +307,9 @@ def apply_step(engine: Engine, step: Step) -> Any:
         return engine.merchant_exchange(_name(f["member"]), _cents(f["stable"], "stable"))
     if kind == "adjust":
         asset = str(f["asset"])
-        amount = _units(f["amount"], "amount") if asset == "equity" else _cents(f["amount"], "amount")
+        amount = (
+            _units(f["amount"], "amount") if asset == "equity" else _cents(f["amount"], "amount")
+        )
         return engine.adjust(_name(f["member"]), asset, amount, str(f["reason"]))
     if kind == "plan":
         return engine.propose_plan(f)
@@ -325,8 +340,9 @@ class RunResult:
         return not self.failures
 
 
-def run_steps(engine: Engine, steps: list[Step],
-              on_settle: Callable[[Engine, Any], None] | None = None) -> None:
+def run_steps(
+    engine: Engine, steps: list[Step], on_settle: Callable[[Engine, Any], None] | None = None
+) -> None:
     for step in steps:
         try:
             outcome = apply_step(engine, step)
@@ -349,7 +365,9 @@ def simulate(scenario: Scenario) -> RunResult:
 
     run_steps(engine, scenario.steps, record)
     document = result_document(engine)
-    return RunResult(scenario, engine, document, evaluate_checks(scenario.checks, document), timeline)
+    return RunResult(
+        scenario, engine, document, evaluate_checks(scenario.checks, document), timeline
+    )
 
 
 def _day_point(engine: Engine, released_cents: int) -> DayPoint:
@@ -387,8 +405,9 @@ def result_document(engine: Engine) -> dict[str, Any]:
             "contribution": int(contribution[m]),
             "star": int(star[m]),
             "team_performance": format_cents(int(performance[m])),
-            "released": {k: format_cents(int(v[m])) for k, v in released.items()
-                         if m < v.size and v[m] != 0},
+            "released": {
+                k: format_cents(int(v[m])) for k, v in released.items() if m < v.size and v[m] != 0
+            },
         }
     price = None
     if plan.equity is not None:
@@ -468,4 +487,3 @@ def _number(value: Any) -> Decimal:
 
 def iter_members(document: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     yield from document.get("members", {}).items()
-

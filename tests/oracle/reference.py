@@ -468,6 +468,7 @@ class _Engine:
         self.minted = 0  # point units ever issued
         self.price_set = False  # has an order granted points yet?
         self.last_price: Fraction | None = None
+        self.positive_price: Fraction | None = None  # the last non-zero price
 
     # ---------------------------------------------------------------- ledger
     def bal(self, account: str, asset: str) -> int:
@@ -554,6 +555,13 @@ class _Engine:
             return Fraction(self.pool_cents(), CENTS) / Fraction(out, POINT_UNITS)
         return self.last_price
 
+    def last_positive_price(self, plan: _Plan) -> Fraction:
+        """The most recent non-zero price (issue_price before any)."""
+        if self.positive_price is not None:
+            return self.positive_price
+        assert plan.equity is not None
+        return plan.equity.issue_price
+
     def _after_equity_change(self, price_before: Fraction | None) -> None:
         """Remember the price, so that it can stay at its last value when nothing
         is outstanding any more."""
@@ -562,6 +570,8 @@ class _Engine:
         out = self.outstanding()
         if out > 0:
             self.last_price = Fraction(self.pool_cents(), CENTS) / Fraction(out, POINT_UNITS)
+            if self.last_price > 0:
+                self.positive_price = self.last_price
         elif price_before is not None:
             self.last_price = price_before
 
@@ -727,6 +737,10 @@ class _Engine:
         if eq is not None:
             p = self.price()
             assert p is not None
+            if p == 0:
+                # Project decision: a zero price (pool emptied, then an admin mint)
+                # grants at the last positive price instead of "unbounded" points.
+                p = self.last_positive_price(plan)
             contribution = _floor(amount * eq.pool_rate)  # cents
             self.post("sales", "pool", "cny", contribution)
             c = Fraction(contribution, CENTS)
@@ -847,6 +861,8 @@ class _Engine:
         if stable > self.mbal(m, "stable"):
             raise _Refuse("merchant does not hold that many stable points")
         p = self.price()
+        if p is not None and p == 0:
+            p = self.last_positive_price(self.plan)  # project decision, as for orders
         if p is None or p <= 0:
             raise _Refuse("no price")
         units = _floor(Fraction(stable, CENTS) / p * POINT_UNITS)

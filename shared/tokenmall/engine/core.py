@@ -35,7 +35,7 @@ from tokenmall.engine.ledger import (
     ReleaseBatch,
     pool_account,
 )
-from tokenmall.engine.plan import Plan, PlanError
+from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS, Plan, PlanError
 from tokenmall.money import UNITS, ceil_div, floor_mul
 
 # price ratio (cents per 1e-8 unit) × this = CNY per point
@@ -91,6 +91,7 @@ class Engine:
         self.quota: list[int] = []  # sum of the member's grants' remaining
         # grants, in creation order
         self.grant_member: list[int] = []
+        self.grant_quota: list[int] = []
         self.grant_remaining: list[int] = []
         self.grant_base: list[int] = []
         self.member_grants: list[list[int]] = []
@@ -106,7 +107,8 @@ class Engine:
         self.circulating = 0
         self.minted = 0
         self.first_grant_done = False  # before the first grant the price is issue_price
-        self.last_price: Fraction = self._issue_price(plan)  # cents per unit
+        self.last_price: Fraction = self._issue_price(plan)  # cents per unit; may be 0
+        self.last_positive_price: Fraction = self.last_price
         self._exit_heap: list[tuple[float, int]] = []
         self.released: dict[str, np.ndarray] = {}
         self.exits: list[ExitRecord] = []
@@ -164,12 +166,15 @@ class Engine:
         num, den = self.price_pair()
         if num > 0:
             return num, den
-        return self.last_price.numerator, self.last_price.denominator
+        return self.last_positive_price.numerator, self.last_positive_price.denominator
 
     def _remember_price(self) -> None:
+        """Keep the price for when nothing is outstanding ("it stays at its last value")."""
         pool, out = self.pool, self.outstanding
-        if self.first_grant_done and out > 0 and pool > 0:
+        if self.first_grant_done and out > 0:
             self.last_price = Fraction(pool, out)
+            if pool > 0:
+                self.last_positive_price = self.last_price
 
     # ------------------------------------------------------------ members
 
@@ -202,6 +207,7 @@ class Engine:
         points: list[int] | None = None,
         pool: int = 0,
         merchant: list[bool] | None = None,
+        grant_quota: list[int] | None = None,
     ) -> None:
         """Load a whole population into an empty engine at once (restores, benchmarks).
 
@@ -227,6 +233,7 @@ class Engine:
         self.merchant = list(merchant) if merchant is not None else [False] * n
         self.spend = list(spend)
         self.grant_member = list(grant_member)
+        self.grant_quota = list(grant_remaining) if grant_quota is None else list(grant_quota)
         self.grant_remaining = list(grant_remaining)
         self.grant_base = list(grant_base)
         quota = [0] * n
@@ -246,8 +253,9 @@ class Engine:
         if points is not None:
             held_points = np.asarray(points, dtype=np.int64)
             holders = np.flatnonzero(held_points)
-            ledger.post_batch(BatchPosting("equity", ISSUANCE, holders, held_points[holders],
-                                           "bulk_load"))
+            ledger.post_batch(
+                BatchPosting("equity", ISSUANCE, holders, held_points[holders], "bulk_load")
+            )
             total = int(held_points.sum())
             self.minted += total
             self.circulating += total
@@ -261,10 +269,14 @@ class Engine:
         m = self.member(name)
         if amount <= 0:
             raise Refused(f"order amount must be > 0, got {amount / 100}")
+        if amount > MAX_CASH_CENTS:
+            raise Refused(f"order amount above the limit of {MAX_CASH_CENTS // 100}")
         if stable < 0 or stable > amount:
             raise Refused("stable part must be between 0 and the order amount")
         if stable > self.ledger.members["stable"][m]:
-            raise Refused(f"member {name!r} holds fewer stable points than the {stable / 100:.2f} to pay")
+            raise Refused(
+                f"member {name!r} holds fewer stable points than the {stable / 100:.2f} to pay"
+            )
         oid = order_id if order_id is not None else f"order-{self.accepted_orders + 1}"
         if oid in self.orders:
             raise Refused(f"order {oid!r} already exists")
@@ -285,6 +297,7 @@ class Engine:
             if quota > 0:
                 grant = len(self.grant_member)
                 self.grant_member.append(m)
+                self.grant_quota.append(quota)
                 self.grant_remaining.append(quota)
                 self.grant_base.append(base)
                 self.member_grants[m].append(grant)
@@ -296,14 +309,18 @@ class Engine:
             contribution = floor_mul(amount, eq.pool_rate)
             qn, qd = self._grant_price()  # price before this order
             room = max(0, eq.total_supply - self.minted)
-            points = min(room, (contribution * eq.grant_rate.numerator * qd)
-                         // (eq.grant_rate.denominator * qn))
+            points = min(
+                room,
+                (contribution * eq.grant_rate.numerator * qd) // (eq.grant_rate.denominator * qn),
+            )
             sponsor = self.parent[m]
             sponsor_points = 0
             if eq.referral_grant_rate > 0 and sponsor >= 0 and self.quota[sponsor] > 0:
-                sponsor_points = min(room - points,
-                                     (contribution * eq.referral_grant_rate.numerator * qd)
-                                     // (eq.referral_grant_rate.denominator * qn))
+                sponsor_points = min(
+                    room - points,
+                    (contribution * eq.referral_grant_rate.numerator * qd)
+                    // (eq.referral_grant_rate.denominator * qn),
+                )
             self.ledger.post("cny", SALES, POOL, contribution, "contribution", oid)
             self._mint(m, points, "grant", oid)
             self._mint(sponsor, sponsor_points, "referral_grant", oid)
@@ -362,11 +379,15 @@ class Engine:
         held = self.points[m]
         wanted = held if points is None else points
         if wanted <= 0:
-            raise Refused("points to trade must be > 0" if points is not None
-                          else f"member {self.names[m]!r} holds no points")
+            raise Refused(
+                "points to trade must be > 0"
+                if points is not None
+                else f"member {self.names[m]!r} holds no points"
+            )
         if wanted > held:
-            raise Refused(f"member {self.names[m]!r} holds {held / UNITS} points, "
-                          f"fewer than {wanted / UNITS}")
+            raise Refused(
+                f"member {self.names[m]!r} holds {held / UNITS} points, fewer than {wanted / UNITS}"
+            )
         return wanted
 
     def sell(self, name: str, points: int | None) -> int:
@@ -415,6 +436,8 @@ class Engine:
             raise Refused(f"member {name!r} is not a merchant")
         if stable <= 0:
             raise Refused("stable amount must be > 0")
+        if stable > MAX_CASH_CENTS:
+            raise Refused("stable amount above the limit")
         if stable > self.ledger.members["stable"][m]:
             raise Refused(f"merchant {name!r} holds fewer stable points than {stable / 100:.2f}")
         qn, qd = self._grant_price()
@@ -422,8 +445,9 @@ class Engine:
         if units <= 0:
             raise Refused("that amount buys no equity points at the current price")
         if units > self.treasury:
-            raise Refused(f"the treasury holds {self.treasury / UNITS} points, fewer than "
-                          f"{units / UNITS}")
+            raise Refused(
+                f"the treasury holds {self.treasury / UNITS} points, fewer than {units / UNITS}"
+            )
         self.ledger.post("stable", m, ISSUANCE, stable, "merchant_exchange", name)
         self.ledger.post("equity", TREASURY, m, units, "merchant_exchange", name)
         self.circulating += units
@@ -460,10 +484,14 @@ class Engine:
             raise Refused("an adjustment needs a reason")
         if amount == 0:
             raise Refused("adjustment amount must not be zero")
+        if abs(amount) > (MAX_POINT_UNITS if asset == "equity" else MAX_CASH_CENTS):
+            raise Refused("adjustment amount above the limit")
         held = self.ledger.members[asset][m]
         if amount < 0 and held + amount < 0:
-            raise Refused(f"member {name!r} holds {held} minor units of {asset}; "
-                          f"removing {-amount} would go below zero")
+            raise Refused(
+                f"member {name!r} holds {held} minor units of {asset}; "
+                f"removing {-amount} would go below zero"
+            )
         if asset == "equity":
             eq = self._require_equity()
             if amount > 0 and self.minted + amount > eq.total_supply:
@@ -613,7 +641,7 @@ class Engine:
         if self.pending_plan is not None:
             self.plan, self.pending_plan = self.pending_plan, None
             if self.plan.equity is not None and not self.first_grant_done:
-                self.last_price = self._issue_price(self.plan)
+                self.last_price = self.last_positive_price = self._issue_price(self.plan)
         return report
 
     def day_input(self) -> st.DayInput:
@@ -639,7 +667,9 @@ class Engine:
         ref = f"day-{self.day}"
         for pool in self.plan.pools:
             account = pool_account(pool.name)
-            ledger.post(asset, SALES, account, result.pool_funding.get(pool.name, 0), "pool_funding", ref)
+            ledger.post(
+                asset, SALES, account, result.pool_funding.get(pool.name, 0), "pool_funding", ref
+            )
 
         def source(kind: str) -> str:
             return pool_account(kind) if kind in result.pool_funding else ISSUANCE
@@ -648,9 +678,15 @@ class Engine:
         for amounts in result.released.values():
             paid |= amounts > 0
         earners = np.flatnonzero(paid)
-        ledger.post_release(ReleaseBatch(
-            asset, earners, {k: v[earners] for k, v in result.released.items()},
-            {k: source(k) for k in result.released}, ref))
+        ledger.post_release(
+            ReleaseBatch(
+                asset,
+                earners,
+                {k: v[earners] for k, v in result.released.items()},
+                {k: source(k) for k in result.released},
+                ref,
+            )
+        )
         for kind, amounts in result.released.items():
             total = self.released.get(kind)
             if total is None or total.size < n:

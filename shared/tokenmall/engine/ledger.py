@@ -106,8 +106,9 @@ class Ledger:
             return self.members[asset][account]
         return self.platform[asset][account]
 
-    def post(self, asset: str, debit: Account, credit: Account, amount: int, kind: str,
-             ref: str = "") -> None:
+    def post(
+        self, asset: str, debit: Account, credit: Account, amount: int, kind: str, ref: str = ""
+    ) -> None:
         """Move ``amount`` of ``asset``.  A member balance never goes below zero."""
         if amount == 0:
             return
@@ -144,8 +145,9 @@ class Ledger:
         if self.journal is not None:
             self.journal.append(batch)
 
-    def _add_to_members(self, asset: str, members: NDArray[np.int64],
-                        amounts: NDArray[np.int64]) -> None:
+    def _add_to_members(
+        self, asset: str, members: NDArray[np.int64], amounts: NDArray[np.int64]
+    ) -> None:
         balances = self.members[asset]
         if members.size < 4096:
             for m, amount in zip(members.tolist(), amounts.tolist(), strict=True):

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from tokenmall.money import AmountError, to_cents, to_fraction, to_units
+from tokenmall.money import AmountError, to_cents, to_decimal, to_fraction, to_units
 
 RELEASE_KINDS_FIXED = ("base", "gen1", "gen2", "team", "peer")
 WEIGHTS = ("shares", "contribution", "equity_points")
 SPLITS = ("pro_rata", "tiers")
 ASSETS_FOR_RELEASE = ("stable", "cny")
+
+
+# Bounds that keep every per-member sum well inside int64 minor units.
+MAX_CASH_CENTS = 10**14  # one amount: at most 1,000,000,000,000.00
+MAX_POINT_UNITS = 10**18  # 10,000,000,000 points
 
 
 class PlanError(ValueError):
@@ -150,6 +155,25 @@ def _check_keys(value: Any, schema: Any, where: str) -> None:
             raise PlanError(f"{where} must be a list")
         for i, item in enumerate(value):
             _check_keys(item, schema[0], f"{where}[{i}]")
+
+
+def check_plan_numbers(value: Any, where: str = "", schema: Any = None) -> None:
+    """Every numeric plan field holds a number (or null): a file-level error otherwise."""
+    schema = _SCHEMA if schema is None else schema
+    if value is None:
+        return
+    if isinstance(schema, dict) and isinstance(value, Mapping):
+        for key, sub in value.items():
+            if key in schema:
+                check_plan_numbers(sub, f"{where}.{key}" if where else str(key), schema[key])
+    elif isinstance(schema, list) and isinstance(value, list):
+        for i, item in enumerate(value):
+            check_plan_numbers(item, f"{where}[{i}]", schema[0])
+    elif schema == 0:
+        try:
+            to_decimal(value, where)
+        except AmountError as exc:
+            raise PlanError(str(exc)) from None
 
 
 def merge_plan(base: Mapping[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,12 +357,18 @@ def _parse(raw: dict[str, Any]) -> Plan:
         threshold = to_cents(t.get("threshold"), f"grants.tiers[{i}].threshold")
         if threshold < 0:
             raise PlanError(f"grants.tiers[{i}].threshold must be >= 0")
-        tiers.append(AmountTier(threshold, _rate(t.get("multiple"), f"grants.tiers[{i}].multiple", upper=None)))
+        tiers.append(
+            AmountTier(
+                threshold, _rate(t.get("multiple"), f"grants.tiers[{i}].multiple", upper=None)
+            )
+        )
     tiers.sort(key=lambda t: t.threshold)
     if len({t.threshold for t in tiers}) != len(tiers):
         raise PlanError("grants.tiers has two tiers with the same threshold")
     daily = grants_raw.get("daily_rate")
-    grants = GrantsConfig(tuple(tiers), None if daily is None else _rate(daily, "grants.daily_rate"))
+    grants = GrantsConfig(
+        tuple(tiers), None if daily is None else _rate(daily, "grants.daily_rate")
+    )
 
     equity = None
     if raw.get("equity") is not None:
@@ -347,8 +377,8 @@ def _parse(raw: dict[str, Any]) -> Plan:
         if issue_price <= 0:
             raise PlanError("equity.issue_price must be > 0")
         supply = to_units(e["total_supply"], "equity.total_supply")
-        if supply < 0:
-            raise PlanError("equity.total_supply must be >= 0")
+        if not 0 <= supply <= MAX_POINT_UNITS:
+            raise PlanError(f"equity.total_supply must be between 0 and {MAX_POINT_UNITS // 10**8}")
         equity = EquityConfig(
             pool_rate=_rate(e["pool_rate"], "equity.pool_rate"),
             grant_rate=_rate(e["grant_rate"], "equity.grant_rate"),
@@ -365,7 +395,9 @@ def _parse(raw: dict[str, Any]) -> Plan:
     w = {**BASE_PLAN["weights"], **_mapping(raw.get("weights") or {}, "weights")}
     weights = WeightsConfig(
         share_unit=to_cents(w["share_unit"], "weights.share_unit"),
-        referral_share_rate=_rate(w["referral_share_rate"], "weights.referral_share_rate", upper=None),
+        referral_share_rate=_rate(
+            w["referral_share_rate"], "weights.referral_share_rate", upper=None
+        ),
         contribution_unit=to_cents(w["contribution_unit"], "weights.contribution_unit"),
         referral_contribution_rate=_rate(
             w["referral_contribution_rate"], "weights.referral_contribution_rate", upper=None
@@ -381,8 +413,10 @@ def _parse(raw: dict[str, Any]) -> Plan:
         where = f"pools[{i}]"
         name = _text(p.get("name"), f"{where}.name")
         if name in names or name in RELEASE_KINDS_FIXED:
-            raise PlanError(f"{where}.name {name!r} is already used (names must be unique and not "
-                            f"one of {', '.join(RELEASE_KINDS_FIXED)})")
+            raise PlanError(
+                f"{where}.name {name!r} is already used (names must be unique and not "
+                f"one of {', '.join(RELEASE_KINDS_FIXED)})"
+            )
         names.add(name)
         split = _text(p.get("split"), f"{where}.split", SPLITS)
         weight = _text(p.get("weight"), f"{where}.weight", WEIGHTS)
@@ -396,7 +430,9 @@ def _parse(raw: dict[str, Any]) -> Plan:
                 if hi is not None and hi < lo:
                     raise PlanError(f"{tw}.max must be >= min")
                 tier_name = t.get("name") or f"T{j + 1}"
-                pool_tiers.append(TierConfig(str(tier_name), lo, hi, _rate(t.get("rate"), f"{tw}.rate")))
+                pool_tiers.append(
+                    TierConfig(str(tier_name), lo, hi, _rate(t.get("rate"), f"{tw}.rate"))
+                )
             if not pool_tiers:
                 raise PlanError(f"{where}: a tiers pool needs at least one tier")
             rate = Fraction(0)
@@ -409,8 +445,9 @@ def _parse(raw: dict[str, Any]) -> Plan:
     referral = None
     if raw.get("referral") is not None:
         r = {**MODULE_DEFAULTS["referral"], **_mapping(raw["referral"], "referral")}
-        referral = ReferralConfig(_rate(r["gen1_rate"], "referral.gen1_rate"),
-                                  _rate(r["gen2_rate"], "referral.gen2_rate"))
+        referral = ReferralConfig(
+            _rate(r["gen1_rate"], "referral.gen1_rate"), _rate(r["gen2_rate"], "referral.gen2_rate")
+        )
 
     team = None
     if raw.get("team") is not None:
@@ -425,7 +462,7 @@ def _parse(raw: dict[str, Any]) -> Plan:
         levels.sort(key=lambda lv: lv.threshold)
         depth = tm["max_depth"]
         if depth is not None:
-            if isinstance(depth, bool) or not isinstance(depth, int) and not str(depth).isdigit():
+            if isinstance(depth, bool) or (not isinstance(depth, int) and not str(depth).isdigit()):
                 raise PlanError("team.max_depth must be a whole number >= 0 or null")
             depth = int(depth)
             if depth < 0:

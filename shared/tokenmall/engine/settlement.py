@@ -90,8 +90,11 @@ def referral_sums(parent: I64, values: I64) -> I64:
 def unit_weight(spend: I64, gen1_spend: I64, rate: Fraction, unit: int) -> I64:
     """``floor((spend + rate × gen1 spend) / unit)`` exactly (shares, contribution value)."""
     n, d = rate.numerator, rate.denominator
-    total = spend.astype(object) * d + gen1_spend.astype(object) * n if _big(spend, gen1_spend, n, d) \
+    total = (
+        spend.astype(object) * d + gen1_spend.astype(object) * n
+        if _big(spend, gen1_spend, n, d)
         else spend * d + gen1_spend * n
+    )
     return np.asarray(total // (unit * d), dtype=np.int64)
 
 
@@ -129,7 +132,7 @@ def team_performance(parent: I64, depth: I64, spend: I64) -> I64:
         order = np.argsort(depth, kind="stable")
         bounds = np.searchsorted(depth[order], np.arange(max_depth + 2))
         for d in range(max_depth, 0, -1):
-            idx = order[bounds[d]:bounds[d + 1]]
+            idx = order[bounds[d] : bounds[d + 1]]
             subtree += sum_by(parent[idx], subtree[idx], n)
     return subtree - spend
 
@@ -201,8 +204,14 @@ def settle_day(inp: DayInput) -> DayResult:
     sources = np.flatnonzero(base_by_member > 0)
     source_release = base_by_member[sources]
     if plan.referral is not None and sources.size:
-        _referral(inp.parent, sources, source_release, plan.referral.gen1_rate,
-                  plan.referral.gen2_rate, accelerations)
+        _referral(
+            inp.parent,
+            sources,
+            source_release,
+            plan.referral.gen1_rate,
+            plan.referral.gen2_rate,
+            accelerations,
+        )
     if plan.team is not None:
         performance = team_performance(inp.parent, inp.depth, inp.spend)
         star = star_levels(performance, plan.team)
@@ -251,12 +260,12 @@ def _pay_pool(pool: PoolConfig, weight: I64, net_sales: int, quota: I64, out: Da
     else:
         scale = UNITS if pool.weight == "equity_points" else 1
         # who is eligible is decided once, when the pool starts paying (RULES §4)
-        eligible = (weight >= 1) & (quota > 0)
+        can_earn = (weight >= 1) & (quota > 0)
         for tier in pool.tiers:
             funding = (net_sales * tier.rate.numerator) // tier.rate.denominator
             funded += funding
             lo = -((-tier.min.numerator * scale) // tier.min.denominator)  # ceil
-            in_tier = eligible & (weight >= lo)
+            in_tier = can_earn & (weight >= lo)
             if tier.max is not None:
                 in_tier &= weight <= (tier.max.numerator * scale) // tier.max.denominator
             members = np.flatnonzero(in_tier)
@@ -277,8 +286,14 @@ def _pay_pool(pool: PoolConfig, weight: I64, net_sales: int, quota: I64, out: Da
         out.rounding[pool.name] = rounding
 
 
-def _referral(parent: I64, sources: I64, release: I64, gen1: Fraction, gen2: Fraction,
-              acc: dict[str, list[tuple[I64, I64]]]) -> None:
+def _referral(
+    parent: I64,
+    sources: I64,
+    release: I64,
+    gen1: Fraction,
+    gen2: Fraction,
+    acc: dict[str, list[tuple[I64, I64]]],
+) -> None:
     up1 = parent[sources]
     has1 = up1 >= 0
     if gen1 > 0 and has1.any():
@@ -289,8 +304,14 @@ def _referral(parent: I64, sources: I64, release: I64, gen1: Fraction, gen2: Fra
         acc["gen2"].append((up2[has2], frac_mul_floor(release[has2], gen2)))
 
 
-def _team_walk(parent: I64, star: I64, team: TeamConfig, sources: I64, release: I64,
-               acc: dict[str, list[tuple[I64, I64]]]) -> None:
+def _team_walk(
+    parent: I64,
+    star: I64,
+    team: TeamConfig,
+    sources: I64,
+    release: I64,
+    acc: dict[str, list[tuple[I64, I64]]],
+) -> None:
     """Differential and peer bonus, advancing every source one upline per pass.
 
     Rates are integers over a common denominator so the comparisons and the
@@ -321,8 +342,12 @@ def _team_walk(parent: I64, star: I64, team: TeamConfig, sources: I64, release: 
         r = rate[cur]
         raise_ = r > best
         if raise_.any():
-            acc["team"].append((cur[raise_],
-                                mul_div_floor_arrays(r[raise_] - best[raise_], src_release[raise_], den)))
+            acc["team"].append(
+                (
+                    cur[raise_],
+                    mul_div_floor_arrays(r[raise_] - best[raise_], src_release[raise_], den),
+                )
+            )
         same = ~raise_ & (r == best) & (best > 0) & ~peer_paid
         if peer > 0 and same.any():
             acc["peer"].append((cur[same], mul_div_floor(src_release[same], peer, den)))
@@ -333,7 +358,12 @@ def _team_walk(parent: I64, star: I64, team: TeamConfig, sources: I64, release: 
         done = (cur == n) | ((best == top_rate) & (peer_paid | (peer == 0)))
         if done.any():
             keep = ~done
-            cur, src_release, best, peer_paid = cur[keep], src_release[keep], best[keep], peer_paid[keep]
+            cur, src_release, best, peer_paid = (
+                cur[keep],
+                src_release[keep],
+                best[keep],
+                peer_paid[keep],
+            )
 
 
 def _deduct_oldest_first(grant_member: I64, grant_remaining: I64, deduction: I64) -> None:

@@ -1,0 +1,116 @@
+"""Invariants of the engine over random scenarios (hypothesis).
+
+- the equity price never falls (every step but an admin equity adjustment);
+- for every asset, all accounts sum to zero (every movement is a balanced posting),
+  and no member balance is negative;
+- no grant's remaining goes below 0 or above its quota; a member's quota is the sum
+  of its grants; released value never exceeds the quota granted;
+- the ledger agrees with the engine's own equity state;
+- settling a day twice equals settling it once;
+- a refused step changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.strategies import scenarios
+from tokenmall.engine import Engine, Refused
+from tokenmall.engine.ledger import ASSETS, ISSUANCE, POOL, TREASURY
+from tokenmall.scenario import apply_step, parse_scenario, result_document
+
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def snapshot(engine: Engine) -> Any:
+    """Everything observable about the engine's state."""
+    return (
+        result_document(engine),
+        copy.deepcopy(engine.ledger.members),
+        {a: dict(v) for a, v in engine.ledger.platform.items()},
+        list(engine.grant_remaining),
+        sorted(engine.orders),
+        engine.day,
+        engine.pending_plan.raw if engine.pending_plan else None,
+    )
+
+
+def check_books(engine: Engine) -> None:
+    ledger = engine.ledger
+    for asset in ASSETS:
+        assert ledger.total(asset) == 0, f"{asset} does not balance"
+        assert min(ledger.members[asset], default=0) >= 0, f"a member's {asset} went negative"
+    assert sum(ledger.members["equity"]) == engine.circulating
+    assert ledger.platform["equity"][TREASURY] == engine.treasury >= 0
+    assert ledger.platform["cny"][POOL] == engine.pool >= 0
+    assert engine.minted >= engine.outstanding
+    assert (
+        engine.minted <= max(engine.plan.equity.total_supply, engine.minted)
+        if engine.plan.equity
+        else True
+    )
+    # what was minted and not burned is exactly what is outstanding
+    assert (
+        -ledger.platform["equity"][ISSUANCE] - ledger.platform["equity"]["adjustments"]
+        == engine.outstanding
+    )
+
+
+def check_quotas(engine: Engine) -> None:
+    per_member = [0] * len(engine.names)
+    granted = [0] * len(engine.names)
+    for g, m in enumerate(engine.grant_member):
+        assert 0 <= engine.grant_remaining[g] <= engine.grant_quota[g]
+        per_member[m] += engine.grant_remaining[g]
+        granted[m] += engine.grant_quota[g]
+    assert per_member == engine.quota
+    for m in range(len(engine.names)):
+        released = sum(int(v[m]) for v in engine.released.values() if m < v.size)
+        assert released <= granted[m] - engine.quota[m]
+
+
+@SETTINGS
+@given(scenarios())
+def test_invariants_hold_after_every_step(doc: dict[str, Any]) -> None:
+    scenario = parse_scenario(doc)
+    engine = Engine(scenario.plan)
+    for step in scenario.steps:
+        price_before = engine.price()
+        before = snapshot(engine)
+        try:
+            apply_step(engine, step)
+        except Refused:
+            assert snapshot(engine) == before, f"refused step {step.number} changed the state"
+            continue
+        check_books(engine)
+        check_quotas(engine)
+        if not (step.kind == "adjust" and step.fields["asset"] == "equity"):
+            assert engine.price() >= price_before, f"price fell at step {step.number} ({step.kind})"
+
+
+@SETTINGS
+@given(scenarios(with_adjust_equity=False), st.data())
+def test_settling_a_day_twice_equals_once(doc: dict[str, Any], data: st.DataObject) -> None:
+    scenario = parse_scenario(doc)
+    engine = Engine(scenario.plan)
+    for step in scenario.steps:
+        with contextlib.suppress(Refused):
+            apply_step(engine, step)
+    day = engine.day
+    engine.settle(day)
+    once = snapshot(engine)
+    report = engine.settle(day)  # the same day again: already settled
+    assert report.already_settled
+    assert snapshot(engine) == once
+    earlier = data.draw(st.integers(1, day))
+    assert engine.settle(earlier).already_settled
+    assert snapshot(engine) == once
