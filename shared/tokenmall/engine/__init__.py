@@ -3,7 +3,8 @@
 Used by the simulator (``tokenmall simulate``), the projection and the services.
 """
 
-from tokenmall.engine.core import Engine, ExitRecord, Order, Refused, SettlementReport
+from tokenmall.engine import events
+from tokenmall.engine.core import Engine, ExitRecord, Order, Outputs, Refused, SettlementReport
 from tokenmall.engine.ledger import Ledger, Posting
 from tokenmall.engine.plan import Plan, PlanError, merge_plan
 
@@ -12,10 +13,12 @@ __all__ = [
     "ExitRecord",
     "Ledger",
     "Order",
+    "Outputs",
     "Plan",
     "PlanError",
     "Posting",
     "Refused",
     "SettlementReport",
+    "events",
     "merge_plan",
 ]

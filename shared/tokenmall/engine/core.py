@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenmall.engine import events as ev
 from tokenmall.engine import settlement as st
 from tokenmall.engine.ledger import (
     ADJUSTMENTS,
@@ -32,6 +33,7 @@ from tokenmall.engine.ledger import (
     TREASURY,
     BatchPosting,
     Ledger,
+    Posting,
     ReleaseBatch,
     pool_account,
 )
@@ -76,8 +78,17 @@ class SettlementReport:
     already_settled: bool = False
 
 
+@dataclass
+class Outputs:
+    """What the inputs since the last ``take_outputs()`` produced, in order."""
+
+    postings: list[Posting | BatchPosting | ReleaseBatch]
+    events: list[ev.DomainEvent]
+
+
 class Engine:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, record: bool = False) -> None:
+        """``record=True`` keeps every posting and domain event for ``take_outputs``."""
         self.plan = plan
         self.pending_plan: Plan | None = None
         self.day = 1  # the current (unsettled) business day
@@ -113,6 +124,23 @@ class Engine:
         self.released: dict[str, np.ndarray] = {}
         self.exits: list[ExitRecord] = []
         self.last_day_result: st.DayResult | None = None
+        self._events: list[ev.DomainEvent] | None = [] if record else None
+        if record:
+            self.ledger.journal = []
+
+    # ------------------------------------------------------------ outputs
+
+    def take_outputs(self) -> Outputs:
+        """The postings and events produced since the last call (needs ``record=True``)."""
+        if self._events is None or self.ledger.journal is None:
+            raise RuntimeError("create the engine with record=True to collect outputs")
+        outputs = Outputs(self.ledger.journal, self._events)
+        self.ledger.journal, self._events = [], []
+        return outputs
+
+    def _emit(self, event: ev.DomainEvent) -> None:
+        if self._events is not None:
+            self._events.append(event)
 
     # ------------------------------------------------------------ queries
 
@@ -194,6 +222,7 @@ class Engine:
         self.quota.append(0)
         self.member_grants.append([])
         self.ledger.add_member()
+        self._emit(ev.MemberJoined(name, sponsor, bool(merchant)))
         return m
 
     def bulk_load(
@@ -288,6 +317,7 @@ class Engine:
         self.sales_total += amount
         self.paid_today += amount
         self.accepted_orders += 1
+        self._emit(ev.OrderPaid(oid, name, amount, stable, self.day))
 
         grant = None
         tier = plan.grants.tier_for(amount)
@@ -302,6 +332,7 @@ class Engine:
                 self.grant_base.append(base)
                 self.member_grants[m].append(grant)
                 self.quota[m] += quota
+                self._emit(ev.QuotaGranted(oid, name, grant, quota, base))
 
         points = 0
         eq = plan.equity
@@ -324,6 +355,12 @@ class Engine:
             self.ledger.post("cny", SALES, POOL, contribution, "contribution", oid)
             self._mint(m, points, "grant", oid)
             self._mint(sponsor, sponsor_points, "referral_grant", oid)
+            if points:
+                self._emit(ev.PointsGranted(oid, name, points, referral=False))
+            if sponsor_points:
+                self._emit(
+                    ev.PointsGranted(oid, self.names[sponsor], sponsor_points, referral=True)
+                )
             if points + sponsor_points > 0:
                 self.first_grant_done = True
             self._remember_price()
@@ -352,18 +389,26 @@ class Engine:
         self.spend[m] -= order.amount
         self.sales_total -= order.amount
         self.refunded_today += order.amount
+        cancelled = 0
         if order.grant is not None:
-            self.quota[m] -= self.grant_remaining[order.grant]
+            cancelled = self.grant_remaining[order.grant]
+            self.quota[m] -= cancelled
             self.grant_remaining[order.grant] = 0
         self.ledger.post("stable", SALES, m, order.stable, "refund", order_id)
         self.ledger.post("cny", SALES, EXTERNAL, order.amount - order.stable, "refund", order_id)
         burn = min(order.points, self.points[m])
+        value = 0
         if burn > 0:
             num, den = self.price_pair()
             value = min(self.pool, (burn * num) // den)
             self._burn(m, burn, "refund", order_id)
             self.ledger.post("cny", POOL, m, value, "refund", order_id)
             self._remember_price()
+        self._emit(
+            ev.OrderRefunded(
+                order_id, self.names[m], order.amount, order.stable, cancelled, burn, value
+            )
+        )
         self._touch(m)
         self._run_exits()
         return order
@@ -407,9 +452,12 @@ class Engine:
         payout = min(payout, self.pool)
         self._burn(m, units, kind, ref)
         self.ledger.post("cny", POOL, m, payout, kind, ref)
-        self._use_quota(m, ceil_div(gross, out))
+        used = self._use_quota(m, ceil_div(gross, out))
+        if kind == "forced_exit":  # the rest of the quota is used up too
+            used += self._use_quota(m, self.quota[m])
         self._remember_price()
         self._touch(m)
+        self._emit(ev.PointsSold(self.names[m], units, payout, used, forced=kind == "forced_exit"))
         return payout
 
     def exchange(self, name: str, points: int) -> int:
@@ -423,7 +471,8 @@ class Engine:
         self.ledger.post("equity", m, TREASURY, units, "exchange", name)
         self.circulating -= units
         self.ledger.post("stable", ISSUANCE, m, value, "exchange", name)
-        self._use_quota(m, ceil_div(gross, out))
+        used = self._use_quota(m, ceil_div(gross, out))
+        self._emit(ev.PointsExchanged(name, units, value, used))
         self._touch(m)
         self._run_exits()
         return value
@@ -451,6 +500,7 @@ class Engine:
         self.ledger.post("stable", m, ISSUANCE, stable, "merchant_exchange", name)
         self.ledger.post("equity", TREASURY, m, units, "merchant_exchange", name)
         self.circulating += units
+        self._emit(ev.MerchantExchanged(name, stable, units))
         self._run_exits()
         return units
 
@@ -508,6 +558,7 @@ class Engine:
             self.ledger.post(asset, ADJUSTMENTS, m, amount, "adjust", reason)
         else:
             self.ledger.post(asset, m, ADJUSTMENTS, -amount, "adjust", reason)
+        self._emit(ev.BalanceAdjusted(name, asset, amount, str(reason)))
         self._run_exits()
 
     def propose_plan(self, partial: dict[str, Any]) -> Plan:
@@ -517,6 +568,7 @@ class Engine:
         except PlanError as exc:
             raise Refused(f"plan: {exc}") from None
         self.pending_plan = version
+        self._emit(ev.PlanScheduled(self.day + 1, version.raw))
         return version
 
     # ------------------------------------------------------------ forced exits
@@ -591,7 +643,6 @@ class Engine:
     def _force_exit(self, m: int, fee: Fraction) -> None:
         units = self.points[m]
         payout = self._sell(m, units, fee, "forced_exit", self.names[m])
-        self._use_quota(m, self.quota[m])
         self.exits.append(ExitRecord(m, units, payout))
 
     def _rebuild_exit_heap(self) -> None:
@@ -635,6 +686,16 @@ class Engine:
             retained=sum(result.retained.values()),
             rounding=sum(result.rounding.values()),
             exits=self.exits[exits_before:],
+        )
+        self._emit(
+            ev.DaySettled(
+                settled,
+                report.released,
+                report.members_released,
+                report.retained,
+                report.rounding,
+                len(report.exits),
+            )
         )
         self.day += 1
         self.paid_today = self.refunded_today = 0
