@@ -14,47 +14,25 @@ from typing import Any
 import numpy as np
 
 from tokenmall.engine import Engine, Plan
+from tokenmall.engine.plan import PRESETS
 
 # Every module at once: grants with tiers and a daily base, the equity pool, pools
 # by shares (pro rata and tiers), by contribution and by equity points, referral, team.
 ALL_PRESETS_PLAN: dict[str, Any] = {
-    "preset": "points",
+    "preset": "points",  # grants with amount tiers and a daily base, referral, team
     "grants": {
-        "tiers": [
-            {"threshold": 0, "multiple": 2},
-            {"threshold": 3000, "multiple": "2.5"},
-            {"threshold": 9000, "multiple": 3},
-            {"threshold": 27000, "multiple": "3.5"},
-            {"threshold": 51000, "multiple": 4},
-        ],
-        "daily_rate": "0.012",
+        "tiers": [{"threshold": 0, "multiple": 2}, *PRESETS["points"]["grants"]["tiers"]],
+        "daily_rate": PRESETS["points"]["grants"]["daily_rate"],
     },
-    "equity": {
-        "pool_rate": "0.30",
-        "grant_rate": "0.70",
-        "issue_price": 1,
-        "total_supply": 100000000,
-        "sell_fee_rate": "0.10",
-        "referral_grant_rate": 0,
-    },
+    "equity": PRESETS["equity"]["equity"],
     "weights": {
         "share_unit": 1000,
         "referral_share_rate": "0.5",
         "contribution_unit": 500,
         "referral_contribution_rate": "0.2",
     },
-    "pools": [
-        {"name": "static", "rate": "0.30", "split": "pro_rata", "weight": "shares"},
-        {
-            "name": "dynamic",
-            "split": "tiers",
-            "weight": "shares",
-            "tiers": [
-                {"name": "V1", "min": 50, "max": 100, "rate": "0.01"},
-                {"name": "V2", "min": 101, "max": 200, "rate": "0.03"},
-                {"name": "V3", "min": 201, "max": 500, "rate": "0.06"},
-            ],
-        },
+    "pools": [  # the cycle preset's pools, plus pools by contribution and by equity points
+        *PRESETS["cycle"]["pools"],
         {"name": "contribution", "rate": "0.05", "split": "pro_rata", "weight": "contribution"},
         {"name": "dividend", "rate": "0.05", "split": "pro_rata", "weight": "equity_points"},
     ],
