@@ -13,6 +13,8 @@ from fractions import Fraction
 
 CENTS = 100  # minor units per CNY / stable point / quota unit
 UNITS = 10**8  # minor units per equity point
+MAX_EXPONENT = 24  # |amount or rate| below 10**25 and, when non-zero, above 10**-25
+MAX_DIGITS = 40
 CASH_PLACES = 2
 POINT_PLACES = 8
 
@@ -42,6 +44,12 @@ def to_decimal(value: object, what: str = "amount") -> Decimal:
         raise AmountError(f"{what} must be a decimal number, got {type(value).__name__}")
     if not result.is_finite():
         raise AmountError(f"{what} must be finite, got {value!r}")
+    # Far beyond any amount or rate: refused here, before it can overflow a scaling or
+    # build a gigantic Fraction.
+    if result and not -MAX_EXPONENT <= result.adjusted() <= MAX_EXPONENT:
+        raise AmountError(f"{what} is out of range: {value!r}")
+    if len(result.as_tuple().digits) > MAX_DIGITS:
+        raise AmountError(f"{what} has too many digits: {value!r}")
     return result
 
 

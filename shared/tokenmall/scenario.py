@@ -179,6 +179,8 @@ def _check_numbers(kind: str, fields: dict[str, Any], where: str) -> None:
             raise ScenarioError(f"{where}: {key} must be a string")
     if kind == "sell" and "all" in fields and not isinstance(fields["all"], bool):
         raise ScenarioError(f"{where}: all must be true or false")
+    if kind == "sell" and fields.get("all") is not True and fields.get("points") is None:
+        raise ScenarioError(f"{where}: sell needs points (a number or all) or all: true")
     if kind == "join" and not isinstance(fields.get("merchant", False), bool):
         raise ScenarioError(f"{where}: merchant must be true or false")
 

@@ -480,7 +480,6 @@ HALF_APPLIED_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("sell-9-decimals", {"sell": {"member": "B", "points": "0.000000001"}}, r"decimal places"),
     ("sell-all-of-nothing", {"sell": {"member": "Z", "points": "all"}}, r"holds no points"),
     ("sell-unknown-member", {"sell": {"member": "ghost", "all": True}}, r"unknown member"),
-    ("sell-without-points", {"sell": {"member": "B"}}, r"sell needs points"),
     ("exchange-more-than-held", {"exchange": {"member": "B", "points": 100000}}, r"fewer than"),
     ("exchange-negative", {"exchange": {"member": "B", "points": -1}}, r"> 0"),
     (
@@ -619,3 +618,9 @@ def test_amount_beyond_int64_is_refused_not_a_crash() -> None:
     }
     with pytest.raises((StepFailed, ScenarioError)):
         simulate(parse_scenario(doc))
+
+
+@pytest.mark.parametrize("body", [{"member": "B"}, {"member": "B", "all": False}])
+def test_sell_without_points_is_a_file_error(body: dict[str, Any]) -> None:
+    with pytest.raises(ScenarioError, match=r"step 2 \(sell\): sell needs points"):
+        parse_scenario({"steps": [{"join": {"member": "B"}}, {"sell": body}]})

@@ -37,7 +37,13 @@ from tokenmall.engine.ledger import (
     ReleaseBatch,
     pool_account,
 )
-from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS, Plan, PlanError
+from tokenmall.engine.plan import (
+    MAX_CASH_CENTS,
+    MAX_POINT_UNITS,
+    MAX_TOTAL_CENTS,
+    Plan,
+    PlanError,
+)
 from tokenmall.money import UNITS, ceil_div, floor_mul
 
 # price ratio (cents per 1e-8 unit) × this = CNY per point
@@ -300,6 +306,8 @@ class Engine:
             raise Refused(f"order amount must be > 0, got {amount / 100}")
         if amount > MAX_CASH_CENTS:
             raise Refused(f"order amount above the limit of {MAX_CASH_CENTS // 100}")
+        if self.sales_total + amount > MAX_TOTAL_CENTS:
+            raise Refused("the platform's total sales would leave the supported range")
         if stable < 0 or stable > amount:
             raise Refused("stable part must be between 0 and the order amount")
         if stable > self.ledger.members["stable"][m]:
@@ -537,6 +545,8 @@ class Engine:
         if abs(amount) > (MAX_POINT_UNITS if asset == "equity" else MAX_CASH_CENTS):
             raise Refused("adjustment amount above the limit")
         held = self.ledger.members[asset][m]
+        if held + amount > (MAX_POINT_UNITS if asset == "equity" else MAX_TOTAL_CENTS):
+            raise Refused("the balance would leave the supported range")
         if amount < 0 and held + amount < 0:
             raise Refused(
                 f"member {name!r} holds {held} minor units of {asset}; "
@@ -575,7 +585,7 @@ class Engine:
 
     def _touch(self, m: int) -> None:
         """m's quota or points changed: queue its new exit ratio."""
-        if m < 0 or self.merchant[m]:
+        if m < 0 or self.merchant[m] or self.plan.equity is None:
             return
         p = self.points[m]
         if p > 0:
@@ -683,7 +693,7 @@ class Engine:
             day=settled,
             released={k: int(v.sum()) for k, v in result.released.items()},
             members_released=result.members_released,
-            retained=sum(result.retained.values()),
+            retained=sum(result.retained.values()) + result.acceleration_retained,
             rounding=sum(result.rounding.values()),
             exits=self.exits[exits_before:],
         )
@@ -700,9 +710,14 @@ class Engine:
         self.day += 1
         self.paid_today = self.refunded_today = 0
         if self.pending_plan is not None:
+            had_equity = self.plan.equity is not None
             self.plan, self.pending_plan = self.pending_plan, None
             if self.plan.equity is not None and not self.first_grant_done:
                 self.last_price = self.last_positive_price = self._issue_price(self.plan)
+            if self.plan.equity is not None and not had_equity:
+                # the heap was not kept while the module was off; exits resume at the
+                # next step that moves the price, points or quota
+                self._rebuild_exit_heap()
         return report
 
     def day_input(self) -> st.DayInput:
@@ -757,8 +772,11 @@ class Engine:
                 total = grown
             total += amounts
             self.released[kind] = total
-        for kind, amount in result.retained.items():
-            ledger.post(asset, source(kind), RETAINED, amount, f"retained:{kind}", ref)
+        for pool_name, amount in result.retained.items():
+            ledger.post(
+                asset, pool_account(pool_name), RETAINED, amount, f"retained:{pool_name}", ref
+            )
+        ledger.post(asset, ISSUANCE, RETAINED, result.acceleration_retained, "retained:burn", ref)
         for kind, amount in result.rounding.items():
             ledger.post(asset, pool_account(kind), ROUNDING, amount, f"rounding:{kind}", ref)
         self.grant_remaining = result.grant_remaining.tolist()

@@ -23,9 +23,12 @@ SPLITS = ("pro_rata", "tiers")
 ASSETS_FOR_RELEASE = ("stable", "cny")
 
 
-# Bounds that keep every per-member sum well inside int64 minor units.
+# Bounds that keep every sum inside int64 minor units: lifetime sales × the largest
+# multiple bounds all quota ever granted (10**16 × 100 < 2**63).
 MAX_CASH_CENTS = 10**14  # one amount: at most 1,000,000,000,000.00
+MAX_TOTAL_CENTS = 10**16  # lifetime sales, and any one balance: 100,000,000,000,000.00
 MAX_POINT_UNITS = 10**18  # 10,000,000,000 points
+MAX_MULTIPLE = 100
 
 
 class PlanError(ValueError):
@@ -359,7 +362,10 @@ def _parse(raw: dict[str, Any]) -> Plan:
             raise PlanError(f"grants.tiers[{i}].threshold must be >= 0")
         tiers.append(
             AmountTier(
-                threshold, _rate(t.get("multiple"), f"grants.tiers[{i}].multiple", upper=None)
+                threshold,
+                _rate(
+                    t.get("multiple"), f"grants.tiers[{i}].multiple", upper=Fraction(MAX_MULTIPLE)
+                ),
             )
         )
     tiers.sort(key=lambda t: t.threshold)

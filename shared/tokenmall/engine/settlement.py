@@ -37,17 +37,36 @@ ACCELERATION_KINDS = ("gen1", "gen2", "team", "peer")
 # ------------------------------------------------------------------ exact helpers
 
 
+def exact_total(values: I64) -> int:
+    """The exact sum of non-negative int64 values, whatever its size.
+
+    Each value is split into 31-bit halves whose int64 sums cannot overflow for
+    fewer than 2**31 values; the halves are recombined as a Python int.
+    """
+    high = values >> 31
+    low = values & (2**31 - 1)
+    return int(high.sum(dtype=np.int64)) * 2**31 + int(low.sum(dtype=np.int64))
+
+
 def sum_by(index: I64, values: I64, n: int) -> I64:
-    """``out[i] = sum(values[index == i])`` exactly, as int64."""
+    """``out[i] = sum(values[index == i])`` exactly, as int64, for non-negative values.
+
+    Every group sum is at most the grand total, so the total decides the path:
+    float64 ``bincount`` (fast) while it is below 2**53, where all partial sums of
+    integers are exact; an int64 ``add.at`` below 2**63; beyond that the result
+    cannot be an int64 at all.
+    """
     out = np.zeros(n, dtype=np.int64)
     if values.size == 0:
         return out
-    peak = int(np.abs(values).max())
-    if peak * values.size < _FLOAT_EXACT:
+    if int(values.min()) < 0:
+        raise ValueError("sum_by takes non-negative amounts")
+    total = exact_total(values)
+    if total < _FLOAT_EXACT:
         summed = np.bincount(index, weights=values, minlength=n)
         return np.rint(summed).astype(np.int64)
-    if peak * values.size >= _INT64_SAFE:
-        raise OverflowError("sum beyond int64: amounts out of any realistic range")
+    if total >= 2**63:
+        raise OverflowError("a total beyond int64: amounts out of the supported range")
     np.add.at(out, index, values)
     return out
 
@@ -166,7 +185,8 @@ class DayResult:
     quota: I64  # per member, after the day
     released: dict[str, I64]  # kind -> per member cents
     pool_funding: dict[str, int] = field(default_factory=dict)  # pool name -> funded cents
-    retained: dict[str, int] = field(default_factory=dict)  # kind -> cents booked to retained
+    retained: dict[str, int] = field(default_factory=dict)  # pool name -> cents to retained
+    acceleration_retained: int = 0  # accelerations an earner could not take (burn)
     rounding: dict[str, int] = field(default_factory=dict)  # pool name -> split remainder
     star: I64 | None = None
     team_performance: I64 | None = None
@@ -231,8 +251,7 @@ def settle_day(inp: DayInput) -> DayResult:
         quota -= paid
         retained_acc += int((owed - paid).sum())
         result.released[kind] = paid
-    if retained_acc:
-        result.retained["accelerations"] = retained_acc
+    result.acceleration_retained = retained_acc
 
     # deduct the day's pool and acceleration payments from grants, oldest first
     _deduct_oldest_first(inp.grant_member, g_rem, quota_after_base - quota)
