@@ -39,7 +39,7 @@ def plot_timeline(result: RunResult, target: Path) -> Path:
             ax.text(
                 0.5,
                 0.5,
-                "no data (no settlement or module off)",
+                "no data (no settlement, or no equity module)",
                 ha="center",
                 va="center",
                 transform=ax.transAxes,
@@ -47,8 +47,11 @@ def plot_timeline(result: RunResult, target: Path) -> Path:
                 color="grey",
             )
         ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[1]:
         ax.set_xlabel("day")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{result.scenario.name}: per settled day")
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)

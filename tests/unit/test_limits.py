@@ -81,3 +81,16 @@ def test_refused_huge_amount_flagged_refused_is_fine() -> None:
     doc["steps"][1].pop("refused")
     with pytest.raises(StepFailed, match="limit"):
         simulate(parse_scenario(doc))
+
+
+def test_a_member_cannot_sponsor_themselves() -> None:
+    engine = Engine(Plan.from_mapping({}))
+    with pytest.raises(Refused, match="cannot sponsor themselves"):
+        engine.join("A", "A")
+    assert engine.names == []
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "", "../etc/passwd"])
+def test_unknown_timezone_is_a_plan_error(zone: str) -> None:
+    with pytest.raises(PlanError, match="timezone"):
+        Plan.from_mapping({"timezone": zone})

@@ -217,6 +217,8 @@ class Engine:
             raise Refused("member must be a non-empty string")
         if name in self.index:
             raise Refused(f"member {name!r} already exists")
+        if sponsor == name:
+            raise Refused(f"member {name!r} cannot sponsor themselves (the tree has no cycles)")
         parent = self.member(sponsor) if sponsor is not None else -1
         m = len(self.names)
         self.names.append(name)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmall.money import AmountError, to_cents, to_decimal, to_fraction, to_units
 
@@ -338,6 +339,15 @@ def _text(value: Any, where: str, choices: tuple[str, ...] | None = None) -> str
     return value
 
 
+def _timezone(value: Any) -> str:
+    name = _text(value, "timezone")
+    try:
+        ZoneInfo(name)  # the IANA database ships with the package (tzdata)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PlanError(f"timezone {name!r} is not an IANA time zone") from None
+    return name
+
+
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise PlanError(f"{where} must be a mapping")
@@ -477,7 +487,7 @@ def _parse(raw: dict[str, Any]) -> Plan:
 
     return Plan(
         raw=raw,
-        timezone=_text(raw.get("timezone", "Asia/Shanghai"), "timezone"),
+        timezone=_timezone(raw.get("timezone", "Asia/Shanghai")),
         release_to=_text(raw.get("release_to", "stable"), "release_to", ASSETS_FOR_RELEASE),
         grants=grants,
         equity=equity,
