@@ -22,8 +22,8 @@ demo: $(STAMP)
 test: lint unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared tests
-	$(BIN)/ruff format --check shared tests
+	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff format --check shared services tests
 	$(BIN)/mypy
 
 unit: $(STAMP)

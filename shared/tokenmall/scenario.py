@@ -18,17 +18,9 @@ from typing import Any
 import yaml
 
 from tokenmall.engine import Engine, Plan, PlanError, Refused
-from tokenmall.engine import settlement as st
 from tokenmall.engine.plan import check_plan_numbers, merge_plan
-from tokenmall.money import (
-    AmountError,
-    format_cents,
-    format_ratio_down,
-    format_units,
-    to_cents,
-    to_decimal,
-    to_units,
-)
+from tokenmall.money import AmountError, to_cents, to_decimal, to_units
+from tokenmall.views import result_document
 
 
 class ScenarioError(ValueError):
@@ -384,54 +376,6 @@ def _day_point(engine: Engine, released_cents: int) -> DayPoint:
 
 
 # ------------------------------------------------------------------ result document
-
-
-def result_document(engine: Engine) -> dict[str, Any]:
-    plan = engine.plan
-    inp = engine.day_input()
-    shares, contribution = st.member_weights(inp.parent, inp.spend, plan.weights)
-    performance = st.team_performance(inp.parent, inp.depth, inp.spend)
-    star = st.star_levels(performance, plan.team)
-    ledger = engine.ledger
-    members: dict[str, Any] = {}
-    cny, stable, points = ledger.members["cny"], ledger.members["stable"], ledger.members["equity"]
-    released = engine.released
-    for m, name in enumerate(engine.names):
-        members[name] = {
-            "cny": format_cents(cny[m]),
-            "stable": format_cents(stable[m]),
-            "equity": format_units(points[m]),
-            "quota_remaining": format_cents(engine.quota[m]),
-            "spend": format_cents(engine.spend[m]),
-            "shares": int(shares[m]),
-            "contribution": int(contribution[m]),
-            "star": int(star[m]),
-            "team_performance": format_cents(int(performance[m])),
-            "released": {
-                k: format_cents(int(v[m])) for k, v in released.items() if m < v.size and v[m] != 0
-            },
-        }
-    price = None
-    if plan.equity is not None:
-        ratio = engine.price()
-        price = format_ratio_down(ratio.numerator, ratio.denominator, 8)
-    platform = ledger.platform
-    return {
-        "day": engine.day,
-        "equity": {
-            "price": price,
-            "pool": format_cents(engine.pool),
-            "circulating": format_units(engine.circulating),
-            "treasury": format_units(engine.treasury),
-            "minted": format_units(engine.minted),
-        },
-        "platform": {
-            "retained": format_cents(platform["cny"]["retained"] + platform["stable"]["retained"]),
-            "rounding": format_cents(platform["cny"]["rounding"] + platform["stable"]["rounding"]),
-            "sales": format_cents(engine.sales_total),
-        },
-        "members": members,
-    }
 
 
 # ------------------------------------------------------------------ checks

@@ -1,0 +1,3 @@
+from tokenmall_dividends.app import main
+
+main()

@@ -1,0 +1,58 @@
+"""The dividends database: the engine's input log, snapshots and settlement runs.
+
+The engine's state lives in memory; it is durable as (latest snapshot + the inputs
+logged after it), both written in the same transaction as the events they caused.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from tokenmall.messaging import define
+from tokenmall.messaging.tables import SEQUENCE_ID
+
+metadata = MetaData()
+messaging = define(metadata)
+
+inputs = Table(
+    "inputs",
+    metadata,
+    Column("seq", SEQUENCE_ID, primary_key=True, autoincrement=True),
+    Column("input_id", String(200), nullable=False, unique=True),
+    Column("kind", String(40), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: the arguments of the engine call
+    Column("day", Integer, nullable=False),
+    Column("accepted", Boolean, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("seq", SEQUENCE_ID, primary_key=True),  # the last input the snapshot includes
+    Column("day", Integer, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+settlements = Table(
+    "settlements",
+    metadata,
+    Column("day", Integer, primary_key=True),
+    Column("members_released", Integer, nullable=False),
+    Column("released", Text, nullable=False),  # JSON {kind: decimal}
+    Column("seconds", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

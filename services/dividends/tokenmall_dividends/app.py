@@ -1,0 +1,81 @@
+"""The dividends service: FastAPI + FastStream, wired by ``tokenmall.servicekit``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import FastAPI
+
+from tokenmall import contracts
+from tokenmall.messaging import Publisher
+from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall_dividends.adapters import tables
+from tokenmall_dividends.entrypoints import plans, settlements, state
+from tokenmall_dividends.service_layer import handlers
+from tokenmall_dividends.service_layer.host import EngineHost
+
+DEFAULT_PORT = 8103
+
+
+class DividendsSettings(ServiceSettings):
+    plan_file: str = ""  # TOKENMALL_PLAN_FILE: the first plan (YAML/JSON), base plan if empty
+
+
+def load_plan(path: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text())
+    plan = data.get("plan", data) if isinstance(data, dict) else None
+    if not isinstance(plan, dict):
+        raise ValueError(f"{path}: not a plan mapping")
+    return plan
+
+
+def build_app(
+    settings: DividendsSettings | None = None,
+    *,
+    broker_factory: Callable[[Service], Any] | None = None,
+    publisher_factory: Callable[[Service], Publisher] | None = None,
+) -> FastAPI:
+    settings = settings or DividendsSettings()
+    svc = Service("dividends", settings, tables.metadata, tables.messaging)
+    svc.state["host"] = EngineHost()
+
+    def bound(fn: Any) -> Any:
+        return partial(fn, svc=svc)
+
+    subscriptions = [
+        Subscription(contracts.MEMBERS, bound(handlers.on_member_registered), "dividends-members"),
+        Subscription(contracts.ORDERS, bound(handlers.on_order), "dividends-orders"),
+        Subscription(
+            contracts.WALLET_REQUESTS, bound(handlers.on_wallet_request), "dividends-requests"
+        ),
+    ]
+
+    async def on_startup(service: Service) -> None:
+        await handlers.start(service, load_plan(settings.plan_file))
+
+    return create_app(
+        svc,
+        [plans.router, settlements.router, state.router],
+        subscriptions,
+        on_startup=on_startup,
+        broker_factory=broker_factory,
+        publisher_factory=publisher_factory,
+    )
+
+
+def main() -> None:  # pragma: no cover - process entry point
+    import uvicorn
+
+    settings = DividendsSettings()
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port or DEFAULT_PORT,
+        log_level=settings.log_level.lower(),
+    )

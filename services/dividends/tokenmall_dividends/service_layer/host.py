@@ -1,0 +1,180 @@
+"""The engine host: one rules engine, applied to one input at a time.
+
+Inputs are plain JSON-able payloads (logged as they are, replayed on restart);
+the engine's outputs (postings, domain events, release batches) become the
+contract events other services consume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pickle
+from typing import Any
+
+import numpy as np
+from aiokafka.partitioner import murmur2
+
+from tokenmall import contracts
+from tokenmall.engine import Engine, Plan, Refused
+from tokenmall.engine.ledger import BatchPosting, Posting, ReleaseBatch
+from tokenmall.money import cents_to_decimal, to_cents, to_units, units_to_decimal
+
+
+def kafka_partition(key: str, partitions: int = contracts.PARTITIONS) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producer)."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class EngineHost:
+    def __init__(self, plan: dict[str, Any] | None = None) -> None:
+        self.engine = Engine(Plan.from_mapping(plan or {}), record=True)
+        self.lock = asyncio.Lock()
+        self.applied = 0  # inputs applied (accepted), including the initial plan
+
+    # ------------------------------------------------------------ applying inputs
+
+    def call(self, kind: str, payload: dict[str, Any]) -> tuple[bool, str | None, Any]:
+        """Apply one input; (accepted, reason, result).  A refusal changes nothing."""
+        try:
+            result = self._dispatch(kind, payload)
+        except Refused as exc:
+            self.engine.take_outputs()  # nothing, by construction; keep the buffers empty
+            return False, str(exc), None
+        self.applied += 1
+        return True, None, result
+
+    def _dispatch(self, kind: str, p: dict[str, Any]) -> Any:
+        engine = self.engine
+        if kind == "initial_plan":
+            if len(engine.names) or engine.day != 1:
+                raise Refused("the first plan can only be set before anything happened")
+            self.engine = Engine(Plan.from_mapping(p["plan"]), record=True)
+            return self.engine.plan
+        if kind == "join":
+            return engine.join(p["member"], p.get("sponsor"), bool(p.get("merchant")))
+        if kind == "order":
+            return engine.order(
+                p["member"], to_cents(p["amount"]), p["order_id"], to_cents(p.get("stable") or 0)
+            )
+        if kind == "refund":
+            return engine.refund(p["order_id"])
+        if kind == "plan":
+            return engine.propose_plan(p["plan"])
+        if kind == "settle":
+            return engine.settle(int(p["day"]))
+        if kind == "request":
+            return self._request(p)
+        raise Refused(f"unknown input kind {kind!r}")
+
+    def _request(self, p: dict[str, Any]) -> Any:
+        engine = self.engine
+        member, kind = p["member"], p["kind"]
+        if kind == "sell":
+            points = p.get("points")
+            return engine.sell(member, None if points in (None, "all") else to_units(points))
+        if kind == "exchange":
+            return engine.exchange(member, to_units(p["points"]))
+        if kind == "merchant_exchange":
+            return engine.merchant_exchange(member, to_cents(p["stable"]))
+        if kind == "adjust":
+            asset = p["asset"]
+            amount = to_units(p["amount"]) if asset == "equity" else to_cents(p["amount"])
+            return engine.adjust(member, asset, amount, p.get("reason") or "")
+        raise Refused(f"unknown request kind {kind!r}")
+
+    # ------------------------------------------------------------ outputs as events
+
+    def account(self, account: int | str) -> str:
+        return f"m:{self.engine.names[account]}" if isinstance(account, int) else account
+
+    def posting_line(self, posting: Posting) -> contracts.PostingLine:
+        to_decimal = units_to_decimal if posting.asset == "equity" else cents_to_decimal
+        return contracts.PostingLine(
+            asset=posting.asset,  # type: ignore[arg-type]
+            debit=self.account(posting.debit),
+            credit=self.account(posting.credit),
+            amount=to_decimal(posting.amount),
+            kind=posting.kind,
+        )
+
+    def input_applied(
+        self, input_id: str, member: str | None, accepted: bool, reason: str | None
+    ) -> contracts.InputApplied:
+        outputs = self.engine.take_outputs()
+        postings = [self.posting_line(p) for p in outputs.postings if isinstance(p, Posting)]
+        facts = [{"type": type(e).__name__, **dataclasses.asdict(e)} for e in outputs.events]
+        return contracts.InputApplied(
+            input_id=input_id,
+            member=member,
+            accepted=accepted,
+            reason=reason,
+            postings=postings,
+            facts=facts,
+        )
+
+    def settlement_events(self, day: int, report: Any, plan_changed: bool) -> list[contracts.Event]:
+        """A settlement's outputs: release batches per partition bucket, then DaySettled."""
+        outputs = self.engine.take_outputs()
+        events: list[contracts.Event] = []
+        platform: list[contracts.PostingLine] = []
+        exits: list[contracts.PostingLine] = []
+        for item in outputs.postings:
+            if isinstance(item, ReleaseBatch):
+                events.extend(self._release_batches(day, item))
+            elif isinstance(item, Posting):
+                line = self.posting_line(item)
+                involves_member = isinstance(item.debit, int) or isinstance(item.credit, int)
+                (exits if involves_member else platform).append(line)
+            elif isinstance(item, BatchPosting):  # pragma: no cover - settlement uses ReleaseBatch
+                raise AssertionError("unexpected batch posting in a settlement")
+        events.append(
+            contracts.DaySettled(
+                day=day,
+                released={k: cents_to_decimal(v) for k, v in report.released.items()},
+                members_released=report.members_released,
+                batches=sum(isinstance(e, contracts.ReleaseComputed) for e in events),
+                platform_postings=platform,
+                exit_postings=exits,
+                forced_exits=len(report.exits),
+            )
+        )
+        if plan_changed:
+            events.append(contracts.PlanActivated(day=self.engine.day, plan=self.engine.plan.raw))
+        return events
+
+    def _release_batches(self, day: int, batch: ReleaseBatch) -> list[contracts.ReleaseComputed]:
+        names = self.engine.names
+        members = batch.members.tolist()
+        keys = [names[m] for m in members]
+        buckets = np.fromiter((kafka_partition(k) for k in keys), dtype=np.int64, count=len(keys))
+        result = []
+        for bucket in range(contracts.PARTITIONS):
+            rows = np.flatnonzero(buckets == bucket)
+            if rows.size == 0:
+                continue
+            result.append(
+                contracts.ReleaseComputed(
+                    day=day,
+                    bucket=bucket,
+                    buckets=contracts.PARTITIONS,
+                    asset=batch.asset,  # type: ignore[arg-type]
+                    sources=batch.sources,
+                    members=[keys[i] for i in rows.tolist()],
+                    amounts={kind: column[rows].tolist() for kind, column in batch.columns.items()},
+                    partition_key=keys[int(rows[0])],
+                    event_id=f"release-{day}-{bucket}",
+                )
+            )
+        return result
+
+    # ------------------------------------------------------------ persistence
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.engine, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, state: bytes) -> None:
+        engine = pickle.loads(state)
+        if not isinstance(engine, Engine):
+            raise TypeError("snapshot is not an engine")
+        self.engine = engine

@@ -1,0 +1,218 @@
+"""Event contracts between the services: pydantic v2 models, topics, codec.
+
+Every event carries an envelope: a unique ``event_id``, the ``causation_id`` of
+what caused it, the ``producer`` service, a ``schema_version`` and
+``occurred_at``.  Amounts are decimal strings in the JSON (exact), converted to
+integer minor units by the consumer.  Each event names its Kafka key: the member
+id wherever the event concerns one member, so one member's events stay ordered.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = 1
+
+# topic -> what flows on it (the README's catalogue is generated from this)
+TOPICS: dict[str, str] = {
+    "tokenmall.members": "referrals → all: members registered (key: member)",
+    "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member)",
+    "tokenmall.wallet-requests": "wallet → dividends: trades, adjustments (key: member)",
+    "tokenmall.dividends": "dividends → wallet, referrals: engine results, release batches "
+    "(key: member; a batch: a member of its partition)",
+}
+MEMBERS, ORDERS, WALLET_REQUESTS, DIVIDENDS = TOPICS
+PARTITIONS = 6
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+Money = Annotated[Decimal, Field(description="exact decimal, serialised as a string")]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    type: str
+    event_id: str = Field(default_factory=lambda: str(uuid4()))
+    causation_id: str | None = None
+    producer: str = ""
+    schema_version: int = SCHEMA_VERSION
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def key(self) -> str:
+        member = getattr(self, "member", None)
+        return str(member) if member is not None else "platform"
+
+
+class MemberRegistered(Event):
+    type: Literal["MemberRegistered"] = "MemberRegistered"
+    member: str
+    sponsor: str | None = None
+    merchant: bool = False
+
+
+class OrderPaid(Event):
+    type: Literal["OrderPaid"] = "OrderPaid"
+    order_id: str
+    member: str
+    amount: Money
+    stable: Money = Decimal(0)
+
+
+class OrderRefunded(Event):
+    type: Literal["OrderRefunded"] = "OrderRefunded"
+    order_id: str
+    member: str
+    amount: Money
+
+
+class WalletRequest(Event):
+    """A member's equity trade or an admin adjustment, validated and reserved (held) by
+    the wallet, to be applied by the engine in dividends (which owns the price)."""
+
+    type: Literal["WalletRequest"] = "WalletRequest"
+    request_id: str
+    member: str
+    kind: Literal["sell", "exchange", "merchant_exchange", "adjust"]
+    points: Money | None = None  # sell / exchange; None with sell = all
+    stable: Money | None = None  # merchant_exchange
+    asset: Literal["cny", "stable", "equity"] | None = None  # adjust
+    amount: Money | None = None  # adjust: signed
+    reason: str | None = None  # adjust
+    operator: str | None = None  # adjust
+
+
+class PostingLine(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    asset: Literal["cny", "stable", "equity"]
+    debit: str  # "m:<member>" or a platform account name
+    credit: str
+    amount: Money
+    kind: str
+
+
+class InputApplied(Event):
+    """Dividends applied one input to the engine: its postings and what happened."""
+
+    type: Literal["InputApplied"] = "InputApplied"
+    input_id: str  # the request/order/member/adjustment this answers
+    member: str | None = None
+    accepted: bool
+    reason: str | None = None  # why the rules refused it
+    postings: list[PostingLine] = []
+    facts: list[dict[str, Any]] = []  # the engine's domain events, as plain data
+
+
+class ReleaseComputed(Event):
+    """Part of one day's releases: the members of one Kafka partition bucket.
+
+    Columnar and in integer cents (exact, and cheap to build and parse for a
+    million members): ``amounts[kind][i]`` is what ``members[i]`` receives.
+    """
+
+    type: Literal["ReleaseComputed"] = "ReleaseComputed"
+    day: int
+    bucket: int
+    buckets: int
+    asset: Literal["cny", "stable"]
+    sources: dict[str, str]  # release kind -> platform account paying it
+    members: list[str]
+    amounts: dict[str, list[int]]  # release kind -> cents, aligned with members
+    partition_key: str  # a member of the bucket: the key that lands on its partition
+
+    @property
+    def key(self) -> str:
+        return self.partition_key
+
+
+class DaySettled(Event):
+    type: Literal["DaySettled"] = "DaySettled"
+    day: int
+    released: dict[str, Money]
+    members_released: int
+    batches: int
+    platform_postings: list[PostingLine] = []  # pool funding, retained, rounding
+    exit_postings: list[PostingLine] = []  # forced exits at the end of the settlement
+    forced_exits: int = 0
+
+
+class PlanScheduled(Event):
+    """A new plan version, effective from ``effective_day`` (the next business day)."""
+
+    type: Literal["PlanScheduled"] = "PlanScheduled"
+    effective_day: int
+    plan: dict[str, Any]
+
+
+class PlanActivated(Event):
+    """The plan in force from ``day`` on (the first plan, and after a settlement)."""
+
+    type: Literal["PlanActivated"] = "PlanActivated"
+    day: int
+    plan: dict[str, Any]
+
+
+AnyEvent = Annotated[
+    MemberRegistered
+    | OrderPaid
+    | OrderRefunded
+    | WalletRequest
+    | InputApplied
+    | ReleaseComputed
+    | DaySettled
+    | PlanScheduled
+    | PlanActivated,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+
+class ContractError(ValueError):
+    """A message that is not a valid event (goes to the dead-letter topic)."""
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode(raw: bytes | str | dict[str, Any]) -> Event:
+    try:
+        if isinstance(raw, dict):
+            return _ADAPTER.validate_python(raw)  # type: ignore[no-any-return]
+        return _ADAPTER.validate_json(raw)  # type: ignore[no-any-return]
+    except Exception as exc:  # pydantic.ValidationError, JSON errors
+        raise ContractError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+
+
+def catalogue() -> list[dict[str, str]]:
+    """Topic and event catalogue (also printed by ``tokenmall events``)."""
+    rows = []
+    for name, description in TOPICS.items():
+        rows.append({"topic": name, "description": description})
+    return rows
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, default=str)
+
+
+def plain(data: Any) -> Any:
+    """JSON-safe copy: Decimals become exact decimal strings (never floats)."""
+    if isinstance(data, Decimal):
+        return str(data)
+    if isinstance(data, dict):
+        return {str(k): plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [plain(v) for v in data]
+    return data

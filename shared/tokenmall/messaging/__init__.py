@@ -1,0 +1,13 @@
+"""Transactional outbox and idempotent inbox shared by every service.
+
+- ``tables.define(metadata)`` adds the ``outbox`` and ``inbox`` tables to a service's schema.
+- ``UnitOfWork`` wraps one local transaction: the effect, the inbox row of the message
+  that caused it and the outbox rows of the events it raised commit together or not at all.
+- ``OutboxRelay`` publishes unpublished outbox rows in id order and marks them.
+"""
+
+from tokenmall.messaging.relay import KafkaPublisher, OutboxRelay, Publisher
+from tokenmall.messaging.tables import MessagingTables, define
+from tokenmall.messaging.uow import UnitOfWork
+
+__all__ = ["KafkaPublisher", "MessagingTables", "OutboxRelay", "Publisher", "UnitOfWork", "define"]

@@ -1,0 +1,106 @@
+"""The unit of work: one local transaction for an effect, its inbox row and its events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from tokenmall.contracts import Event, encode
+from tokenmall.messaging.tables import MessagingTables
+
+
+class UnitOfWork:
+    """``async with uow: ... await uow.commit()`` — rolls back unless committed.
+
+    ``emit`` collects events; ``commit`` writes them to the outbox in the same
+    transaction as everything else the handler did (no dual write).  ``claim``
+    records an incoming message id in the inbox: ``False`` means it was already
+    applied, and the handler does nothing.
+    """
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], tables: MessagingTables, producer: str
+    ) -> None:
+        self._sessions = sessions
+        self.tables = tables
+        self.producer = producer
+        self.session: AsyncSession
+        self.events: list[tuple[str, Event]] = []
+        self.causation_id: str | None = None
+        self._committed = False
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self._sessions()
+        self.events = []
+        self._committed = False
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            await self.session.rollback()
+        await self.session.close()
+
+    async def claim(self, consumer: str, event_id: str) -> bool:
+        """Insert (consumer, event_id) into the inbox; False if it is already there."""
+        self.causation_id = event_id
+        dialect = self.session.get_bind().dialect.name
+        values = {"consumer": consumer, "event_id": event_id, "processed_at": datetime.now(UTC)}
+        stmt: Any
+        if dialect == "postgresql":
+            stmt = postgresql.insert(self.tables.inbox).values(values).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(self.tables.inbox).values(values).on_conflict_do_nothing()
+        else:  # pragma: no cover - the two supported databases are above
+            raise RuntimeError(f"unsupported database {dialect}")
+        result = await self.session.execute(stmt)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def emit(self, topic: str, event: Event) -> Event:
+        stamped = event.model_copy(
+            update={
+                "producer": self.producer,
+                "causation_id": event.causation_id or self.causation_id,
+            }
+        )
+        self.events.append((topic, stamped))
+        return stamped
+
+    def emit_many(self, topic: str, events: Sequence[Event]) -> None:
+        for event in events:
+            self.emit(topic, event)
+
+    async def commit(self) -> None:
+        if self.events:
+            now = datetime.now(UTC)
+            await self.session.execute(
+                insert(self.tables.outbox),
+                [
+                    {
+                        "event_id": e.event_id,
+                        "topic": topic,
+                        "key": e.key,
+                        "event_type": e.type,
+                        "payload": encode(e).decode(),
+                        "created_at": now,
+                    }
+                    for topic, e in self.events
+                ],
+            )
+            self.events = []  # written: a later commit() must not write them again
+        await self.session.commit()
+        self._committed = True
+
+    @property
+    def committed(self) -> bool:
+        return self._committed

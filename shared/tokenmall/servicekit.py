@@ -1,0 +1,292 @@
+"""What every service shares: settings, metrics, the Kafka consumer wrapper, the app factory.
+
+A service is a thin shell: its own tables, HTTP routers and event handlers.  This
+module wires them: the database (created from the URL at start-up, never at import),
+a FastStream ``KafkaBroker`` started in FastAPI's lifespan, subscribers that
+acknowledge only after the handler's transaction committed (``AckPolicy.ACK``) and
+send what cannot be parsed or applied to ``<topic>.dlq`` with the reason, and the
+outbox relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
+from tokenmall.db import make_engine, make_sessions
+from tokenmall.messaging import KafkaPublisher, MessagingTables, OutboxRelay, Publisher, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+class ServiceSettings(BaseSettings):
+    """Environment: TOKENMALL_DATABASE_URL, TOKENMALL_KAFKA_BOOTSTRAP, TOKENMALL_PORT, …"""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENMALL_", extra="ignore")
+
+    database_url: str = ""  # empty: sqlite file data/<service>.db
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    host: str = "127.0.0.1"
+    port: int = 0
+    relay_batch: int = 1000
+    log_level: str = "INFO"
+    # Physical topic = prefix + logical topic: separate platform instances (a fresh
+    # replay, a test) share one broker without seeing each other's events.
+    topic_prefix: str = ""
+
+
+class Rejected(ValueError):
+    """An event the rules cannot apply: dead-lettered with this reason, then acknowledged."""
+
+
+class ServiceMetrics:
+    """Prometheus metrics, one registry per app (several apps may share a test process)."""
+
+    def __init__(self, service: str) -> None:
+        self.registry = CollectorRegistry()
+        self.consumed = Counter(
+            "tokenmall_events_consumed_total",
+            "Events consumed",
+            ["service", "type"],
+            registry=self.registry,
+        )
+        self.published = Counter(
+            "tokenmall_events_published_total",
+            "Events published",
+            ["service", "type"],
+            registry=self.registry,
+        )
+        self.dead_lettered = Counter(
+            "tokenmall_events_dead_lettered_total",
+            "Events sent to a dead-letter topic",
+            ["service", "topic"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tokenmall_handler_seconds",
+            "Event handler latency",
+            ["service", "type"],
+            registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "tokenmall_outbox_backlog",
+            "Unpublished outbox rows",
+            ["service"],
+            registry=self.registry,
+        )
+        self.fanout = Gauge(
+            "tokenmall_release_fanout_members_per_second",
+            "Members released per second in the last settlement step",
+            ["service"],
+            registry=self.registry,
+        )
+        self.service = service
+
+    def published_events(self, types: list[str]) -> None:
+        for t in types:
+            self.published.labels(self.service, t).inc()
+
+
+Handler = Callable[[Event, UnitOfWork], Awaitable[None]]
+
+
+@dataclass
+class Subscription:
+    topic: str
+    handler: Handler
+    consumer: str  # inbox consumer name and Kafka group id suffix
+
+
+@dataclass
+class Service:
+    """The running pieces of one service, available to routes as ``request.app.state.svc``."""
+
+    name: str
+    settings: ServiceSettings
+    metadata: MetaData
+    tables: MessagingTables
+    engine: AsyncEngine | None = None
+    sessions: async_sessionmaker[AsyncSession] | None = None
+    broker: Any = None
+    relay: OutboxRelay | None = None
+    metrics: ServiceMetrics = field(init=False)
+    state: dict[str, Any] = field(default_factory=dict)  # service-specific singletons
+
+    def __post_init__(self) -> None:
+        self.metrics = ServiceMetrics(self.name)
+
+    def uow(self) -> UnitOfWork:
+        assert self.sessions is not None, "service not started"
+        return UnitOfWork(self.sessions, self.tables, self.name)
+
+    def committed(self) -> None:
+        """Call after a transaction that emitted events: the relay publishes at once."""
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def handle(self, sub: Subscription, body: bytes) -> None:
+        """Decode, apply once (inbox), dead-letter what cannot be parsed or applied."""
+        try:
+            event = decode(body)
+        except ContractError as exc:
+            await self.dead_letter(sub.topic, body, f"unparseable: {exc}")
+            return
+        started = time.perf_counter()
+        try:
+            async with self.uow() as uow:
+                if not await uow.claim(sub.consumer, event.event_id):
+                    return  # delivered twice: applied once
+                await sub.handler(event, uow)
+                emitted = bool(uow.events) or uow.committed
+                await uow.commit()
+        except Rejected as exc:
+            await self.dead_letter(sub.topic, body, str(exc))
+            return
+        self.metrics.consumed.labels(self.name, event.type).inc()
+        self.metrics.latency.labels(self.name, event.type).observe(time.perf_counter() - started)
+        if emitted:
+            self.committed()
+
+    async def dead_letter(self, topic: str, body: bytes, reason: str) -> None:
+        log.warning("dead-lettering a message from %s: %s", topic, reason)
+        self.metrics.dead_lettered.labels(self.name, topic).inc()
+        await self.broker.publish(
+            body,
+            self.settings.topic_prefix + dead_letter_topic(topic),
+            headers={"reason": reason[:1000], "consumer": self.name},
+        )
+
+
+class PrefixedPublisher:
+    def __init__(self, inner: Any, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+        await self.inner.publish_many([(self.prefix + t, k, v) for t, k, v in messages])
+
+
+def default_database_url(service: str) -> str:
+    return f"sqlite:///data/{service}.db"
+
+
+def create_app(
+    service: Service,
+    routers: list[APIRouter],
+    subscriptions: list[Subscription],
+    on_startup: Callable[[Service], Awaitable[None]] | None = None,
+    publisher_factory: Callable[[Service], Publisher] | None = None,
+    broker_factory: Callable[[Service], Any] | None = None,
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts the database, the broker and the relay."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from faststream.kafka import KafkaBroker
+        from faststream.middlewares import AckPolicy
+
+        settings = service.settings
+        url = settings.database_url or default_database_url(service.name)
+        if url.startswith("sqlite:///") and "/" in url.removeprefix("sqlite:///"):
+            import pathlib
+
+            pathlib.Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        service.engine = make_engine(url)
+        service.sessions = make_sessions(service.engine)
+        async with service.engine.begin() as conn:
+            await conn.run_sync(service.metadata.create_all)
+        broker = (
+            broker_factory(service)
+            if broker_factory
+            else KafkaBroker(settings.kafka_bootstrap, client_id=service.name, logger=None)
+        )
+        service.broker = broker
+        for sub in subscriptions:
+
+            def make(sub: Subscription) -> Callable[[bytes], Awaitable[None]]:
+                async def on_message(body: bytes) -> None:
+                    await service.handle(sub, body)
+
+                return on_message
+
+            prefix = settings.topic_prefix
+            broker.subscriber(
+                prefix + sub.topic,
+                group_id=f"{prefix}tokenmall-{sub.consumer}",
+                ack_policy=AckPolicy.NACK_ON_ERROR,
+                auto_offset_reset="earliest",
+                max_records=500,
+            )(make(sub))
+        if on_startup is not None:
+            await on_startup(service)
+        await broker.start()
+        publisher: Any = (
+            publisher_factory(service)
+            if publisher_factory
+            else KafkaPublisher(settings.kafka_bootstrap, service.name)
+        )
+        if hasattr(publisher, "start"):
+            await publisher.start()
+        if settings.topic_prefix:
+            publisher = PrefixedPublisher(publisher, settings.topic_prefix)
+        service.relay = OutboxRelay(
+            service.sessions,
+            service.tables,
+            publisher,
+            batch_size=settings.relay_batch,
+            on_published=service.metrics.published_events,
+        )
+        relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
+        try:
+            yield
+        finally:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+            if hasattr(publisher, "stop"):
+                await publisher.stop()
+            await broker.stop()
+            await service.engine.dispose()
+
+    app = FastAPI(title=f"tokenmall {service.name}", lifespan=lifespan)
+    app.state.svc = service
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service.name}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if service.relay is not None:
+            service.metrics.outbox_backlog.labels(service.name).set(await service.relay.backlog())
+        return Response(
+            generate_latest(service.metrics.registry), media_type="text/plain; version=0.0.4"
+        )
+
+    @app.get("/v1/sync")
+    async def sync() -> dict[str, Any]:
+        """Outbox backlog: 0 means everything this service decided has been published."""
+        backlog = await service.relay.backlog() if service.relay else 0
+        return {"service": service.name, "outbox_backlog": backlog}
+
+    for router in routers:
+        app.include_router(router)
+    return app

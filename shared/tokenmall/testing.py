@@ -1,0 +1,81 @@
+"""Fakes for fast service tests (unit level): no broker, no network.
+
+Integration tests use the real Kafka broker instead (tests/integration).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from tokenmall.contracts import Event, decode
+from tokenmall.messaging import OutboxRelay
+
+
+class MemoryPublisher:
+    """Collects what the outbox relay publishes."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str, bytes]] = []
+
+    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+        self.messages.extend(messages)
+
+    def events(self, topic: str | None = None) -> list[Event]:
+        return [decode(v) for t, _, v in self.messages if topic is None or t == topic]
+
+
+class FakeBroker:
+    """Stands in for faststream's KafkaBroker: records subscribers and dead letters."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, list[Callable[[bytes], Awaitable[None]]]] = {}
+        self.dead_letters: list[tuple[str, bytes, dict[str, str]]] = []
+
+    def subscriber(self, topic: str, **_: Any) -> Callable[[Any], Any]:
+        def register(fn: Callable[[bytes], Awaitable[None]]) -> Any:
+            self.handlers.setdefault(topic, []).append(fn)
+            return fn
+
+        return register
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def publish(
+        self, body: bytes, topic: str, headers: dict[str, str] | None = None, **_: Any
+    ) -> None:
+        self.dead_letters.append((topic, body, headers or {}))
+
+    async def deliver(self, topic: str, body: bytes | Event) -> None:
+        """Hand a message to this service's subscribers of ``topic``, as Kafka would."""
+        raw = body.model_dump_json().encode() if isinstance(body, Event) else body
+        for handler in self.handlers.get(topic, []):
+            await handler(raw)
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan and give an HTTP client bound to it (no sockets)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+async def drain(app: FastAPI) -> int:
+    """Run the outbox relay until nothing is left; returns how many rows it published."""
+    relay: OutboxRelay = app.state.svc.relay
+    total = 0
+    while True:
+        published = await relay.run_once()
+        total += published
+        if published == 0:
+            return total
