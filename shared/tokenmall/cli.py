@@ -22,6 +22,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks (print JSON).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+dev_app = typer.Typer(
+    help="The platform on this machine: Kafka + the four services.", no_args_is_help=True
+)
+app.add_typer(dev_app, name="dev")
 
 # Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -144,6 +148,151 @@ def bench_engine_command(
 
     result = bench_engine(members=members, orders=orders, max_depth=max_depth, seed=seed)
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+@app.command("replay")
+def replay_command(
+    files: Annotated[list[Path], typer.Argument(help="scenario YAML file(s)")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the result document as JSON")
+    ] = False,
+    reset: Annotated[bool, typer.Option(help="give each file a fresh platform (dev reset)")] = True,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare", help="also simulate and fail unless both documents are identical"
+        ),
+    ] = False,
+) -> None:
+    """Run scenario files through the running services (tokenmall dev up) and check them."""
+    import asyncio
+
+    from tokenmall import devenv
+    from tokenmall.replay import Platform, PlatformError, replay
+
+    documents: dict[str, Any] = {}
+    failed = False
+    for index, path in enumerate(files):
+        try:
+            scenario = load_scenario(path)
+        except ScenarioError as exc:
+            err.print(f"[red]error[/red] {escape(str(path))}: {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
+        has_dev_platform = bool(devenv.load_state().get("services"))
+        if reset and has_dev_platform and (index > 0 or not _platform_is_fresh()):
+            devenv.reset()
+
+        async def run(scenario: Any = scenario) -> Any:
+            platform = Platform(devenv.service_urls())
+            try:
+                return await replay(scenario, platform)
+            finally:
+                await platform.close()
+
+        try:
+            result = asyncio.run(run())
+        except StepFailed as exc:
+            err.print(f"[red]error[/red] {escape(str(path))}: {escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
+        except (PlatformError, devenv.DevError, OSError) as exc:
+            err.print(
+                f"[red]platform error[/red] {escape(str(path))}: {escape(str(exc))}",
+                highlight=False,
+            )
+            raise typer.Exit(3) from None
+        documents[str(path)] = result.document
+        if not as_json:
+            out.print(
+                f"[bold]{escape(scenario.name)}[/bold] replayed through the services in "
+                f"{result.seconds:.1f} s"
+            )
+        for failure in result.failures:
+            err.print(
+                f"[red]check failed[/red] {escape(str(path))}: {escape(failure)}", highlight=False
+            )
+        failed |= not result.ok
+        if compare:
+            expected = simulate(scenario).document
+            if expected != result.document:
+                err.print(f"[red]differs from simulate[/red] {escape(str(path))}", highlight=False)
+                failed = True
+            elif not as_json:
+                out.print("  identical to tokenmall simulate")
+        if not as_json and scenario.checks:
+            passed = len(scenario.checks) - len(result.failures)
+            out.print(f"  checks: {passed}/{len(scenario.checks)} passed")
+    if as_json:
+        payload = next(iter(documents.values())) if len(files) == 1 else documents
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _platform_is_fresh() -> bool:
+    import asyncio
+
+    from tokenmall import devenv
+    from tokenmall.replay import Platform
+
+    async def check() -> bool:
+        platform = Platform(devenv.service_urls())
+        try:
+            return await platform.is_fresh()
+        except Exception:
+            return False
+        finally:
+            await platform.close()
+
+    return asyncio.run(check())
+
+
+@dev_app.command("up")
+def dev_up(
+    postgres: Annotated[bool, typer.Option(help="PostgreSQL instead of SQLite")] = False,
+) -> None:
+    """Start Kafka and the four services in the background; returns when all are healthy."""
+    from tokenmall import devenv
+
+    try:
+        state = devenv.up(postgres=postgres)
+    except devenv.DevError as exc:
+        err.print(f"[red]dev up failed[/red]: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(
+        f"kafka {state['kafka']['bootstrap']}; run {state['run']['id']} "
+        f"({'postgresql' if postgres else 'sqlite'})"
+    )
+    for name, info in state["services"].items():
+        out.print(f"  {name:<10} {info['url']}  log {escape(info['log'])}")
+
+
+@dev_app.command("reset")
+def dev_reset() -> None:
+    """Restart the services on fresh databases and topics (Kafka keeps running)."""
+    from tokenmall import devenv
+
+    try:
+        state = devenv.reset()
+    except devenv.DevError as exc:
+        err.print(f"[red]dev reset failed[/red]: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"run {state['run']['id']} ready")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop the services, Kafka and PostgreSQL."""
+    from tokenmall import devenv
+
+    devenv.down()
+    out.print("stopped")
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    from tokenmall import devenv
+
+    sys.stdout.write(json.dumps(devenv.status(), indent=2) + "\n")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -171,6 +171,25 @@ class Service:
         )
 
 
+async def consumer_lag(broker: Any) -> tuple[int, bool]:
+    """(total lag, every consumer has an assignment) over the broker's subscribers."""
+    total, ready = 0, True
+    for subscriber in getattr(broker, "subscribers", []):
+        consumer = getattr(subscriber, "consumer", None)
+        if consumer is None:
+            ready = False
+            continue
+        assigned = list(consumer.assignment())
+        if not assigned:
+            ready = False
+            continue
+        ends = await consumer.end_offsets(assigned)
+        for tp in assigned:
+            committed = await consumer.committed(tp)
+            total += max(0, ends[tp] - (committed or 0))
+    return total, ready
+
+
 class PrefixedPublisher:
     def __init__(self, inner: Any, prefix: str) -> None:
         self.inner, self.prefix = inner, prefix
@@ -283,9 +302,20 @@ def create_app(
 
     @app.get("/v1/sync")
     async def sync() -> dict[str, Any]:
-        """Outbox backlog: 0 means everything this service decided has been published."""
+        """Quiescence: nothing left to publish and nothing left to consume.
+
+        ``outbox_backlog`` counts unpublished outbox rows; ``consumer_lag`` is the sum
+        over this service's subscriptions of (log end offset − committed offset);
+        ``ready`` is false while a consumer has no partitions assigned yet.
+        """
         backlog = await service.relay.backlog() if service.relay else 0
-        return {"service": service.name, "outbox_backlog": backlog}
+        lag, ready = await consumer_lag(service.broker)
+        return {
+            "service": service.name,
+            "outbox_backlog": backlog,
+            "consumer_lag": lag,
+            "ready": ready,
+        }
 
     for router in routers:
         app.include_router(router)

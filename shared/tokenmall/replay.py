@@ -1,0 +1,313 @@
+"""``tokenmall replay``: a scenario through the running services' public HTTP APIs.
+
+Each step becomes HTTP calls; after each step replay waits until the platform is
+quiescent (every outbox published, every consumer caught up: ``GET /v1/sync`` on
+each service), so results never depend on timing.  The final state is read back
+from the services' APIs (never their databases) into the same result document as
+``tokenmall simulate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from tokenmall.contracts import plain
+from tokenmall.money import format_cents
+from tokenmall.scenario import Scenario, Step, StepFailed, evaluate_checks
+
+SERVICES = ("orders", "wallet", "dividends", "referrals")
+DEFAULT_PORTS = {"orders": 8101, "wallet": 8102, "dividends": 8103, "referrals": 8104}
+PAGE = 5000
+
+
+def default_urls() -> dict[str, str]:
+    return {name: f"http://127.0.0.1:{port}" for name, port in DEFAULT_PORTS.items()}
+
+
+class PlatformError(RuntimeError):
+    """The platform answered something replay cannot interpret (not a rules refusal)."""
+
+
+@dataclass
+class ReplayResult:
+    scenario: Scenario
+    document: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class Platform:
+    def __init__(self, urls: dict[str, str], timeout: float = 60.0) -> None:
+        self.urls = urls
+        self.client = httpx.AsyncClient(timeout=timeout)
+        self.quiet_timeout = timeout
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def call(self, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(method, self.urls[service] + path, **kwargs)
+
+    async def json(self, service: str, path: str) -> Any:
+        response = await self.call(service, "GET", path)
+        if response.status_code != 200:
+            raise PlatformError(f"{service} GET {path}: {response.status_code} {response.text}")
+        return response.json()
+
+    async def wait_quiet(self) -> None:
+        """Until every service reports nothing to publish and nothing to consume, twice."""
+        deadline = time.monotonic() + self.quiet_timeout
+        quiet_rounds = 0
+        while quiet_rounds < 2:
+            states = await asyncio.gather(*(self.json(s, "/v1/sync") for s in SERVICES))
+            quiet = all(
+                s["outbox_backlog"] == 0 and s.get("consumer_lag", 0) == 0 and s.get("ready", True)
+                for s in states
+            )
+            quiet_rounds = quiet_rounds + 1 if quiet else 0
+            if time.monotonic() > deadline:
+                raise PlatformError(f"the platform did not settle down: {states}")
+            await asyncio.sleep(0.005 if quiet else 0.02)
+
+    async def is_fresh(self) -> bool:
+        state = await self.json("dividends", "/v1/state")
+        return bool(state["members"] == 0 and state["day"] == 1 and state["orders"] == 0)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
+async def replay(scenario: Scenario, platform: Platform) -> ReplayResult:
+    started = time.perf_counter()
+    await platform.wait_quiet()
+    if not await platform.is_fresh():
+        raise PlatformError(
+            "the platform is not fresh (members or orders exist): "
+            "replay needs a new platform (tokenmall dev reset)"
+        )
+    response = await platform.call(
+        "dividends",
+        "POST",
+        "/v1/plan",
+        json={"plan": plain(scenario.plan.raw), "activate_now": True},
+    )
+    if response.status_code != 202:
+        raise PlatformError(f"installing the plan failed: {_detail(response)}")
+    await platform.wait_quiet()
+    driver = _Driver(platform)
+    for step in scenario.steps:
+        accepted, reason = await driver.apply(step)
+        if not accepted and not step.refused:
+            raise StepFailed(step.number, step.kind, f"refused: {reason}")
+        if accepted and step.refused:
+            raise StepFailed(step.number, step.kind, "expected to be refused, but it was accepted")
+    document = await read_document(platform)
+    return ReplayResult(
+        scenario,
+        document,
+        evaluate_checks(scenario.checks, document),
+        time.perf_counter() - started,
+    )
+
+
+class _Driver:
+    def __init__(self, platform: Platform) -> None:
+        self.p = platform
+        self.accepted_orders = 0
+
+    async def apply(self, step: Step) -> tuple[bool, str | None]:
+        handler = getattr(self, f"_{step.kind}")
+        accepted, reason = await handler(step)
+        return accepted, reason
+
+    async def _answer(
+        self, response: httpx.Response, ok: tuple[int, ...]
+    ) -> tuple[bool, str | None]:
+        if response.status_code in ok:
+            await self.p.wait_quiet()
+            return True, None
+        if 400 <= response.status_code < 500:
+            return False, _detail(response)
+        raise PlatformError(
+            f"{response.request.method} {response.request.url}: "
+            f"{response.status_code} {response.text}"
+        )
+
+    async def _join(self, step: Step) -> tuple[bool, str | None]:
+        f = step.fields
+        body = {"member": str(f["member"]), "merchant": bool(f.get("merchant", False))}
+        if f.get("sponsor") is not None:
+            body["sponsor"] = str(f["sponsor"])
+        return await self._answer(
+            await self.p.call("referrals", "POST", "/v1/members", json=body), (200, 201)
+        )
+
+    async def _order(self, step: Step) -> tuple[bool, str | None]:
+        f = step.fields
+        order_id = str(f["id"]) if f.get("id") is not None else f"order-{self.accepted_orders + 1}"
+        body = {
+            "order_id": order_id,
+            "member": str(f["member"]),
+            "amount": str(f["amount"]),
+            "stable": str(f.get("stable", 0)),
+        }
+        created = await self.p.call("orders", "POST", "/v1/orders", json=body)
+        accepted, reason = await self._answer(created, (200, 201))
+        if not accepted:
+            return accepted, reason
+        paid = await self.p.call("orders", "POST", f"/v1/orders/{order_id}/pay")
+        accepted, reason = await self._answer(paid, (200,))
+        if accepted:
+            applied = await self.p.json("dividends", f"/v1/inputs/{order_id}")
+            if not applied["accepted"]:
+                raise PlatformError(
+                    f"orders accepted {order_id} but the engine refused it: {applied['reason']}"
+                )
+            self.accepted_orders += 1
+        return accepted, reason
+
+    async def _refund(self, step: Step) -> tuple[bool, str | None]:
+        order_id = str(step.fields["order"])
+        return await self._answer(
+            await self.p.call("orders", "POST", f"/v1/orders/{order_id}/refund"), (200,)
+        )
+
+    async def _settle(self, step: Step) -> tuple[bool, str | None]:
+        day = (await self.p.json("dividends", "/v1/state"))["day"]
+        return await self._answer(
+            await self.p.call("dividends", "POST", f"/v1/settlements/{day}"), (200,)
+        )
+
+    async def _plan(self, step: Step) -> tuple[bool, str | None]:
+        return await self._answer(
+            await self.p.call("dividends", "POST", "/v1/plan", json={"plan": plain(step.fields)}),
+            (200, 202),
+        )
+
+    async def _request(self, path: str, body: dict[str, Any]) -> tuple[bool, str | None]:
+        accepted, reason = await self._answer(
+            await self.p.call("wallet", "POST", path, json=body), (200, 201, 202)
+        )
+        if not accepted:
+            return accepted, reason
+        status = await self.p.json("wallet", f"/v1/requests/{body['request_id']}")
+        if status["status"] == "done":
+            return True, None
+        if status["status"] == "refused":
+            return False, status.get("reason")
+        raise PlatformError(f"request {body['request_id']} still {status['status']} after quiet")
+
+    async def _sell(self, step: Step) -> tuple[bool, str | None]:
+        f = step.fields
+        points = "all" if f.get("all") is True or f.get("points") == "all" else str(f["points"])
+        member = str(f["member"])
+        return await self._request(
+            f"/v1/members/{member}/requests",
+            {"request_id": f"replay-{step.number}", "kind": "sell", "points": points},
+        )
+
+    async def _exchange(self, step: Step) -> tuple[bool, str | None]:
+        f = step.fields
+        return await self._request(
+            f"/v1/members/{f['member']}/requests",
+            {"request_id": f"replay-{step.number}", "kind": "exchange", "points": str(f["points"])},
+        )
+
+    async def _merchant_exchange(self, step: Step) -> tuple[bool, str | None]:
+        f = step.fields
+        return await self._request(
+            f"/v1/members/{f['member']}/requests",
+            {
+                "request_id": f"replay-{step.number}",
+                "kind": "merchant_exchange",
+                "stable": str(f["stable"]),
+            },
+        )
+
+    async def _adjust(self, step: Step) -> tuple[bool, str | None]:
+        f = step.fields
+        return await self._request(
+            "/v1/admin/adjustments",
+            {
+                "request_id": f"replay-{step.number}",
+                "member": str(f["member"]),
+                "asset": str(f["asset"]),
+                "amount": str(f["amount"]),
+                "reason": str(f["reason"]),
+                "operator": "replay",
+            },
+        )
+
+
+async def _pages(platform: Platform, service: str, path: str) -> list[Any]:
+    rows: list[Any] = []
+    while True:
+        page = await platform.json(service, f"{path}?offset={len(rows)}&limit={PAGE}")
+        members = page["members"]
+        rows.extend(members.items() if isinstance(members, dict) else members)
+        if len(rows) >= page["total"] or not members:
+            return rows
+
+
+async def read_document(platform: Platform) -> dict[str, Any]:
+    """The result document, assembled from the services' read APIs."""
+    state, accounts, sales, engine_rows, balance_rows, tree_rows = await asyncio.gather(
+        platform.json("dividends", "/v1/state"),
+        platform.json("wallet", "/v1/accounts/platform"),
+        platform.json("orders", "/v1/sales"),
+        _pages(platform, "dividends", "/v1/members"),
+        _pages(platform, "wallet", "/v1/balances"),
+        _pages(platform, "referrals", "/v1/members"),
+    )
+    balances = {row["member"]: row for row in balance_rows}
+    tree = {row["member"]: row for row in tree_rows}
+
+    def platform_total(account: str) -> str:
+        from decimal import Decimal
+
+        total = sum(
+            (Decimal(str(accounts.get(a, {}).get(account, "0"))) for a in ("cny", "stable")),
+            Decimal(0),
+        )
+        return format_cents(int(total * 100))
+
+    members: dict[str, Any] = {}
+    for name, view in engine_rows:
+        wallet_row = balances.get(name, {})
+        tree_row = tree.get(name, {})
+        members[name] = {
+            "cny": wallet_row.get("cny"),
+            "stable": wallet_row.get("stable"),
+            "equity": wallet_row.get("equity"),
+            "quota_remaining": view["quota_remaining"],
+            "spend": tree_row.get("spend"),
+            "shares": view["shares"],
+            "contribution": view["contribution"],
+            "star": tree_row.get("star"),
+            "team_performance": tree_row.get("team_performance"),
+            "released": view["released"],
+        }
+    return {
+        "day": state["day"],
+        "equity": state["equity"],
+        "platform": {
+            "retained": platform_total("retained"),
+            "rounding": platform_total("rounding"),
+            "sales": sales["sales"],
+        },
+        "members": members,
+    }
