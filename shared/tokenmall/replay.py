@@ -171,7 +171,11 @@ class _Driver:
             return accepted, reason
         paid = await self.p.call("orders", "POST", f"/v1/orders/{order_id}/pay")
         accepted, reason = await self._answer(paid, (200,))
-        if accepted:
+        if not accepted:  # a refused step leaves nothing behind, its order id included
+            deleted = await self.p.call("orders", "DELETE", f"/v1/orders/{order_id}")
+            if deleted.status_code != 204:
+                raise PlatformError(f"could not withdraw unpaid order {order_id}: {deleted.text}")
+        else:
             applied = await self.p.json("dividends", f"/v1/inputs/{order_id}")
             if not applied["accepted"]:
                 raise PlatformError(

@@ -215,6 +215,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from faststream.kafka import KafkaBroker
+        from faststream.kafka.annotations import KafkaMessage
         from faststream.middlewares import AckPolicy
 
         settings = service.settings
@@ -230,14 +231,15 @@ def create_app(
         broker = (
             broker_factory(service)
             if broker_factory
-            else KafkaBroker(settings.kafka_bootstrap, client_id=service.name, logger=None)
+            else KafkaBroker(settings.kafka_bootstrap, client_id=service.name)
         )
         service.broker = broker
         for sub in subscriptions:
 
-            def make(sub: Subscription) -> Callable[[bytes], Awaitable[None]]:
-                async def on_message(body: bytes) -> None:
-                    await service.handle(sub, body)
+            def make(sub: Subscription) -> Callable[..., Awaitable[None]]:
+                # the raw record: FastStream would otherwise decode JSON into a dict first
+                async def on_message(msg: KafkaMessage) -> None:
+                    await service.handle(sub, msg.body)
 
                 return on_message
 

@@ -29,15 +29,22 @@ class MemoryPublisher:
         return [decode(v) for t, _, v in self.messages if topic is None or t == topic]
 
 
+class _Record:
+    """What a subscriber receives from FastStream: the record, with its raw ``body``."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
 class FakeBroker:
     """Stands in for faststream's KafkaBroker: records subscribers and dead letters."""
 
     def __init__(self) -> None:
-        self.handlers: dict[str, list[Callable[[bytes], Awaitable[None]]]] = {}
+        self.handlers: dict[str, list[Callable[[Any], Awaitable[None]]]] = {}
         self.dead_letters: list[tuple[str, bytes, dict[str, str]]] = []
 
     def subscriber(self, topic: str, **_: Any) -> Callable[[Any], Any]:
-        def register(fn: Callable[[bytes], Awaitable[None]]) -> Any:
+        def register(fn: Callable[[Any], Awaitable[None]]) -> Any:
             self.handlers.setdefault(topic, []).append(fn)
             return fn
 
@@ -58,7 +65,7 @@ class FakeBroker:
         """Hand a message to this service's subscribers of ``topic``, as Kafka would."""
         raw = body.model_dump_json().encode() if isinstance(body, Event) else body
         for handler in self.handlers.get(topic, []):
-            await handler(raw)
+            await handler(_Record(raw))
 
 
 @contextlib.asynccontextmanager

@@ -135,5 +135,8 @@ class OutboxRelay:
                 await asyncio.sleep(0.5)
             if published < self.batch_size:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                # that arrives as the event fires, and shutdown would hang
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_seconds * 50)
+                    async with asyncio.timeout(self.idle_seconds * 50):
+                        await self._wake.wait()

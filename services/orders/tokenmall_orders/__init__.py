@@ -1,0 +1,1 @@
+"""The orders service: creates, pays and refunds orders; publishes OrderPaid and OrderRefunded."""

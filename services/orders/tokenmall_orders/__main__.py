@@ -1,0 +1,5 @@
+"""``python -m tokenmall_orders``: run the orders service."""
+
+from tokenmall_orders.app import main
+
+main()

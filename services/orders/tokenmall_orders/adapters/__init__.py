@@ -1,0 +1,1 @@
+"""Adapters of the orders service: its tables and the wallet's hold API."""

@@ -1,0 +1,60 @@
+"""The orders service's schema: its own tables plus the shared outbox and inbox.
+
+Money is stored as integer cents (``BigInteger``), never as SQLite ``NUMERIC``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from tokenmall import messaging
+
+metadata = MetaData()
+
+# Read model of the registered members, filled from MemberRegistered (tokenmall.members).
+members = Table(
+    "members",
+    metadata,
+    Column("member", String(200), primary_key=True),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("member", String(200), nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("stable_cents", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # created | paid | refunded
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("paid_at", DateTime(timezone=True), nullable=True),
+    Column("refunded_at", DateTime(timezone=True), nullable=True),
+)
+Index("orders_member", orders.c.member, orders.c.created_at)
+Index("orders_status", orders.c.status, orders.c.amount_cents)
+
+# Responses to requests that carried an Idempotency-Key header (successful ones only:
+# a refused request changed nothing, so repeating it runs it again).
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("method", String(10), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of the request's content
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),  # the JSON body answered
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+messaging_tables = messaging.define(metadata)

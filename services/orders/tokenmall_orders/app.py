@@ -1,0 +1,80 @@
+"""The orders service's app: its tables, router and subscription on the shared service kit."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+from tokenmall import contracts
+from tokenmall.messaging import Publisher
+from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall_orders.adapters import tables
+from tokenmall_orders.adapters.wallet import HttpWallet, Wallet
+from tokenmall_orders.entrypoints.orders import router as orders_router
+from tokenmall_orders.service_layer import handlers
+
+NAME = "orders"
+
+
+class OrdersSettings(ServiceSettings):
+    """Adds TOKENMALL_WALLET_URL; the port defaults to 8101."""
+
+    port: int = 8101
+    wallet_url: str = "http://127.0.0.1:8102"
+
+
+def build_app(
+    settings: OrdersSettings | None = None,
+    *,
+    broker_factory: Callable[[Service], Any] | None = None,
+    publisher_factory: Callable[[Service], Publisher] | None = None,
+    wallet: Wallet | None = None,
+) -> FastAPI:
+    settings = settings or OrdersSettings()
+    svc = Service(
+        name=NAME, settings=settings, metadata=tables.metadata, tables=tables.messaging_tables
+    )
+    own_wallet = HttpWallet(settings.wallet_url) if wallet is None else None
+    svc.state["wallet"] = wallet if wallet is not None else own_wallet
+    subscriptions = [
+        Subscription(contracts.MEMBERS, handlers.member_registered, consumer=f"{NAME}-members"),
+    ]
+    app = create_app(
+        svc,
+        [orders_router],
+        subscriptions,
+        publisher_factory=publisher_factory,
+        broker_factory=broker_factory,
+    )
+    if own_wallet is not None:
+        kit_lifespan = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            async with kit_lifespan(app):
+                try:
+                    yield
+                finally:
+                    await own_wallet.aclose()
+
+        app.router.lifespan_context = lifespan
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = OrdersSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )

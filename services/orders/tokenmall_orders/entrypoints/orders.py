@@ -1,0 +1,194 @@
+"""HTTP API of the orders service: create, pay, refund and read orders; all-time sales.
+
+Amounts are decimal strings in responses.  In requests they may be strings or JSON
+numbers: the body is parsed with JSON numbers read as ``Decimal`` (never float), so
+``10.123`` is refused for its 3 decimals instead of being rounded somewhere.
+Errors answer ``{"detail": message}`` and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from decimal import Decimal
+from typing import Annotated, Any, Literal, TypeVar, cast
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from tokenmall.servicekit import Service
+from tokenmall_orders.adapters.wallet import Wallet, WalletError, WalletUnavailable
+from tokenmall_orders.service_layer import handlers
+from tokenmall_orders.service_layer.handlers import (
+    Conflict,
+    CreateOrder,
+    DeleteOrder,
+    Idempotency,
+    Invalid,
+    NotFound,
+    OrderError,
+    PayOrder,
+    RefundOrder,
+    Reply,
+)
+
+# any 1–64 characters (the wallet's hold id limit) that can stand in a URL path segment as they are
+ORDER_ID_PATTERN = r"^[^/?#%\\\s\x00-\x1f\x7f]{1,64}$"
+
+
+class DecimalRequest(Request):
+    """A request whose JSON numbers are read as exact ``Decimal``s."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_decimal_json"):
+            self._decimal_json = json.loads(await self.body(), parse_float=Decimal)
+        return self._decimal_json
+
+
+class DecimalJSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def decimal_handler(request: Request) -> Response:
+            return await handler(DecimalRequest(request.scope, request.receive))
+
+        return decimal_handler
+
+
+router = APIRouter(prefix="/v1", tags=["orders"], route_class=DecimalJSONRoute)
+
+
+class OrderCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    member: str = Field(min_length=1, max_length=200)
+    amount: Decimal = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
+    stable: Decimal = Field(Decimal(0), description="the part paid in stable points, ≤ amount")
+    order_id: str | None = Field(None, pattern=ORDER_ID_PATTERN, description="default: a uuid4")
+
+
+class OrderPublic(BaseModel):
+    order_id: str
+    member: str
+    amount: Decimal
+    stable: Decimal
+    status: Literal["created", "paid", "refunded"]
+
+
+class SalesPublic(BaseModel):
+    paid: Decimal
+    refunded: Decimal
+    sales: Decimal
+
+
+class ErrorPublic(BaseModel):
+    detail: str
+
+
+def get_service(request: Request) -> Service:
+    return cast(Service, request.app.state.svc)
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+]
+
+T = TypeVar("T")
+STATUS: dict[type[OrderError], int] = {NotFound: 404, Conflict: 409, Invalid: 422}
+
+
+async def _run(call: Awaitable[T]) -> T:
+    """Run a handler; its refusals become HTTP errors ``{"detail": message}``."""
+    try:
+        return await call
+    except OrderError as exc:
+        raise HTTPException(STATUS.get(type(exc), 400), str(exc)) from None
+    except WalletUnavailable as exc:
+        raise HTTPException(503, f"the wallet is unavailable, try again: {exc}") from None
+    except WalletError as exc:
+        raise HTTPException(502, str(exc)) from None
+
+
+def _idempotency(key: str | None, request: Request) -> Idempotency | None:
+    return None if key is None else Idempotency(key, request.method, request.url.path)
+
+
+def _answer(reply: Reply, svc: Service) -> JSONResponse:
+    if reply.emitted:
+        svc.committed()  # the relay publishes what the transaction emitted at once
+    return JSONResponse(reply.body, status_code=reply.status_code)
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorPublic} for code in (404, 409, 422)}
+
+
+@router.post("/orders", status_code=201, response_model=OrderPublic, responses=ERRORS)
+async def create_order(
+    body: OrderCreate, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Create an order (status ``created``) for a registered member."""
+    cmd = CreateOrder(
+        member=body.member,
+        amount=body.amount,
+        stable=body.stable,
+        order_id=body.order_id,
+        idempotency=_idempotency(idempotency_key, request),
+    )
+    return _answer(await _run(handlers.create_order(cmd, svc.uow())), svc)
+
+
+@router.get("/orders/{order_id}", response_model=OrderPublic, responses=ERRORS)
+async def get_order(order_id: str, svc: ServiceDep) -> JSONResponse:
+    return JSONResponse(await _run(handlers.get_order(order_id, svc.uow())))
+
+
+@router.post(
+    "/orders/{order_id}/pay",
+    response_model=OrderPublic,
+    responses={**ERRORS, 502: {"model": ErrorPublic}, 503: {"model": ErrorPublic}},
+)
+async def pay_order(
+    order_id: str, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Pay: hold the stable part in the wallet (if any), mark paid, publish OrderPaid."""
+    wallet = cast(Wallet, svc.state["wallet"])
+    cmd = PayOrder(order_id, _idempotency(idempotency_key, request))
+    return _answer(await _run(handlers.pay_order(cmd, svc.uow(), wallet)), svc)
+
+
+@router.post("/orders/{order_id}/refund", response_model=OrderPublic, responses=ERRORS)
+async def refund_order(
+    order_id: str, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Refund a paid order, publish OrderRefunded."""
+    cmd = RefundOrder(order_id, _idempotency(idempotency_key, request))
+    return _answer(await _run(handlers.refund_order(cmd, svc.uow())), svc)
+
+
+@router.delete("/orders/{order_id}", status_code=204, responses=ERRORS)
+async def delete_order(order_id: str, svc: ServiceDep) -> Response:
+    """Delete an order that was never paid (e.g. after a refused pay); its id is free again."""
+    wallet = cast(Wallet, svc.state["wallet"])
+    await _run(handlers.delete_order(DeleteOrder(order_id), svc.uow(), wallet))
+    return Response(status_code=204)
+
+
+@router.get("/sales", response_model=SalesPublic)
+async def sales(svc: ServiceDep) -> JSONResponse:
+    """All-time totals: every paid order amount, the refunded ones, and paid − refunded."""
+    return JSONResponse(await handlers.sales(svc.uow()))
+
+
+@router.get("/members/{member}/orders", response_model=list[OrderPublic], responses=ERRORS)
+async def member_orders(
+    member: str,
+    svc: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JSONResponse:
+    """A member's orders, oldest first."""
+    views = await _run(handlers.member_orders(member, svc.uow(), limit=limit, offset=offset))
+    return JSONResponse(views)

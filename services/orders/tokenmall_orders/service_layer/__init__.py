@@ -1,0 +1,1 @@
+"""Use cases of the orders service: commands, their handlers and read-side queries."""

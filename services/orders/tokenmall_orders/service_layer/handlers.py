@@ -1,0 +1,479 @@
+"""Commands of the orders service and their handlers; read-side queries at the end.
+
+Command handlers take ``(command, uow)`` (plus the wallet when they need it), run
+one local transaction and end in ``uow.commit()``: the order row, the outbox rows
+of the events it raised and the stored idempotent response commit together.
+Amounts are integer cents inside; ``Decimal`` only arrives in commands.
+
+A command that carries an :class:`Idempotency` key answers a repeat of the same
+request with the first (successful) response and changes nothing; the same key
+on a different request is refused.  Refused requests are not stored: they changed
+nothing, so repeating one runs it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, cast
+from uuid import uuid4
+
+from sqlalchemy import CursorResult, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from tokenmall import contracts
+from tokenmall.contracts import Event, MemberRegistered, OrderPaid, OrderRefunded
+from tokenmall.engine.plan import MAX_CASH_CENTS
+from tokenmall.messaging import UnitOfWork
+from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
+from tokenmall.servicekit import Rejected
+from tokenmall_orders.adapters.tables import idempotency, members, orders
+from tokenmall_orders.adapters.wallet import InsufficientFunds, Wallet, WalletError
+
+CREATED, PAID, REFUNDED = "created", "paid", "refunded"
+
+log = logging.getLogger(__name__)
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class OrderError(Exception):
+    """A request the rules refuse; nothing was changed."""
+
+
+class NotFound(OrderError):
+    pass
+
+
+class Conflict(OrderError):
+    pass
+
+
+class Invalid(OrderError):
+    pass
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    method: str
+    path: str
+
+
+@dataclass(frozen=True)
+class CreateOrder:
+    member: str
+    amount: Decimal
+    stable: Decimal = Decimal(0)
+    order_id: str | None = None  # None: a uuid4
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class PayOrder:
+    order_id: str
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class RefundOrder:
+    order_id: str
+    idempotency: Idempotency | None = None
+
+
+@dataclass(frozen=True)
+class DeleteOrder:
+    order_id: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a command answered: a status code and a JSON body (replayed as is)."""
+
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False  # the stored answer to an earlier request with the same key
+    emitted: bool = False  # the transaction wrote events to the outbox
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    member: str
+    amount_cents: int
+    stable_cents: int
+    status: str
+
+    def view(self, status: str | None = None) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "member": self.member,
+            "amount": format_cents(self.amount_cents),
+            "stable": format_cents(self.stable_cents),
+            "status": status or self.status,
+        }
+
+
+# --- command handlers -----------------------------------------------------------------
+
+
+async def create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
+    amount = _cents(cmd.amount, "amount")
+    stable = _cents(cmd.stable, "stable")
+    if amount <= 0:
+        raise Invalid(f"amount must be greater than 0, got {str(cmd.amount)!r}")
+    if amount > MAX_CASH_CENTS:
+        raise Invalid(
+            f"amount must be at most {format_cents(MAX_CASH_CENTS)}, got {str(cmd.amount)!r}"
+        )
+    if stable < 0:
+        raise Invalid(f"stable must not be negative, got {str(cmd.stable)!r}")
+    if stable > amount:
+        raise Invalid(
+            f"stable ({format_cents(stable)}) must not exceed the amount ({format_cents(amount)})"
+        )
+    fingerprint = _fingerprint("create", cmd.member, amount, stable, cmd.order_id)
+    order = Order(cmd.order_id or str(uuid4()), cmd.member, amount, stable, CREATED)
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        known = await uow.session.execute(
+            select(members.c.member).where(members.c.member == cmd.member)
+        )
+        if known.first() is None:
+            raise NotFound(f"member {cmd.member!r} is not registered")
+        if await _load(uow, order.order_id) is not None:
+            raise Conflict(f"order {order.order_id!r} already exists")
+        reply = Reply(201, order.view())
+        try:
+            await uow.session.execute(
+                insert(orders).values(
+                    order_id=order.order_id,
+                    member=order.member,
+                    amount_cents=amount,
+                    stable_cents=stable,
+                    status=CREATED,
+                    created_at=_now(),
+                )
+            )
+            await _remember(uow, cmd.idempotency, fingerprint, reply)
+            await uow.commit()
+            return reply
+        except IntegrityError:
+            pass  # a concurrent request inserted the same order id or key first
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+    raise Conflict(f"order {order.order_id!r} already exists")
+
+
+async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
+    """Hold the stable part in the wallet (if any), then mark paid and emit OrderPaid.
+
+    The wallet call happens outside any database transaction; the hold id is the
+    order id, so a retried pay asks the wallet for the same hold again.
+    """
+    fingerprint = _fingerprint("pay", cmd.order_id)
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        order = await _existing(uow, cmd.order_id)
+        _check_payable(order)
+    if order.stable_cents > 0:
+        try:
+            await wallet.hold(
+                hold_id=order.order_id,
+                member=order.member,
+                asset="stable",
+                amount_cents=order.stable_cents,
+            )
+        except InsufficientFunds:
+            raise Conflict(
+                f"member {order.member!r} holds fewer stable points than "
+                f"{format_cents(order.stable_cents)}"
+            ) from None
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        if not await _transition(uow, order, CREATED, PAID, paid_at=_now()):
+            if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+                return replay
+            _check_payable(await _existing(uow, cmd.order_id))
+            raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
+        reply = Reply(200, order.view(PAID), emitted=True)
+        uow.emit(
+            contracts.ORDERS,
+            OrderPaid(
+                order_id=order.order_id,
+                member=order.member,
+                causation_id=order.order_id,
+                amount=cents_to_decimal(order.amount_cents),
+                stable=cents_to_decimal(order.stable_cents),
+            ),
+        )
+        try:
+            await _remember(uow, cmd.idempotency, fingerprint, reply)
+            await uow.commit()
+            return reply
+        except IntegrityError:
+            pass  # the same key, committed by a concurrent request
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        _check_payable(await _existing(uow, cmd.order_id))
+    raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
+
+
+async def refund_order(cmd: RefundOrder, uow: UnitOfWork) -> Reply:
+    """Refund a paid order: mark refunded and emit OrderRefunded (consumers reverse it)."""
+    fingerprint = _fingerprint("refund", cmd.order_id)
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        order = await _existing(uow, cmd.order_id)
+        if not await _transition(uow, order, PAID, REFUNDED, refunded_at=_now()):
+            if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+                return replay
+            _check_refundable(await _existing(uow, cmd.order_id))
+            raise Conflict(f"order {cmd.order_id!r} changed while being refunded; try again")
+        reply = Reply(200, order.view(REFUNDED), emitted=True)
+        uow.emit(
+            contracts.ORDERS,
+            OrderRefunded(
+                order_id=order.order_id,
+                member=order.member,
+                causation_id=order.order_id,
+                amount=cents_to_decimal(order.amount_cents),
+            ),
+        )
+        try:
+            await _remember(uow, cmd.idempotency, fingerprint, reply)
+            await uow.commit()
+            return reply
+        except IntegrityError:
+            pass
+    async with uow:
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        _check_refundable(await _existing(uow, cmd.order_id))
+    raise Conflict(f"order {cmd.order_id!r} changed while being refunded; try again")
+
+
+async def delete_order(cmd: DeleteOrder, uow: UnitOfWork, wallet: Wallet) -> None:
+    """Delete an order that was never paid (an abandoned one): its id is free again.
+
+    Nothing was published about an unpaid order, so nothing is emitted.  A paid or
+    refunded order is never deleted.  A stable part may have been held by a pay that
+    failed afterwards: the hold is released once the order is gone (never before, so
+    a concurrent pay that wins keeps its hold); a failed release is only logged.
+    """
+    async with uow:
+        order = await _existing(uow, cmd.order_id)
+        result = await uow.session.execute(
+            delete(orders).where(
+                orders.c.order_id == order.order_id,
+                orders.c.status == CREATED,
+                orders.c.stable_cents == order.stable_cents,
+            )
+        )
+        if cast(CursorResult[Any], result).rowcount != 1:
+            order = await _existing(uow, cmd.order_id)
+            raise Conflict(f"order {order.order_id!r} is {order.status}: it cannot be deleted")
+        await uow.commit()
+    if order.stable_cents > 0:
+        try:
+            await wallet.release(order.order_id)
+        except WalletError as exc:
+            log.warning("order %r deleted, but its hold was not released: %s", order.order_id, exc)
+
+
+# --- event handlers (tokenmall.members) -----------------------------------------------
+
+
+async def member_registered(event: Event, uow: UnitOfWork) -> None:
+    """Add the member to the read model (ignored if present).
+
+    The service kit claims the event in the inbox and commits this transaction
+    after the handler returns, so this handler does not commit itself.
+    """
+    if not isinstance(event, MemberRegistered):
+        return  # other events on the members topic do not concern orders
+    if not event.member or len(event.member) > 200:
+        raise Rejected(f"member id must be 1–200 characters, got {event.member!r}")
+    dialect = uow.session.get_bind().dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = postgresql.insert(members).values(member=event.member).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(members).values(member=event.member).on_conflict_do_nothing()
+    await uow.session.execute(stmt)
+
+
+# --- queries --------------------------------------------------------------------------
+
+
+async def get_order(order_id: str, uow: UnitOfWork) -> dict[str, Any]:
+    async with uow:
+        return (await _existing(uow, order_id)).view()
+
+
+async def member_orders(
+    member: str, uow: UnitOfWork, *, limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
+    async with uow:
+        known = await uow.session.execute(
+            select(members.c.member).where(members.c.member == member)
+        )
+        if known.first() is None:
+            raise NotFound(f"member {member!r} is not registered")
+        rows = await uow.session.execute(
+            _select_orders()
+            .where(orders.c.member == member)
+            .order_by(orders.c.created_at, orders.c.order_id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [Order(*row).view() for row in rows]
+
+
+async def sales(uow: UnitOfWork) -> dict[str, str]:
+    """All-time totals (RULES §6): paid = every order ever paid, sales = paid − refunded."""
+    async with uow:
+        rows = await uow.session.execute(
+            select(orders.c.status, func.coalesce(func.sum(orders.c.amount_cents), 0))
+            .where(orders.c.status.in_([PAID, REFUNDED]))
+            .group_by(orders.c.status)
+        )
+        totals = {status: int(total) for status, total in rows}
+    refunded = totals.get(REFUNDED, 0)
+    paid = totals.get(PAID, 0) + refunded
+    return {
+        "paid": format_cents(paid),
+        "refunded": format_cents(refunded),
+        "sales": format_cents(paid - refunded),
+    }
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _cents(value: Decimal, what: str) -> int:
+    try:
+        return to_cents(str(value), what)
+    except AmountError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _select_orders() -> Any:
+    return select(
+        orders.c.order_id,
+        orders.c.member,
+        orders.c.amount_cents,
+        orders.c.stable_cents,
+        orders.c.status,
+    )
+
+
+async def _load(uow: UnitOfWork, order_id: str) -> Order | None:
+    row = (await uow.session.execute(_select_orders().where(orders.c.order_id == order_id))).first()
+    return None if row is None else Order(*row)
+
+
+async def _existing(uow: UnitOfWork, order_id: str) -> Order:
+    order = await _load(uow, order_id)
+    if order is None:
+        raise NotFound(f"order {order_id!r} not found")
+    return order
+
+
+async def _transition(
+    uow: UnitOfWork, order: Order, before: str, after: str, **stamps: datetime
+) -> bool:
+    """Move ``order`` from ``before`` to ``after``; False if it is no longer in ``before``
+    or no longer the order that was read (deleted and created again in between)."""
+    result = await uow.session.execute(
+        update(orders)
+        .where(
+            orders.c.order_id == order.order_id,
+            orders.c.status == before,
+            orders.c.member == order.member,
+            orders.c.amount_cents == order.amount_cents,
+            orders.c.stable_cents == order.stable_cents,
+        )
+        .values(status=after, **stamps)
+    )
+    return cast(CursorResult[Any], result).rowcount == 1
+
+
+def _check_payable(order: Order) -> None:
+    if order.status == PAID:
+        raise Conflict(f"order {order.order_id!r} is already paid")
+    if order.status == REFUNDED:
+        raise Conflict(f"order {order.order_id!r} is already paid and refunded")
+
+
+def _check_refundable(order: Order) -> None:
+    if order.status == CREATED:
+        raise Conflict(f"order {order.order_id!r} is not paid")
+    if order.status == REFUNDED:
+        raise Conflict(f"order {order.order_id!r} is already refunded")
+
+
+async def _replay(uow: UnitOfWork, key: Idempotency | None, fingerprint: str) -> Reply | None:
+    """The stored response to an earlier request with this key, or None."""
+    if key is None:
+        return None
+    row = (
+        await uow.session.execute(
+            select(
+                idempotency.c.method,
+                idempotency.c.path,
+                idempotency.c.fingerprint,
+                idempotency.c.status_code,
+                idempotency.c.response,
+            ).where(idempotency.c.key == key.key)
+        )
+    ).first()
+    if row is None:
+        return None
+    if (row.method, row.path, row.fingerprint) != (key.method, key.path, fingerprint):
+        raise Invalid(
+            f"Idempotency-Key {key.key!r} was already used for a different request "
+            f"({row.method} {row.path})"
+        )
+    return Reply(row.status_code, json.loads(row.response), replayed=True)
+
+
+async def _remember(
+    uow: UnitOfWork, key: Idempotency | None, fingerprint: str, reply: Reply
+) -> None:
+    if key is None:
+        return
+    await uow.session.execute(
+        insert(idempotency).values(
+            key=key.key,
+            method=key.method,
+            path=key.path,
+            fingerprint=fingerprint,
+            status_code=reply.status_code,
+            response=json.dumps(reply.body),
+            created_at=_now(),
+        )
+    )

@@ -1,0 +1,59 @@
+"""The referrals schema: SQLAlchemy Core tables on one MetaData, plus the outbox/inbox.
+
+Money is stored as integer cents (``BigInteger``), never as SQLite NUMERIC.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from tokenmall import messaging
+
+MEMBER_ID_LENGTH = 64
+PLAN_ROW_ID = 1  # plan_state holds a single row
+
+metadata = MetaData()
+
+members = Table(
+    "members",
+    metadata,
+    Column("member", String(MEMBER_ID_LENGTH), primary_key=True),  # phone number / account id
+    Column("sponsor", String(MEMBER_ID_LENGTH), ForeignKey("members.member"), nullable=True),
+    Column("merchant", Boolean, nullable=False, default=False),
+    Column("seq", BigInteger, nullable=False, unique=True),  # registration order, from 1
+    Column("depth", Integer, nullable=False),  # 0 for a member without a sponsor
+    Column("spend_cents", BigInteger, nullable=False, default=0),  # net of refunds
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+)
+Index("members_sponsor", members.c.sponsor, members.c.seq)
+
+member_orders = Table(
+    "member_orders",
+    metadata,
+    Column("order_id", String(200), primary_key=True),
+    Column("member", String(MEMBER_ID_LENGTH), ForeignKey("members.member"), nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("refunded", Boolean, nullable=False, default=False),
+)
+
+plan_state = Table(
+    "plan_state",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always PLAN_ROW_ID
+    Column("day", Integer, nullable=False),
+    Column("plan", Text, nullable=False),  # JSON of the plan in force (merged mapping)
+)
+
+messaging_tables = messaging.define(metadata)

@@ -1,0 +1,1 @@
+"""Use cases of the referrals service: commands, event handlers and read views."""

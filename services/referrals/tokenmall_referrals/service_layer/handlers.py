@@ -1,0 +1,383 @@
+"""Use cases of the referrals service.
+
+Commands and events are handled cosmicpython style: ``handler(message, uow)``,
+ending in ``uow.commit()``; after a command the caller calls ``svc.committed()``
+so that the relay publishes at once.  The event handlers of the subscriptions run
+inside the unit of work that ``Service.handle`` opened and in which it claimed the
+message in the inbox, so their commit also records the message as applied (a path
+that changes nothing just returns: ``Service.handle`` commits the claim).  They
+raise :class:`Rejected` before writing anything: the transaction rolls back and
+the message is dead-lettered with the reason.
+
+The read views compute team performance and star levels set-based, over NumPy
+arrays of all members (``tokenmall.engine.settlement``), never by walking the tree
+member by member.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenmall import contracts
+from tokenmall.engine.plan import MAX_CASH_CENTS, Plan
+from tokenmall.engine.settlement import I64, star_levels, team_performance
+from tokenmall.messaging import UnitOfWork
+from tokenmall.money import AmountError, to_cents
+from tokenmall.servicekit import Rejected
+from tokenmall_referrals.adapters.tables import PLAN_ROW_ID, member_orders, members, plan_state
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ commands and errors
+
+
+@dataclass(frozen=True)
+class RegisterMember:
+    member: str
+    sponsor: str | None = None
+    merchant: bool = False
+
+
+class ReferralError(ValueError):
+    """A command the rules refuse; nothing was changed."""
+
+
+class MemberExists(ReferralError):
+    def __init__(self, member: str) -> None:
+        super().__init__(f"member '{member}' already exists")
+
+
+class UnknownSponsor(ReferralError):
+    def __init__(self, sponsor: str) -> None:
+        super().__init__(f"unknown sponsor '{sponsor}'")
+
+
+class SelfSponsor(ReferralError):
+    def __init__(self, member: str) -> None:
+        super().__init__(f"member '{member}' cannot sponsor themselves (the tree has no cycles)")
+
+
+class UnknownMember(ReferralError):
+    def __init__(self, member: str) -> None:
+        super().__init__(f"unknown member '{member}'")
+
+
+# ------------------------------------------------------------------ views (read models)
+
+
+@dataclass(frozen=True)
+class MemberSummary:
+    member: str
+    sponsor: str | None
+    merchant: bool
+    spend_cents: int
+    team_performance_cents: int
+    star: int
+
+
+@dataclass(frozen=True)
+class MemberDetail(MemberSummary):
+    referrals: list[str]
+
+
+# ------------------------------------------------------------------ registration
+
+
+async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
+    """Add a member under its sponsor and emit ``MemberRegistered`` in the same transaction."""
+    session = uow.session
+    if await _member_row(session, cmd.member) is not None:
+        raise MemberExists(cmd.member)
+    if cmd.sponsor is not None and cmd.sponsor == cmd.member:
+        raise SelfSponsor(cmd.member)
+    depth = 0
+    if cmd.sponsor is not None:
+        sponsor_depth = (
+            await session.execute(select(members.c.depth).where(members.c.member == cmd.sponsor))
+        ).scalar_one_or_none()
+        if sponsor_depth is None:
+            raise UnknownSponsor(cmd.sponsor)
+        depth = int(sponsor_depth) + 1
+    # Registration order inside the INSERT itself (one statement: no read-then-write gap
+    # on SQLite; a concurrent insert elsewhere fails the unique seq and is retried).
+    next_seq = select(func.coalesce(func.max(members.c.seq), 0) + 1).scalar_subquery()
+    await session.execute(
+        insert(members).values(
+            member=cmd.member,
+            sponsor=cmd.sponsor,
+            merchant=cmd.merchant,
+            seq=next_seq,
+            depth=depth,
+            spend_cents=0,
+            registered_at=datetime.now(UTC),
+        )
+    )
+    plan = await current_plan(session)
+    star = int(star_levels(np.zeros(1, dtype=np.int64), plan.team if plan else None)[0])
+    uow.emit(
+        contracts.MEMBERS,
+        contracts.MemberRegistered(member=cmd.member, sponsor=cmd.sponsor, merchant=cmd.merchant),
+    )
+    await uow.commit()
+    return MemberDetail(cmd.member, cmd.sponsor, cmd.merchant, 0, 0, star, [])
+
+
+# ------------------------------------------------------------------ subscriptions
+
+
+async def on_order_event(event: contracts.Event, uow: UnitOfWork) -> None:
+    """``tokenmall.orders``: spend follows paid orders, net of refunds."""
+    if isinstance(event, contracts.OrderPaid):
+        await order_paid(event, uow)
+    elif isinstance(event, contracts.OrderRefunded):
+        await order_refunded(event, uow)
+    else:
+        log.debug("ignoring %s on %s", event.type, contracts.ORDERS)
+
+
+async def on_dividends_event(event: contracts.Event, uow: UnitOfWork) -> None:
+    """``tokenmall.dividends``: only the plan in force matters here."""
+    if isinstance(event, contracts.PlanActivated):
+        await plan_activated(event, uow)
+
+
+async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
+    session = uow.session
+    amount = _order_cents(event)
+    if await _member_row(session, event.member) is None:
+        raise Rejected(f"unknown member '{event.member}' (order '{event.order_id}')")
+    recorded = await _insert_ignore(
+        session,
+        member_orders,
+        {
+            "order_id": event.order_id,
+            "member": event.member,
+            "amount_cents": amount,
+            "refunded": False,
+        },
+    )
+    if not recorded:
+        log.info("order '%s' already counted; ignoring %s", event.order_id, event.event_id)
+        return
+    await session.execute(
+        update(members)
+        .where(members.c.member == event.member)
+        .values(spend_cents=members.c.spend_cents + amount)
+    )
+    await uow.commit()
+
+
+async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> None:
+    session = uow.session
+    order = (
+        await session.execute(
+            select(
+                member_orders.c.member, member_orders.c.amount_cents, member_orders.c.refunded
+            ).where(member_orders.c.order_id == event.order_id)
+        )
+    ).one_or_none()
+    if order is None:
+        if await _member_row(session, event.member) is None:
+            raise Rejected(f"unknown member '{event.member}' (refund of '{event.order_id}')")
+        raise Rejected(f"unknown order '{event.order_id}' of member '{event.member}'")
+    if order.member != event.member:
+        raise Rejected(
+            f"order '{event.order_id}' belongs to '{order.member}', not to '{event.member}'"
+        )
+    if order.refunded:
+        log.info("order '%s' already refunded; ignoring %s", event.order_id, event.event_id)
+        return
+    marked = await session.execute(
+        update(member_orders)
+        .where(member_orders.c.order_id == event.order_id, member_orders.c.refunded.is_(False))
+        .values(refunded=True)
+    )
+    if not marked.rowcount:  # type: ignore[attr-defined]
+        return  # refunded concurrently
+    await session.execute(
+        update(members)
+        .where(members.c.member == order.member)
+        .values(spend_cents=members.c.spend_cents - order.amount_cents)
+    )
+    await uow.commit()
+
+
+async def plan_activated(event: contracts.PlanActivated, uow: UnitOfWork) -> None:
+    try:
+        plan = Plan.from_mapping(event.plan)
+    except (ValueError, TypeError) as exc:
+        raise Rejected(f"unusable plan for day {event.day}: {exc}") from None
+    session = uow.session
+    current = (
+        await session.execute(select(plan_state.c.day).where(plan_state.c.id == PLAN_ROW_ID))
+    ).scalar_one_or_none()
+    text = json.dumps(plan.raw, sort_keys=True, default=str)
+    if current is not None and event.day < current:
+        log.info("ignoring the plan of day %s: day %s is already in force", event.day, current)
+        return
+    if current is None:
+        await session.execute(insert(plan_state).values(id=PLAN_ROW_ID, day=event.day, plan=text))
+    else:
+        await session.execute(
+            update(plan_state)
+            .where(plan_state.c.id == PLAN_ROW_ID)
+            .values(day=event.day, plan=text)
+        )
+    await uow.commit()
+
+
+# ------------------------------------------------------------------ views
+
+
+async def get_member(uow: UnitOfWork, member: str) -> MemberDetail:
+    session = uow.session
+    row = await _member_row(session, member)
+    if row is None:
+        raise UnknownMember(member)
+    referrals = (
+        (
+            await session.execute(
+                select(members.c.member).where(members.c.sponsor == member).order_by(members.c.seq)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    seqs, performance, stars = await team_stats(session)
+    i = int(np.searchsorted(seqs, row.seq))
+    return MemberDetail(
+        row.member,
+        row.sponsor,
+        bool(row.merchant),
+        int(row.spend_cents),
+        int(performance[i]),
+        int(stars[i]),
+        list(referrals),
+    )
+
+
+async def list_members(uow: UnitOfWork, offset: int, limit: int) -> tuple[list[MemberSummary], int]:
+    """One page of members in registration order, and how many members there are."""
+    session = uow.session
+    page = (
+        await session.execute(
+            select(
+                members.c.seq,
+                members.c.member,
+                members.c.sponsor,
+                members.c.merchant,
+                members.c.spend_cents,
+            )
+            .order_by(members.c.seq)
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    # after the page: members are never removed, so every paged member is in the arrays
+    seqs, performance, stars = await team_stats(session)
+    at = np.searchsorted(seqs, np.asarray([r.seq for r in page], dtype=np.int64))
+    out = [
+        MemberSummary(r.member, r.sponsor, bool(r.merchant), int(r.spend_cents), int(p), int(s))
+        for r, p, s in zip(page, performance[at].tolist(), stars[at].tolist(), strict=True)
+    ]
+    return out, int(seqs.size)
+
+
+async def team_stats(session: AsyncSession) -> tuple[I64, I64, I64]:
+    """(seq, team performance in cents, star) of every member, in registration order."""
+    seqs, parent, depth, spend = await tree_arrays(session)
+    performance = team_performance(parent, depth, spend)
+    plan = await current_plan(session)
+    stars = star_levels(performance, plan.team if plan else None)
+    return seqs, performance, stars
+
+
+async def tree_arrays(session: AsyncSession) -> tuple[I64, I64, I64, I64]:
+    """The whole forest as arrays: seq, parent index (-1: none), depth, spend cents."""
+    sponsor = members.alias("sponsor_row")
+    rows = (
+        await session.execute(
+            select(
+                members.c.seq,
+                func.coalesce(sponsor.c.seq, -1),
+                members.c.depth,
+                members.c.spend_cents,
+            )
+            .select_from(members.outerjoin(sponsor, sponsor.c.member == members.c.sponsor))
+            .order_by(members.c.seq)
+        )
+    ).all()
+    data = np.fromiter(
+        itertools.chain.from_iterable(rows), dtype=np.int64, count=4 * len(rows)
+    ).reshape(-1, 4)
+    seqs = np.ascontiguousarray(data[:, 0])
+    sponsor_seq = data[:, 1]
+    parent = np.full(seqs.size, -1, dtype=np.int64)
+    has = sponsor_seq >= 0
+    parent[has] = np.searchsorted(seqs, sponsor_seq[has])
+    return (seqs, parent, np.ascontiguousarray(data[:, 2]), np.ascontiguousarray(data[:, 3]))
+
+
+async def current_plan(session: AsyncSession) -> Plan | None:
+    text = (
+        await session.execute(select(plan_state.c.plan).where(plan_state.c.id == PLAN_ROW_ID))
+    ).scalar_one_or_none()
+    return None if text is None else _parse_plan(text)
+
+
+@lru_cache(maxsize=16)
+def _parse_plan(text: str) -> Plan:
+    return Plan.from_mapping(json.loads(text))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def _member_row(session: AsyncSession, member: str) -> Any:
+    return (
+        await session.execute(
+            select(
+                members.c.member,
+                members.c.sponsor,
+                members.c.merchant,
+                members.c.seq,
+                members.c.spend_cents,
+            ).where(members.c.member == member)
+        )
+    ).one_or_none()
+
+
+def _order_cents(event: contracts.OrderPaid) -> int:
+    try:
+        amount = to_cents(event.amount, "amount")
+    except AmountError as exc:
+        raise Rejected(f"order '{event.order_id}': {exc}") from None
+    if not 0 <= amount <= MAX_CASH_CENTS:
+        raise Rejected(f"order '{event.order_id}': amount {event.amount} out of range")
+    return amount
+
+
+async def _insert_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; False when the row was already there."""
+    dialect = session.get_bind().dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(values).on_conflict_do_nothing()
+    else:  # pragma: no cover - the two supported databases are above
+        raise RuntimeError(f"unsupported database {dialect}")
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,3 @@
+from tokenmall_wallet.app import main
+
+main()

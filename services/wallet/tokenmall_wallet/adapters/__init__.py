@@ -1,0 +1,1 @@
+"""Storage: the wallet's tables and the bulk statements that book the ledger."""

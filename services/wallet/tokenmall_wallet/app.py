@@ -1,0 +1,79 @@
+"""The wallet service: build the app (``build_app``) or run it (``main``, port 8102)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from tokenmall.contracts import DIVIDENDS, MEMBERS, Event, ReleaseComputed
+from tokenmall.messaging import Publisher, UnitOfWork
+from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall_wallet.adapters import tables
+from tokenmall_wallet.entrypoints import balances, holds, requests
+from tokenmall_wallet.service_layer import handlers
+from tokenmall_wallet.service_layer.handlers import WalletError
+
+DEFAULT_PORT = 8102
+
+
+def build_app(
+    settings: ServiceSettings | None = None,
+    *,
+    broker_factory: Callable[[Service], Any] | None = None,
+    publisher_factory: Callable[[Service], Publisher] | None = None,
+) -> FastAPI:
+    svc = Service(
+        name="wallet",
+        settings=settings or ServiceSettings(),
+        metadata=tables.metadata,
+        tables=tables.messaging,
+    )
+
+    async def on_dividends(event: Event, uow: UnitOfWork) -> None:
+        started = time.perf_counter()
+        await handlers.on_dividends(event, uow)
+        if isinstance(event, ReleaseComputed) and event.members:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            svc.metrics.fanout.labels(svc.name).set(len(event.members) / elapsed)
+
+    subscriptions = [
+        Subscription(MEMBERS, handlers.on_members, "wallet-members"),
+        # InputApplied, ReleaseComputed (batches keyed onto their partition), DaySettled
+        Subscription(DIVIDENDS, on_dividends, "wallet-dividends"),
+    ]
+    app = create_app(
+        svc,
+        [holds.router, requests.router, balances.router],
+        subscriptions,
+        publisher_factory=publisher_factory,
+        broker_factory=broker_factory,
+    )
+
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        status = exc.status_code if isinstance(exc, WalletError) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    app.add_exception_handler(WalletError, refused)
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = ServiceSettings()
+    logging.basicConfig(level=settings.log_level.upper())
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port or DEFAULT_PORT,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Trade requests (sell, exchange, merchant exchange), admin adjustments, their status.
+
+Each is validated and its value held here, then applied by dividends (which owns
+the price); the answer comes back as ``InputApplied`` and finalises the request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import uuid4
+
+from fastapi import APIRouter, Depends, Path, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tokenmall.servicekit import Service
+from tokenmall_wallet.entrypoints import ExactDecimal, errors, get_service, minor_amount
+from tokenmall_wallet.service_layer import handlers
+
+router = APIRouter(tags=["requests"])
+
+RequestId = Annotated[str, Field(min_length=1, max_length=64, default_factory=lambda: str(uuid4()))]
+
+
+class RequestCreate(BaseModel):
+    """sell / exchange: ``points`` (a decimal, or "all" = the whole available balance;
+    omitted with sell = all); merchant_exchange: ``stable``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId
+    kind: Literal["sell", "exchange", "merchant_exchange"]
+    points: ExactDecimal | Literal["all"] | None = None
+    stable: ExactDecimal | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> RequestCreate:
+        if self.kind == "merchant_exchange":
+            if self.points is not None:
+                raise ValueError("a merchant exchange takes stable, not points")
+            if self.stable is None:
+                raise ValueError("a merchant exchange needs stable")
+            if minor_amount("stable", self.stable, "stable") <= 0:
+                raise ValueError("stable must be > 0")
+        else:
+            if self.stable is not None:
+                raise ValueError(f"{self.kind} takes points, not stable")
+            if self.points is None and self.kind == "exchange":
+                raise ValueError('exchange needs points (a decimal or "all")')
+            if self.points not in (None, "all") and self._units() <= 0:
+                raise ValueError("points must be > 0")
+        return self
+
+    def _units(self) -> int:
+        assert self.points is not None and self.points != "all"
+        return minor_amount("equity", self.points, "points")
+
+    def command(self, member: str) -> handlers.SubmitTrade:
+        if self.kind == "merchant_exchange":
+            assert self.stable is not None
+            return handlers.SubmitTrade(
+                self.request_id,
+                member,
+                self.kind,
+                stable=minor_amount("stable", self.stable, "stable"),
+            )
+        points = None if self.points in (None, "all") else self._units()
+        return handlers.SubmitTrade(self.request_id, member, self.kind, points=points)
+
+
+class AdjustmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId
+    member: Annotated[str, Field(min_length=1, max_length=200)]
+    asset: Literal["cny", "stable", "equity"]
+    amount: ExactDecimal  # signed, != 0
+    reason: Annotated[str, Field(max_length=1000)]
+    operator: Annotated[str, Field(max_length=200)]
+
+    @model_validator(mode="after")
+    def _fields(self) -> AdjustmentCreate:
+        if minor_amount(self.asset, self.amount, "amount") == 0:
+            raise ValueError("adjustment amount must not be zero")
+        if not self.reason.strip():
+            raise ValueError("an adjustment needs a reason")
+        if not self.operator.strip():
+            raise ValueError("an adjustment needs an operator")
+        return self
+
+    def command(self) -> handlers.SubmitAdjustment:
+        return handlers.SubmitAdjustment(
+            self.request_id,
+            self.member,
+            self.asset,
+            minor_amount(self.asset, self.amount, "amount"),
+            self.reason.strip(),
+            self.operator.strip(),
+        )
+
+
+class RequestPublic(BaseModel):
+    request_id: str
+    status: str  # pending | done | refused
+
+
+class RequestDetailPublic(BaseModel):
+    request_id: str
+    member: str
+    kind: str
+    status: str
+    reason: str | None
+    result: dict[str, Any] | None
+
+
+def _answer(outcome: handlers.Outcome, response: Response) -> RequestPublic:
+    if outcome.replay:
+        response.status_code = 200
+    return RequestPublic(request_id=outcome.id, status=outcome.status)
+
+
+@router.post(
+    "/v1/members/{member}/requests",
+    status_code=202,
+    response_model=RequestPublic,
+    responses=errors(404, 409),
+)
+async def submit_request(
+    body: RequestCreate,
+    response: Response,
+    member: Annotated[str, Path(min_length=1, max_length=200)],
+    svc: Annotated[Service, Depends(get_service)],
+) -> RequestPublic:
+    """202 pending (points or stable held, WalletRequest sent); 200 with the stored status
+    for a repeated request_id; 404 unknown member; 422 bad fields; 409 not enough
+    available, not a merchant, or the request_id exists with another body."""
+    async with svc.uow() as uow:
+        outcome = await handlers.submit_trade(uow, body.command(member))
+    if not outcome.replay:
+        svc.committed()
+    return _answer(outcome, response)
+
+
+@router.post(
+    "/v1/admin/adjustments",
+    status_code=202,
+    response_model=RequestPublic,
+    responses=errors(404, 409),
+)
+async def submit_adjustment(
+    body: AdjustmentCreate, response: Response, svc: Annotated[Service, Depends(get_service)]
+) -> RequestPublic:
+    """202 pending (a removal is held); 200 for a repeated request_id; 404 unknown member;
+    422 zero amount, empty reason or operator; 409 a removal that would go below zero."""
+    async with svc.uow() as uow:
+        outcome = await handlers.submit_adjustment(uow, body.command())
+    if not outcome.replay:
+        svc.committed()
+    return _answer(outcome, response)
+
+
+@router.get("/v1/requests/{request_id}", response_model=RequestDetailPublic, responses=errors(404))
+async def get_request(
+    request_id: str, svc: Annotated[Service, Depends(get_service)]
+) -> RequestDetailPublic:
+    async with svc.uow() as uow:
+        view = await handlers.request_view(uow.session, request_id)
+    return RequestDetailPublic(**view)

@@ -1,0 +1,1 @@
+"""Use cases: booking the engine's postings, holds, trade requests and adjustments."""

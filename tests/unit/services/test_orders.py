@@ -1,0 +1,476 @@
+"""The orders service with fakes: no broker, no wallet service, a SQLite file per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from tokenmall import contracts
+from tokenmall.contracts import Event, MemberRegistered, OrderPaid, OrderRefunded
+from tokenmall.testing import FakeBroker, MemoryPublisher, drain, running
+from tokenmall_orders.adapters import tables
+from tokenmall_orders.adapters.wallet import (
+    HttpWallet,
+    InsufficientFunds,
+    WalletError,
+    WalletUnavailable,
+)
+from tokenmall_orders.app import OrdersSettings, build_app
+
+Client = httpx.AsyncClient
+
+
+class FakeWallet:
+    """Stable-point balances in cents; a hold moves points out of the balance, once per id."""
+
+    def __init__(self, **stable_cents: int) -> None:
+        self.stable = dict(stable_cents)
+        self.holds: dict[str, tuple[str, str, int]] = {}
+        self.calls = 0
+
+    async def hold(self, *, hold_id: str, member: str, asset: str, amount_cents: int) -> None:
+        self.calls += 1
+        if hold_id in self.holds:
+            return
+        if self.stable.get(member, 0) < amount_cents:
+            raise InsufficientFunds(f"{member} holds {self.stable.get(member, 0)} cents")
+        self.stable[member] -= amount_cents
+        self.holds[hold_id] = (member, asset, amount_cents)
+
+    async def release(self, hold_id: str) -> None:
+        if hold_id in self.holds:
+            member, _, amount_cents = self.holds.pop(hold_id)
+            self.stable[member] += amount_cents
+
+
+def make_app(tmp_path: Path, wallet: Any = None) -> FastAPI:
+    settings = OrdersSettings(database_url=f"sqlite:///{tmp_path}/orders.db")
+    return build_app(
+        settings,
+        broker_factory=lambda svc: FakeBroker(),
+        publisher_factory=lambda svc: MemoryPublisher(),
+        wallet=wallet if wallet is not None else FakeWallet(),
+    )
+
+
+def run(
+    tmp_path: Path,
+    scenario: Callable[[FastAPI, Client], Awaitable[None]],
+    wallet: Any = None,
+    members: tuple[str, ...] = ("A",),
+) -> None:
+    async def main() -> None:
+        app = make_app(tmp_path, wallet)
+        async with running(app) as client:
+            for member in members:
+                await app.state.svc.broker.deliver(
+                    contracts.MEMBERS, MemberRegistered(member=member)
+                )
+            try:
+                await scenario(app, client)
+            finally:
+                await stop_relay()
+
+    asyncio.run(main())
+
+
+async def stop_relay() -> None:
+    """Cancel the outbox relay's task until it ends, before the kit's lifespan does.
+
+    On Python 3.11 ``asyncio.wait_for`` swallows a cancellation that arrives just as
+    the awaited event fires (the relay was woken by a commit), and the relay's loop
+    then never ends: the lifespan's shutdown would wait for it forever.
+    """
+    for task in asyncio.all_tasks():
+        if task.get_name() == "orders-relay":
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+
+
+async def published(app: FastAPI, topic: str = contracts.ORDERS) -> list[Event]:
+    """Events published so far, once each (the relay is at-least-once)."""
+    await drain(app)
+    seen: dict[str, Event] = {}
+    for event in app.state.svc.relay.publisher.events(topic):
+        seen.setdefault(event.event_id, event)
+    return list(seen.values())
+
+
+async def count_rows(app: FastAPI) -> dict[str, int]:
+    counts = {}
+    async with app.state.svc.sessions() as session:
+        for table in (tables.orders, tables.idempotency, tables.messaging_tables.outbox):
+            counts[table.name] = (
+                await session.execute(select(func.count()).select_from(table))
+            ).scalar_one()
+    return counts
+
+
+async def create(client: Client, **body: Any) -> httpx.Response:
+    return await client.post("/v1/orders", json={"member": "A", "amount": "10", **body})
+
+
+def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        r = await create(client, amount="123.45", order_id="o-1")
+        assert r.status_code == 201, r.text
+        assert r.json() == {
+            "order_id": "o-1",
+            "member": "A",
+            "amount": "123.45",
+            "stable": "0.00",
+            "status": "created",
+        }
+        assert await published(app) == []
+
+        r = await client.post("/v1/orders/o-1/pay")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "paid"
+        assert (await client.get("/v1/orders/o-1")).json()["status"] == "paid"
+
+        [event] = await published(app)
+        assert isinstance(event, OrderPaid)
+        assert (event.order_id, event.member) == ("o-1", "A")
+        assert event.amount == Decimal("123.45") and str(event.amount) == "123.45"
+        assert event.stable == Decimal("0.00")
+        assert event.producer == "orders"
+        assert event.causation_id == "o-1"
+        assert event.schema_version == contracts.SCHEMA_VERSION
+        assert event.event_id and event.occurred_at.tzinfo is not None
+        [(topic, key, value)] = app.state.svc.relay.publisher.messages[:1]
+        assert (topic, key) == (contracts.ORDERS, "A")
+        assert json.loads(value)["amount"] == "123.45"  # a decimal string on the wire
+
+    run(tmp_path, scenario)
+
+
+def test_default_order_id_and_json_numbers_are_exact(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        r = await create(client, amount=10.1, stable=0.1)
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert len(body["order_id"]) == 36 and (body["amount"], body["stable"]) == ("10.10", "0.10")
+        r = await create(client, amount=999999999999.99)
+        assert r.status_code == 201 and r.json()["amount"] == "999999999999.99"
+        # read as a float, this would silently become 10.1
+        r = await client.post(
+            "/v1/orders",
+            content=b'{"member": "A", "amount": 10.1000000000000001}',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422, r.text
+        r = await create(client, amount=1000000000000)
+        assert r.status_code == 201 and r.json()["amount"] == "1000000000000.00"
+
+    run(tmp_path, scenario)
+
+
+def test_idempotent_create_and_pay(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        headers = {"Idempotency-Key": "k-create"}
+        body = {"member": "A", "amount": "50.00"}
+        first = await client.post("/v1/orders", json=body, headers=headers)
+        again = await client.post("/v1/orders", json=body, headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert first.json() == again.json()  # the same generated order id
+        order_id = first.json()["order_id"]
+        assert len((await client.get("/v1/members/A/orders")).json()) == 1
+
+        # the same key on a different request is refused
+        r = await client.post("/v1/orders", json={**body, "amount": "51"}, headers=headers)
+        assert r.status_code == 422 and "Idempotency-Key" in r.json()["detail"]
+
+        pay = {"Idempotency-Key": "k-pay"}
+        first = await client.post(f"/v1/orders/{order_id}/pay", headers=pay)
+        again = await client.post(f"/v1/orders/{order_id}/pay", headers=pay)
+        assert first.status_code == again.status_code == 200
+        assert first.json() == again.json() and first.json()["status"] == "paid"
+        assert len(await published(app)) == 1
+
+        r = await client.post(f"/v1/orders/{order_id}/pay", headers=headers)  # a create key
+        assert r.status_code == 422
+        counts = await count_rows(app)
+        assert counts == {"orders": 1, "idempotency": 2, "outbox": 1}
+
+    run(tmp_path, scenario)
+
+
+def test_paying_twice_and_refunding_unpaid_are_conflicts(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        await create(client, order_id="o-1")
+        r = await client.post("/v1/orders/o-1/refund")
+        assert r.status_code == 409 and r.json() == {"detail": "order 'o-1' is not paid"}
+        assert (await client.post("/v1/orders/o-1/pay")).status_code == 200
+        r = await client.post("/v1/orders/o-1/pay")
+        assert r.status_code == 409 and r.json() == {"detail": "order 'o-1' is already paid"}
+        assert len(await published(app)) == 1
+        assert (await client.get("/v1/orders/o-1")).json()["status"] == "paid"
+
+        for path in ("/v1/orders/nope/pay", "/v1/orders/nope/refund", "/v1/orders/nope"):
+            r = (await client.get(path)) if path.endswith("nope") else await client.post(path)
+            assert r.status_code == 404 and r.json() == {"detail": "order 'nope' not found"}
+
+    run(tmp_path, scenario)
+
+
+def test_refund_emits_order_refunded_once(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        await create(client, order_id="o-1", amount="99.99")
+        await client.post("/v1/orders/o-1/pay")
+        r = await client.post("/v1/orders/o-1/refund")
+        assert r.status_code == 200 and r.json()["status"] == "refunded"
+        r = await client.post("/v1/orders/o-1/refund")
+        assert r.status_code == 409 and "already refunded" in r.json()["detail"]
+        r = await client.post("/v1/orders/o-1/pay")
+        assert r.status_code == 409 and "is already paid" in r.json()["detail"]
+
+        paid, refunded = await published(app)
+        assert isinstance(paid, OrderPaid) and isinstance(refunded, OrderRefunded)
+        assert (refunded.order_id, refunded.member) == ("o-1", "A")
+        assert refunded.amount == Decimal("99.99") and refunded.producer == "orders"
+        assert refunded.event_id != paid.event_id
+
+    run(tmp_path, scenario)
+
+
+def test_stable_part_is_held_in_the_wallet(tmp_path: Path) -> None:
+    wallet = FakeWallet(A=500)
+
+    async def scenario(app: FastAPI, client: Client) -> None:
+        await create(client, order_id="big", amount="10", stable="6")
+        r = await client.post("/v1/orders/big/pay")
+        assert r.status_code == 409
+        assert r.json() == {"detail": "member 'A' holds fewer stable points than 6.00"}
+        assert (await client.get("/v1/orders/big")).json()["status"] == "created"
+        assert await published(app) == []
+        assert wallet.stable == {"A": 500} and wallet.holds == {}
+
+        r = await create(client, order_id="ok", amount="10", stable="5")
+        assert r.json()["stable"] == "5.00"
+        r = await client.post("/v1/orders/ok/pay", headers={"Idempotency-Key": "pay-ok"})
+        assert r.status_code == 200 and r.json()["stable"] == "5.00"
+        assert wallet.holds == {"ok": ("A", "stable", 500)} and wallet.stable == {"A": 0}
+        calls = wallet.calls
+        again = await client.post("/v1/orders/ok/pay", headers={"Idempotency-Key": "pay-ok"})
+        assert (again.status_code, again.json()) == (200, r.json())
+        assert wallet.calls == calls  # a replay does not ask the wallet again
+        [event] = await published(app)
+        assert isinstance(event, OrderPaid)
+        assert (event.amount, event.stable) == (Decimal("10.00"), Decimal("5.00"))
+
+        r = await create(client, order_id="all", amount="3", stable="3")  # stable == amount
+        assert r.status_code == 201
+
+    run(tmp_path, scenario, wallet=wallet)
+
+
+def test_an_unpaid_order_can_be_deleted_and_its_id_reused(tmp_path: Path) -> None:
+    """As replay does after a refused pay: the scenario's next order takes the same id."""
+    wallet = FakeWallet(B=10000)  # 100.00: fewer than the 200 asked
+
+    async def scenario(app: FastAPI, client: Client) -> None:
+        await create(client, order_id="order-4", member="B", amount="500", stable="200")
+        assert (await client.post("/v1/orders/order-4/pay")).status_code == 409
+        r = await client.delete("/v1/orders/order-4")
+        assert r.status_code == 204 and r.content == b""
+        assert (await client.get("/v1/orders/order-4")).status_code == 404
+        assert (await client.delete("/v1/orders/order-4")).status_code == 404
+        assert (await create(client, order_id="order-4", amount="2000")).status_code == 201
+        assert (await client.post("/v1/orders/order-4/pay")).status_code == 200
+        r = await client.delete("/v1/orders/order-4")
+        assert r.status_code == 409 and r.json() == {
+            "detail": "order 'order-4' is paid: it cannot be deleted"
+        }
+        [event] = await published(app)
+        assert isinstance(event, OrderPaid) and (event.member, event.amount) == (
+            "A",
+            Decimal("2000.00"),
+        )
+
+        # a hold left by a pay that failed after the wallet answered is released
+        await create(client, order_id="held", member="B", amount="1", stable="0.50")
+        await wallet.hold(hold_id="held", member="B", asset="stable", amount_cents=50)
+        assert wallet.stable["B"] == 9950
+        assert (await client.delete("/v1/orders/held")).status_code == 204
+        assert wallet.stable["B"] == 10000 and wallet.holds == {}
+
+    run(tmp_path, scenario, wallet=wallet, members=("A", "B"))
+
+
+def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        cases: list[tuple[Any, int]] = [
+            ({"member": "nobody", "amount": "10"}, 404),
+            ({"member": "A", "amount": "-1"}, 422),
+            ({"member": "A", "amount": "0"}, 422),
+            ({"member": "A", "amount": 0}, 422),
+            ({"member": "A", "amount": "1000000000000.01"}, 422),
+            ({"member": "A", "amount": "1e30"}, 422),
+            ({"member": "A", "amount": "1e5000"}, 422),
+            ({"member": "A", "amount": "10.123"}, 422),
+            ({"member": "A", "amount": 10.123}, 422),
+            ({"member": "A", "amount": "abc"}, 422),
+            ({"member": "A", "amount": "NaN"}, 422),
+            ({"member": "A", "amount": True}, 422),
+            ({"member": "A"}, 422),
+            ({"member": "A", "amount": "10", "stable": "-1"}, 422),
+            ({"member": "A", "amount": "10", "stable": "10.01"}, 422),
+            ({"member": "A", "amount": "10", "stable": "0.001"}, 422),
+            ({"member": "A", "amount": "10", "order_id": "has space"}, 422),
+            ({"member": "A", "amount": "10", "extra": 1}, 422),
+            ({"member": "", "amount": "10"}, 422),
+            ([1, 2], 422),
+        ]
+        for body, status in cases:
+            r = await client.post("/v1/orders", json=body, headers={"Idempotency-Key": "k"})
+            assert r.status_code == status, (body, r.text)
+            detail = r.json()["detail"]
+            assert isinstance(detail, str) and detail, body
+        r = await client.post(
+            "/v1/orders",
+            content=b'{"member": "A", "amount": ',
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 422 and r.json()["detail"]
+        r = await client.post(
+            "/v1/orders", json={"member": "A", "amount": "10"}, headers={"Idempotency-Key": ""}
+        )
+        assert r.status_code == 422
+
+        r = await create(client, amount="10.123")
+        assert r.json() == {"detail": "amount has more than 2 decimal places: '10.123'"}
+        r = await create(client, member="nobody")
+        assert r.json() == {"detail": "member 'nobody' is not registered"}
+
+        assert await count_rows(app) == {"orders": 0, "idempotency": 0, "outbox": 0}
+        assert (await client.get("/v1/members/A/orders")).json() == []
+        assert (await client.get("/v1/members/nobody/orders")).status_code == 404
+
+        # a refused request is not remembered: the same key then works
+        r = await client.post(
+            "/v1/orders", json={"member": "A", "amount": "10"}, headers={"Idempotency-Key": "k"}
+        )
+        assert r.status_code == 201
+
+        # an existing order id
+        await create(client, order_id="dup")
+        r = await create(client, order_id="dup", amount="20")
+        assert r.status_code == 409 and r.json() == {"detail": "order 'dup' already exists"}
+        assert (await client.get("/v1/orders/dup")).json()["amount"] == "10.00"
+
+    run(tmp_path, scenario)
+
+
+def test_sales_totals_and_member_orders(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        assert (await client.get("/v1/sales")).json() == {
+            "paid": "0.00",
+            "refunded": "0.00",
+            "sales": "0.00",
+        }
+        for order_id, amount, member in [
+            ("o1", "100.10", "A"),
+            ("o2", "50", "B"),
+            ("o3", "0.01", "A"),
+            ("o4", "7", "B"),
+        ]:
+            assert (
+                await create(client, order_id=order_id, amount=amount, member=member)
+            ).status_code == 201
+        for order_id in ("o1", "o2", "o3"):
+            await client.post(f"/v1/orders/{order_id}/pay")
+        await client.post("/v1/orders/o2/refund")
+        r = await client.get("/v1/sales")
+        assert r.json() == {"paid": "150.11", "refunded": "50.00", "sales": "100.11"}
+
+        r = await client.get("/v1/members/A/orders")
+        assert [(o["order_id"], o["status"]) for o in r.json()] == [("o1", "paid"), ("o3", "paid")]
+        r = await client.get("/v1/members/B/orders", params={"limit": 1, "offset": 1})
+        assert [o["order_id"] for o in r.json()] == ["o4"]
+
+    run(tmp_path, scenario, members=("A", "B"))
+
+
+def test_member_registered_is_applied_once(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        broker = app.state.svc.broker
+        event = MemberRegistered(member="B")
+        await broker.deliver(contracts.MEMBERS, event)
+        await broker.deliver(contracts.MEMBERS, event)  # redelivered
+        await broker.deliver(contracts.MEMBERS, MemberRegistered(member="B"))  # registered again
+        await broker.deliver(contracts.MEMBERS, b"not an event")
+        assert (await create(client, member="B")).status_code == 201
+        assert [topic for topic, _, _ in broker.dead_letters] == [
+            contracts.dead_letter_topic(contracts.MEMBERS)
+        ]
+
+    run(tmp_path, scenario)
+
+
+def test_http_wallet_speaks_the_hold_api() -> None:
+    seen: list[tuple[str, Any]] = []
+    answers = iter([201, 200, 409, 404, 503, 422, 200, 404, 409, 500])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "POST"
+        seen.append((request.url.raw_path.decode(), json.loads(request.content or b"null")))
+        return httpx.Response(next(answers), json={"detail": "no"})
+
+    async def expect(error: type[Exception], call: Awaitable[None]) -> None:
+        try:
+            await call
+        except error:
+            return
+        raise AssertionError(f"expected {error.__name__}")  # pragma: no cover
+
+    async def main() -> None:
+        wallet = HttpWallet("http://wallet/", transport=httpx.MockTransport(handler))
+        hold: dict[str, Any] = {
+            "hold_id": "o-1",
+            "member": "A",
+            "asset": "stable",
+            "amount_cents": 550,
+        }
+        await wallet.hold(**hold)  # 201
+        await wallet.hold(**hold)  # 200: the same hold again
+        await expect(InsufficientFunds, wallet.hold(**hold))  # 409
+        await expect(InsufficientFunds, wallet.hold(**hold))  # 404: no such member there
+        await expect(WalletUnavailable, wallet.hold(**hold))
+        await expect(WalletError, wallet.hold(**hold))
+        await wallet.release("o 1")  # 200
+        await wallet.release("o-1")  # 404: never held
+        await expect(WalletError, wallet.release("o-1"))  # 409: captured
+        await expect(WalletUnavailable, wallet.release("o-1"))
+        await wallet.aclose()
+
+    asyncio.run(main())
+    assert seen[0] == (
+        "/v1/holds",
+        {"hold_id": "o-1", "member": "A", "asset": "stable", "amount": "5.50"},
+    )
+    assert seen[6] == ("/v1/holds/o%201/release", None)
+
+
+def test_pay_answers_503_when_the_wallet_is_down(tmp_path: Path) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    wallet = HttpWallet("http://wallet", transport=httpx.MockTransport(down))
+
+    async def scenario(app: FastAPI, client: Client) -> None:
+        await create(client, order_id="o-1", stable="1")
+        r = await client.post("/v1/orders/o-1/pay", headers={"Idempotency-Key": "p"})
+        assert r.status_code == 503 and "wallet" in r.json()["detail"]
+        assert (await client.get("/v1/orders/o-1")).json()["status"] == "created"
+        assert await count_rows(app) == {"orders": 1, "idempotency": 0, "outbox": 0}
+
+    run(tmp_path, scenario, wallet=wallet)

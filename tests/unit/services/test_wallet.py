@@ -1,0 +1,552 @@
+"""The wallet service at unit level: the engine's postings booked as received, release
+batches in bulk, holds, trade requests and adjustments (fake broker, memory publisher)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from tokenmall import contracts
+from tokenmall.contracts import InputApplied, PostingLine
+from tokenmall.servicekit import ServiceSettings
+from tokenmall.testing import FakeBroker, MemoryPublisher, drain, running
+from tokenmall_wallet.adapters.tables import balances, holds, journal, release_lines, requests
+from tokenmall_wallet.app import build_app
+
+Client = httpx.AsyncClient
+
+
+def make_app(tmp_path: Path) -> tuple[FastAPI, MemoryPublisher]:
+    publisher = MemoryPublisher()
+    settings = ServiceSettings(database_url=f"sqlite:///{tmp_path}/wallet.db")
+    app = build_app(
+        settings, broker_factory=lambda svc: FakeBroker(), publisher_factory=lambda svc: publisher
+    )
+    return app, publisher
+
+
+def run(
+    tmp_path: Path, body: Callable[[FastAPI, Client, MemoryPublisher], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        app, publisher = make_app(tmp_path)
+        async with running(app) as client:
+            await body(app, client, publisher)
+
+    asyncio.run(main())
+
+
+async def deliver(
+    app: FastAPI, event: contracts.Event | bytes, topic: str = contracts.DIVIDENDS
+) -> None:
+    await app.state.svc.broker.deliver(topic, event)
+
+
+async def register(app: FastAPI, *names: str, merchant: bool = False) -> None:
+    for name in names:
+        await deliver(
+            app, contracts.MemberRegistered(member=name, merchant=merchant), contracts.MEMBERS
+        )
+
+
+def line(asset: str, debit: str, credit: str, amount: str, kind: str) -> PostingLine:
+    return PostingLine.model_validate(
+        {"asset": asset, "debit": debit, "credit": credit, "amount": amount, "kind": kind}
+    )
+
+
+def sent_requests(publisher: MemoryPublisher) -> list[contracts.WalletRequest]:
+    events = publisher.events(contracts.WALLET_REQUESTS)
+    assert all(isinstance(e, contracts.WalletRequest) for e in events)
+    return [e for e in events if isinstance(e, contracts.WalletRequest)]
+
+
+async def fund(app: FastAPI, member: str, asset: str, amount: str) -> None:
+    source = {"cny": "external", "stable": "issuance", "equity": "issuance"}[asset]
+    await deliver(
+        app,
+        InputApplied(
+            input_id=f"fund-{member}-{asset}-{amount}",
+            member=member,
+            accepted=True,
+            postings=[line(asset, source, f"m:{member}", amount, "fund")],
+        ),
+    )
+
+
+async def scalar(app: FastAPI, stmt: Any) -> Any:
+    async with app.state.svc.sessions() as session:
+        return (await session.execute(stmt)).scalar_one()
+
+
+async def sums_by_asset(app: FastAPI) -> dict[str, int]:
+    async with app.state.svc.sessions() as session:
+        rows = await session.execute(
+            select(balances.c.asset, func.sum(balances.c.balance)).group_by(balances.c.asset)
+        )
+        return {asset: int(total) for asset, total in rows}
+
+
+async def member(client: Client, name: str) -> dict[str, Any]:
+    resp = await client.get(f"/v1/members/{name}/balances")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+# ----------------------------------------------------------------- booking
+
+
+def test_postings_change_balances_and_every_asset_sums_to_zero(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, _: MemoryPublisher) -> None:
+        await register(app, "a", "b")
+        await deliver(
+            app,
+            InputApplied(
+                input_id="o1",
+                member="a",
+                accepted=True,
+                postings=[
+                    line("cny", "external", "sales", "100.00", "order"),
+                    line("cny", "sales", "pool", "30.00", "contribution"),
+                    line("equity", "issuance", "m:a", "21.00000000", "grant"),
+                ],
+            ),
+        )
+        await deliver(
+            app,
+            InputApplied(
+                input_id="x1",
+                member="a",
+                accepted=True,
+                postings=[
+                    line("equity", "m:a", "m:b", "1.5", "transfer"),
+                ],
+            ),
+        )
+        a, b = await member(client, "a"), await member(client, "b")
+        assert (a["equity"], a["cny"], a["stable"]) == ("19.50000000", "0.00", "0.00")
+        assert b["equity"] == "1.50000000"
+        platform = (await client.get("/v1/accounts/platform")).json()
+        assert platform["cny"] == {"external": "-100.00", "pool": "30.00", "sales": "70.00"}
+        assert platform["equity"] == {"issuance": "-21.00000000"}
+        assert all(total == 0 for total in (await sums_by_asset(app)).values())
+        statement = (await client.get("/v1/members/a/statement")).json()
+        assert [(e["kind"], e["change"]) for e in statement["entries"]] == [
+            ("transfer", "-1.50000000"),
+            ("grant", "21.00000000"),
+        ]
+        assert (await client.get("/v1/members/nobody/statement")).status_code == 404
+
+    run(tmp_path, body)
+
+
+def test_a_duplicate_delivery_books_once(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, _: MemoryPublisher) -> None:
+        await register(app, "a")
+        await register(app, "a", merchant=True)  # registered once, first registration wins
+        event = InputApplied(
+            input_id="o1",
+            member="a",
+            accepted=True,
+            postings=[line("stable", "issuance", "m:a", "5.00", "order")],
+        )
+        await deliver(app, event)
+        await deliver(app, event)
+        assert (await member(client, "a"))["stable"] == "5.00"
+        assert await scalar(app, select(func.count()).select_from(journal)) == 1
+        listing = (await client.get("/v1/balances")).json()
+        assert listing["total"] == 1
+
+    run(tmp_path, body)
+
+
+def test_release_batches_book_one_line_per_member_and_the_platform_legs(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, _: MemoryPublisher) -> None:
+        await register(app, "a", "b", "c")
+        batch = contracts.ReleaseComputed(
+            day=3,
+            bucket=1,
+            buckets=6,
+            asset="stable",
+            partition_key="a",
+            sources={"base": "issuance", "static": "pool:static"},
+            members=["a", "b", "c"],
+            amounts={"base": [100, 0, 50], "static": [10, 20, 0]},
+        )
+        await deliver(app, batch)
+        await deliver(app, batch)  # redelivered: booked once
+        assert [(await member(client, m))["stable"] for m in "abc"] == ["1.10", "0.20", "0.50"]
+        assert await scalar(app, select(func.count()).select_from(release_lines)) == 3
+        legs = await scalar(app, select(func.count()).select_from(journal))
+        assert legs == 2  # one platform leg per release kind
+        platform = (await client.get("/v1/accounts/platform")).json()
+        assert platform["stable"] == {"issuance": "-1.50", "pool:static": "-0.30"}
+        assert all(total == 0 for total in (await sums_by_asset(app)).values())
+        releases = (await client.get("/v1/members/a/statement")).json()["releases"]
+        assert releases == [
+            {
+                "day": 3,
+                "asset": "stable",
+                "total": "1.10",
+                "amounts": {"base": "1.00", "static": "0.10"},
+            }
+        ]
+
+        broker: FakeBroker = app.state.svc.broker
+        again = batch.model_copy(update={"event_id": "another-id"})
+        await deliver(app, again)  # the same day booked twice under another id: refused
+        bad = batch.model_copy(update={"event_id": "bad", "day": 4, "amounts": {"base": [1]}})
+        await deliver(app, bad)
+        reasons = [h["reason"] for _, _, h in broker.dead_letters]
+        assert "already booked" in reasons[0] and "has 1 amounts for 3 members" in reasons[1]
+        assert (await member(client, "a"))["stable"] == "1.10"
+
+        settled = contracts.DaySettled(
+            day=3,
+            released={"base": Decimal("1.50")},
+            members_released=3,
+            batches=1,
+            platform_postings=[line("cny", "sales", "pool:static", "3.00", "funding")],
+            exit_postings=[line("cny", "pool", "m:c", "2.00", "forced_exit")],
+        )
+        await deliver(app, settled)
+        assert (await member(client, "c"))["cny"] == "2.00"
+        platform = (await client.get("/v1/accounts/platform")).json()
+        assert platform["cny"] == {"pool": "-2.00", "pool:static": "3.00", "sales": "-3.00"}
+        assert all(total == 0 for total in (await sums_by_asset(app)).values())
+        # other types on the topic are not the wallet's
+        await deliver(app, contracts.PlanActivated(day=1, plan={}))
+        assert len(broker.dead_letters) == 2
+
+    run(tmp_path, body)
+
+
+# ----------------------------------------------------------------- holds
+
+
+def test_holds(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, _: MemoryPublisher) -> None:
+        await register(app, "a")
+        await fund(app, "a", "stable", "50.00")
+        h1 = {"hold_id": "h1", "member": "a", "asset": "stable", "amount": "30.00"}
+        resp = await client.post("/v1/holds", json=h1)
+        assert (resp.status_code, resp.json()) == (201, {"hold_id": "h1", "status": "held"})
+        assert (await client.post("/v1/holds", json=h1)).status_code == 200  # idempotent
+        resp = await client.post("/v1/holds", json={**h1, "amount": "31"})
+        assert resp.status_code == 409 and "different body" in resp.json()["detail"]
+        resp = await client.post("/v1/holds", json={**h1, "hold_id": "h2"})
+        assert resp.status_code == 409
+        assert resp.json()["detail"].startswith("member 'a' holds fewer stable points than 30.00")
+        assert (
+            await client.post("/v1/holds", json={**h1, "hold_id": "h2", "member": "zz"})
+        ).status_code == 404
+        for amount in ("0", "-1", "1.001", "abc", 1.5, "NaN", True):
+            resp = await client.post("/v1/holds", json={**h1, "hold_id": "h3", "amount": amount})
+            assert resp.status_code == 422, amount
+        assert (await client.post("/v1/holds", json={**h1, "asset": "gold"})).status_code == 422
+        a = await member(client, "a")
+        assert (a["stable"], a["held"]["stable"], a["available"]["stable"]) == (
+            "50.00",
+            "30.00",
+            "20.00",
+        )
+
+        assert (await client.post("/v1/holds/h1/release")).json()["status"] == "released"
+        assert (await client.post("/v1/holds/h1/release")).status_code == 200
+        assert (await client.post("/v1/holds/nope/release")).status_code == 404
+        assert (await member(client, "a"))["held"]["stable"] == "0.00"
+
+        # a hold answered by the engine (e.g. the stable part of an order) is captured
+        order = {**h1, "hold_id": "order-1", "amount": "40"}
+        assert (await client.post("/v1/holds", json=order)).status_code == 201
+        await deliver(
+            app,
+            InputApplied(
+                input_id="order-1",
+                member="a",
+                accepted=True,
+                postings=[line("stable", "m:a", "sales", "40.00", "order")],
+            ),
+        )
+        assert (await client.post("/v1/holds", json=order)).json()["status"] == "captured"
+        assert (await client.post("/v1/holds/order-1/release")).status_code == 409
+        a = await member(client, "a")
+        assert (a["stable"], a["held"]["stable"]) == ("10.00", "0.00")
+
+    run(tmp_path, body)
+
+
+# ----------------------------------------------------------------- requests
+
+
+def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, publisher: MemoryPublisher) -> None:
+        await register(app, "a")
+        await fund(app, "a", "equity", "21")
+        resp = await client.post(
+            "/v1/members/a/requests", json={"request_id": "r1", "kind": "sell", "points": "10"}
+        )
+        assert (resp.status_code, resp.json()) == (202, {"request_id": "r1", "status": "pending"})
+        await drain(app)
+        sent = publisher.events(contracts.WALLET_REQUESTS)
+        assert len(sent) == 1 and isinstance(sent[0], contracts.WalletRequest)
+        assert (sent[0].request_id, sent[0].member, sent[0].kind, sent[0].points) == (
+            "r1",
+            "a",
+            "sell",
+            Decimal("10"),
+        )
+        a = await member(client, "a")
+        assert (a["held"]["equity"], a["available"]["equity"]) == ("10.00000000", "11.00000000")
+
+        resp = await client.post("/v1/members/a/requests", json={"kind": "sell", "points": "12"})
+        assert resp.status_code == 409
+        assert resp.json()["detail"].startswith("member 'a' holds fewer points than 12.00000000")
+        again = await client.post(
+            "/v1/members/a/requests", json={"request_id": "r1", "kind": "sell", "points": "10.0"}
+        )
+        assert (again.status_code, again.json()["status"]) == (200, "pending")
+        other = await client.post(
+            "/v1/members/a/requests", json={"request_id": "r1", "kind": "sell", "points": "9"}
+        )
+        assert other.status_code == 409
+        assert (await drain(app)) == 0  # nothing more was sent
+
+        await deliver(
+            app,
+            InputApplied(
+                input_id="r1",
+                member="a",
+                accepted=True,
+                postings=[
+                    line("equity", "m:a", "issuance", "10", "sell"),
+                    line("cny", "pool", "m:a", "12.85", "sell"),
+                ],
+                facts=[{"type": "PointsSold"}],
+            ),
+        )
+        done = (await client.get("/v1/requests/r1")).json()
+        assert (done["status"], done["kind"], done["member"], done["reason"]) == (
+            "done",
+            "sell",
+            "a",
+            None,
+        )
+        assert done["result"]["facts"] == [{"type": "PointsSold"}]
+        a = await member(client, "a")
+        assert (a["equity"], a["held"]["equity"], a["cny"]) == (
+            "11.00000000",
+            "0.00000000",
+            "12.85",
+        )
+
+        # "all" = the whole available balance; the engine refuses: the hold is released
+        resp = await client.post(
+            "/v1/members/a/requests", json={"request_id": "r2", "kind": "sell", "points": "all"}
+        )
+        assert resp.status_code == 202
+        assert (await member(client, "a"))["held"]["equity"] == "11.00000000"
+        resp = await client.post("/v1/members/a/requests", json={"kind": "sell"})  # all again
+        assert resp.status_code == 409 and "holds no points" in resp.json()["detail"]
+        await drain(app)
+        assert sent_requests(publisher)[-1].points == Decimal(11)
+        await deliver(
+            app,
+            InputApplied(
+                input_id="r2", member="a", accepted=False, reason="the equity module is not enabled"
+            ),
+        )
+        refused = (await client.get("/v1/requests/r2")).json()
+        assert (refused["status"], refused["reason"]) == (
+            "refused",
+            "the equity module is not enabled",
+        )
+        a = await member(client, "a")
+        assert (a["equity"], a["held"]["equity"]) == ("11.00000000", "0.00000000")
+        assert (await client.get("/v1/requests/nope")).status_code == 404
+
+    run(tmp_path, body)
+
+
+def test_request_validation(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, _: MemoryPublisher) -> None:
+        await register(app, "a")
+        await fund(app, "a", "equity", "5")
+        url = "/v1/members/a/requests"
+        for bad in (
+            {"kind": "exchange"},
+            {"kind": "sell", "points": "0"},
+            {"kind": "sell", "points": "-1"},
+            {"kind": "sell", "points": "1.123456789"},
+            {"kind": "sell", "points": "lots"},
+            {"kind": "sell", "points": 1.5},
+            {"kind": "sell", "stable": "1"},
+            {"kind": "burn", "points": "1"},
+            {"kind": "merchant_exchange"},
+            {"kind": "merchant_exchange", "points": "1"},
+            {"kind": "merchant_exchange", "stable": "0.001"},
+            {"kind": "sell", "points": "1", "extra": 1},
+        ):
+            resp = await client.post(url, json=bad)
+            assert resp.status_code == 422, (bad, resp.text)
+        resp = await client.post(
+            url, content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert resp.status_code == 422
+        resp = await client.post("/v1/members/zz/requests", json={"kind": "sell", "points": "1"})
+        assert resp.status_code == 404
+        resp = await client.post(url, json={"kind": "exchange", "points": "5.00000001"})
+        assert resp.status_code == 409
+        assert (await client.get("/v1/balances?limit=0")).status_code == 422
+        assert await scalar(app, select(func.count()).select_from(requests)) == 0
+        assert await scalar(app, select(func.count()).select_from(holds)) == 0
+
+    run(tmp_path, body)
+
+
+def test_merchant_exchange(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, publisher: MemoryPublisher) -> None:
+        await register(app, "a")
+        await register(app, "shop", merchant=True)
+        await fund(app, "a", "stable", "10")
+        await fund(app, "shop", "stable", "10")
+        req = {"kind": "merchant_exchange", "stable": "8"}
+        resp = await client.post("/v1/members/a/requests", json=req)
+        assert (resp.status_code, resp.json()["detail"]) == (409, "member 'a' is not a merchant")
+        resp = await client.post("/v1/members/shop/requests", json={**req, "stable": "10.01"})
+        assert resp.status_code == 409
+        assert resp.json()["detail"].startswith("member 'shop' holds fewer stable points than")
+        resp = await client.post("/v1/members/shop/requests", json={**req, "request_id": "m1"})
+        assert resp.status_code == 202
+        assert (await member(client, "shop"))["held"]["stable"] == "8.00"
+        await drain(app)
+        sent = publisher.events(contracts.WALLET_REQUESTS)[-1]
+        assert isinstance(sent, contracts.WalletRequest)
+        assert (sent.kind, sent.stable, sent.points) == ("merchant_exchange", Decimal(8), None)
+        await deliver(
+            app,
+            InputApplied(
+                input_id="m1",
+                member="shop",
+                accepted=True,
+                postings=[
+                    line("stable", "m:shop", "issuance", "8", "merchant_exchange"),
+                    line("equity", "treasury", "m:shop", "4.4", "merchant_exchange"),
+                ],
+            ),
+        )
+        shop = await member(client, "shop")
+        assert (shop["stable"], shop["equity"], shop["held"]["stable"]) == (
+            "2.00",
+            "4.40000000",
+            "0.00",
+        )
+
+    run(tmp_path, body)
+
+
+def test_adjustments(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, publisher: MemoryPublisher) -> None:
+        await register(app, "a")
+        await fund(app, "a", "cny", "5")
+        adj = {"member": "a", "asset": "cny", "amount": "-2.5", "reason": "fix", "operator": "ops"}
+        for bad in (
+            {"amount": "0"},
+            {"amount": "0.00"},
+            {"reason": "  "},
+            {"operator": ""},
+            {"amount": "1.001"},
+            {"asset": "gold"},
+            {"amount": "x"},
+        ):
+            resp = await client.post("/v1/admin/adjustments", json={**adj, **bad})
+            assert resp.status_code == 422, bad
+        resp = await client.post("/v1/admin/adjustments", json={**adj, "amount": "-5.01"})
+        assert resp.status_code == 409 and "would go below zero" in resp.json()["detail"]
+        resp = await client.post("/v1/admin/adjustments", json={**adj, "member": "zz"})
+        assert resp.status_code == 404
+        assert (await drain(app)) == 0  # nothing sent, nothing stored, nothing held
+        assert await scalar(app, select(func.count()).select_from(requests)) == 0
+        assert (await member(client, "a"))["held"]["cny"] == "0.00"
+
+        resp = await client.post("/v1/admin/adjustments", json={**adj, "request_id": "adj1"})
+        assert (resp.status_code, resp.json()["status"]) == (202, "pending")
+        assert (await member(client, "a"))["available"]["cny"] == "2.50"
+        resp = await client.post(
+            "/v1/admin/adjustments", json={**adj, "amount": "7", "asset": "equity"}
+        )
+        assert resp.status_code == 202
+        await drain(app)
+        sent = sent_requests(publisher)
+        assert [(e.kind, e.asset, e.amount, e.reason, e.operator) for e in sent] == [
+            ("adjust", "cny", Decimal("-2.5"), "fix", "ops"),
+            ("adjust", "equity", Decimal(7), "fix", "ops"),
+        ]
+        await deliver(
+            app,
+            InputApplied(
+                input_id="adj1",
+                member="a",
+                accepted=True,
+                postings=[line("cny", "m:a", "adjustments", "2.50", "adjust")],
+            ),
+        )
+        assert (await client.get("/v1/requests/adj1")).json()["status"] == "done"
+        a = await member(client, "a")
+        assert (a["cny"], a["held"]["cny"]) == ("2.50", "0.00")
+
+    run(tmp_path, body)
+
+
+# ----------------------------------------------------------------- listing, dead letters
+
+
+def test_balance_listing_in_registration_order(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, _: MemoryPublisher) -> None:
+        await register(app, "c", "a", "b")
+        await fund(app, "a", "cny", "1")
+        page = (await client.get("/v1/balances?offset=1&limit=1")).json()
+        assert page == {
+            "total": 3,
+            "members": [{"member": "a", "cny": "1.00", "stable": "0.00", "equity": "0.00000000"}],
+        }
+        names = [m["member"] for m in (await client.get("/v1/balances")).json()["members"]]
+        assert names == ["c", "a", "b"]
+        assert (await client.get("/v1/members/zz/balances")).status_code == 404
+
+    run(tmp_path, body)
+
+
+def test_unusable_messages_are_dead_lettered_with_a_reason(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: Client, publisher: MemoryPublisher) -> None:
+        await register(app, "a")
+        broker: FakeBroker = app.state.svc.broker
+        await deliver(app, b"{not json")
+        await deliver(
+            app,
+            InputApplied(
+                input_id="o1",
+                member="a",
+                accepted=True,
+                postings=[
+                    line("stable", "issuance", "m:a", "1.00", "order"),
+                    line("cny", "external", "m:a", "1.005", "order"),
+                ],
+            ),
+        )
+        (topic1, _, first), (topic2, _, second) = broker.dead_letters
+        assert topic1 == topic2 == "tokenmall.dividends.dlq"
+        assert first["reason"].startswith("unparseable")
+        assert "more than 2 decimal places" in second["reason"]
+        assert (await member(client, "a"))["stable"] == "0.00"  # nothing of it booked
+        assert await scalar(app, select(func.count()).select_from(journal)) == 0
+
+    run(tmp_path, body)
