@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from tokenmall import contracts
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
 from tokenmall.messaging import KafkaPublisher, MessagingTables, OutboxRelay, Publisher, UnitOfWork
@@ -171,23 +172,76 @@ class Service:
         )
 
 
-async def consumer_lag(broker: Any) -> tuple[int, bool]:
-    """(total lag, every consumer has an assignment) over the broker's subscribers."""
-    total, ready = 0, True
+def consumers_ready(broker: Any) -> bool:
+    """Every subscriber has partitions assigned (false during start-up and rebalances)."""
     for subscriber in getattr(broker, "subscribers", []):
         consumer = getattr(subscriber, "consumer", None)
-        if consumer is None:
-            ready = False
-            continue
-        assigned = list(consumer.assignment())
-        if not assigned:
-            ready = False
-            continue
-        ends = await consumer.end_offsets(assigned)
-        for tp in assigned:
-            committed = await consumer.committed(tp)
-            total += max(0, ends[tp] - (committed or 0))
-    return total, ready
+        if consumer is None or not consumer.assignment():
+            return False
+    return True
+
+
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+    """Create the topics with the platform's partition count (auto-creation would not)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another service was quicker
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+class LagProbe:
+    """Consumer lag of this service's groups, measured from outside the consumers.
+
+    Its own admin client (committed offsets per group) and group-less consumer (log
+    end offsets) never wait behind the subscribers' long-poll fetches.
+    """
+
+    def __init__(self, bootstrap: str, groups: dict[str, str]) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self.groups = groups  # group id -> topic
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+
+    async def start(self) -> None:
+        await self.admin.start()
+        await self.ends.start()
+
+    async def stop(self) -> None:
+        await self.ends.stop()
+        await self.admin.close()
+
+    async def lag(self) -> int:
+        from aiokafka import TopicPartition
+
+        topics = sorted(set(self.groups.values()))
+        described = await self.admin.describe_topics(topics)
+        partitions = {
+            d["topic"]: [TopicPartition(d["topic"], p["partition"]) for p in d["partitions"]]
+            for d in described
+            if d["error_code"] == 0
+        }
+        everything = [tp for tps in partitions.values() for tp in tps]
+        ends = await self.ends.end_offsets(everything) if everything else {}
+        commits = await asyncio.gather(
+            *(self.admin.list_consumer_group_offsets(g) for g in self.groups)
+        )
+        total = 0
+        for (_group, topic), committed in zip(self.groups.items(), commits, strict=True):
+            for tp in partitions.get(topic, []):
+                done = committed[tp].offset if tp in committed else 0
+                total += max(0, ends[tp] - max(done, 0))
+        return total
 
 
 class PrefixedPublisher:
@@ -234,6 +288,15 @@ def create_app(
             else KafkaBroker(settings.kafka_bootstrap, client_id=service.name)
         )
         service.broker = broker
+        prefix = settings.topic_prefix
+        real_kafka = broker_factory is None
+        if real_kafka:
+            logical = list(contracts.TOPICS)
+            await ensure_topics(
+                settings.kafka_bootstrap,
+                [prefix + t for t in logical] + [prefix + dead_letter_topic(t) for t in logical],
+                contracts.PARTITIONS,
+            )
         for sub in subscriptions:
 
             def make(sub: Subscription) -> Callable[..., Awaitable[None]]:
@@ -243,7 +306,6 @@ def create_app(
 
                 return on_message
 
-            prefix = settings.topic_prefix
             broker.subscriber(
                 prefix + sub.topic,
                 group_id=f"{prefix}tokenmall-{sub.consumer}",
@@ -254,15 +316,14 @@ def create_app(
         if on_startup is not None:
             await on_startup(service)
         await broker.start()
-        publisher: Any = (
+        producer: Any = (
             publisher_factory(service)
             if publisher_factory
             else KafkaPublisher(settings.kafka_bootstrap, service.name)
         )
-        if hasattr(publisher, "start"):
-            await publisher.start()
-        if settings.topic_prefix:
-            publisher = PrefixedPublisher(publisher, settings.topic_prefix)
+        if hasattr(producer, "start"):
+            await producer.start()
+        publisher = PrefixedPublisher(producer, prefix) if prefix else producer
         service.relay = OutboxRelay(
             service.sessions,
             service.tables,
@@ -271,14 +332,22 @@ def create_app(
             on_published=service.metrics.published_events,
         )
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
+        probe = None
+        if real_kafka and subscriptions:
+            groups = {f"{prefix}tokenmall-{s.consumer}": prefix + s.topic for s in subscriptions}
+            probe = LagProbe(settings.kafka_bootstrap, groups)
+            await probe.start()
+            service.state["lag_probe"] = probe
         try:
             yield
         finally:
             relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay_task
-            if hasattr(publisher, "stop"):
-                await publisher.stop()
+            if probe is not None:
+                await probe.stop()
+            if hasattr(producer, "stop"):
+                await producer.stop()
             await broker.stop()
             await service.engine.dispose()
 
@@ -311,7 +380,9 @@ def create_app(
         ``ready`` is false while a consumer has no partitions assigned yet.
         """
         backlog = await service.relay.backlog() if service.relay else 0
-        lag, ready = await consumer_lag(service.broker)
+        probe = service.state.get("lag_probe")
+        lag = await probe.lag() if probe is not None else 0
+        ready = consumers_ready(service.broker)
         return {
             "service": service.name,
             "outbox_backlog": backlog,
