@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+KAFKA_JARS := .cache/kafka/lib/.complete
 
-.PHONY: setup demo test lint unit bench clean
+.PHONY: setup kafka demo simulate-demo test lint unit integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,12 +15,23 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job (for now): the seed scenarios through the simulator, checks evaluated.
-demo: $(STAMP)
+## Apache Kafka from Maven Central into the ignored cache (once; needs Java 17 and Maven).
+kafka:
+	bash deploy/kafka/kafka.sh fetch
+
+## The main job: Kafka + the four services in the background, then the seed scenarios
+## replayed through their HTTP APIs, each compared with the simulator. `tokenmall dev down` stops it.
+demo: $(STAMP) kafka
+	$(BIN)/tokenmall dev up
+	$(BIN)/tokenmall replay --compare tests/scenarios/seed-*.yaml tests/scenarios/rules-refunds-plan-refusals.yaml
+
+## The same scenarios on the rules engine alone (no services).
+simulate-demo: $(STAMP)
 	$(BIN)/tokenmall simulate tests/scenarios/seed-*.yaml tests/scenarios/rules-refunds-plan-refusals.yaml
 
-## The test suite: lint, types, unit and property tests.
-test: lint unit
+## The test suite: lint, types, unit + property tests, then integration and e2e tests on a
+## real Kafka broker and PostgreSQL server that the tests start themselves.
+test: lint unit integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests
@@ -27,7 +39,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not integration"
+
+integration: $(STAMP) kafka
+	$(BIN)/python -m pytest -q -m integration
 
 ## Heavy runs, not part of the tests: 1M-member settlement and orders/s (prints JSON).
 bench: $(STAMP)

@@ -76,6 +76,9 @@ def free_port(preferred: int) -> int:
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
+    with contextlib.suppress(ChildProcessError):  # our own child: reap it if it exited
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except OSError:
@@ -138,6 +141,7 @@ def launch_run(
     runs_dir: Path,
     pgdata: Path | None = None,
     preferred_ports: bool = True,
+    extra_env: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Start the four services on fresh databases and a fresh topic prefix.
 
@@ -146,13 +150,12 @@ def launch_run(
     ``pgdata`` names a running PostgreSQL server's data folder (one database per
     service on it); without it every service gets its own SQLite file.  Several runs
     may share one broker and one server: the prefix and database names keep them apart.
+    ``extra_env`` adds environment variables per service name.
     """
     run_id = f"r{int(time.time())}{uuid.uuid4().hex[:6]}"
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    ports = {
-        name: free_port(DEFAULT_PORTS[name] if preferred_ports else 0) for name in SERVICES
-    }
+    ports = {name: free_port(DEFAULT_PORTS[name] if preferred_ports else 0) for name in SERVICES}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     services: dict[str, Any] = {}
     for name in SERVICES:
@@ -161,25 +164,16 @@ def launch_run(
         else:
             url = f"sqlite:///{run_dir / name}.db"
         env = {
-            **os.environ,
             "TOKENMALL_PORT": str(ports[name]),
             "TOKENMALL_DATABASE_URL": url,
             "TOKENMALL_KAFKA_BOOTSTRAP": bootstrap,
             "TOKENMALL_TOPIC_PREFIX": f"{run_id}.",
             "TOKENMALL_WALLET_URL": urls["wallet"],
-            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}).get(name, {}),
         }
         log = run_dir / f"{name}.log"
-        with log.open("w") as handle:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"tokenmall_{name}"],
-                env=env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=run_dir,
-            )
-        services[name] = {"pid": process.pid, "url": urls[name], "log": str(log), "database": url}
+        services[name] = {"url": urls[name], "log": str(log), "database": url, "env": env}
+        services[name]["pid"] = _spawn(name, services[name], run_dir)
     run = {
         "run": {
             "id": run_id,
@@ -195,6 +189,33 @@ def launch_run(
         stop_services(run)
         raise
     return run
+
+
+def _spawn(name: str, info: dict[str, Any], run_dir: Path) -> int:
+    """Start one service process (its output appended to its log); returns its pid."""
+    with Path(info["log"]).open("a") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"tokenmall_{name}"],
+            env={**os.environ, **info["env"], "PYTHONUNBUFFERED": "1"},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=run_dir,
+        )
+    return process.pid
+
+
+def restart_service(
+    run: dict[str, Any], name: str, env: dict[str, str] | None = None, wait: bool = True
+) -> None:
+    """Start ``name`` again on the same database, port and topics (after it stopped or
+    died), ``env`` replacing some of its variables; waits until it is ready."""
+    info = run["services"][name]
+    _stop_pids([info.get("pid")])
+    info["env"] = {**info["env"], **(env or {})}
+    info["pid"] = _spawn(name, info, Path(run["run"]["dir"]))
+    if wait:
+        wait_healthy({"services": {name: info}})
 
 
 def start_services(state: dict[str, Any], postgres: bool) -> None:
@@ -225,20 +246,24 @@ def wait_healthy(state: dict[str, Any], timeout: float = 90.0) -> None:
             time.sleep(0.2)
 
 
-def stop_services(state: dict[str, Any]) -> None:
-    for info in state.get("services", {}).values():
-        pid = info.get("pid")
+def _stop_pids(pids: list[int | None]) -> None:
+    for pid in pids:
         if _alive(pid):
-            os.killpg(pid, signal.SIGTERM)
+            assert pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
-    for info in state.get("services", {}).values():
-        pid = info.get("pid")
+    for pid in pids:
         while _alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.1)
+            time.sleep(0.05)
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            assert pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def stop_services(state: dict[str, Any]) -> None:
+    _stop_pids([info.get("pid") for info in state.get("services", {}).values()])
     state["services"] = {}
 
 

@@ -135,10 +135,12 @@ class _Driver:
         return accepted, reason
 
     async def _answer(
-        self, response: httpx.Response, ok: tuple[int, ...]
+        self, response: httpx.Response, ok: tuple[int, ...], quiet: bool = True
     ) -> tuple[bool, str | None]:
+        """Accepted or refused (4xx, with the reason); ``quiet``: wait for its effects."""
         if response.status_code in ok:
-            await self.p.wait_quiet()
+            if quiet:
+                await self.p.wait_quiet()
             return True, None
         if 400 <= response.status_code < 500:
             return False, _detail(response)
@@ -166,7 +168,8 @@ class _Driver:
             "stable": str(f.get("stable", 0)),
         }
         created = await self.p.call("orders", "POST", "/v1/orders", json=body)
-        accepted, reason = await self._answer(created, (200, 201))
+        # creating an unpaid order publishes nothing: no effects to wait for
+        accepted, reason = await self._answer(created, (200, 201), quiet=False)
         if not accepted:
             return accepted, reason
         paid = await self.p.call("orders", "POST", f"/v1/orders/{order_id}/pay")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class ServiceSettings(BaseSettings):
     # Physical topic = prefix + logical topic: separate platform instances (a fresh
     # replay, a test) share one broker without seeing each other's events.
     topic_prefix: str = ""
+    # Fault injection for the delivery tests, "<consumer>:<n>": the process dies
+    # (exit 70) right after the n-th message of that consumer committed its effect and
+    # before its offset is acknowledged, so Kafka redelivers it on restart.  Empty: off.
+    fault_exit_after_commit: str = ""
 
 
 class Rejected(ValueError):
@@ -75,6 +80,12 @@ class ServiceMetrics:
             "tokenmall_events_dead_lettered_total",
             "Events sent to a dead-letter topic",
             ["service", "topic"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "tokenmall_events_duplicate_total",
+            "Events delivered again and skipped by the inbox (applied once)",
+            ["service", "consumer"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -129,6 +140,20 @@ class Service:
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
+        self._commits: dict[str, int] = {}  # per consumer, for fault_exit_after_commit
+
+    def _fault_point(self, consumer: str) -> None:
+        spec = self.settings.fault_exit_after_commit
+        if not spec:
+            return
+        name, _, count = spec.rpartition(":")
+        if name != consumer:
+            return
+        self._commits[consumer] = self._commits.get(consumer, 0) + 1
+        if self._commits[consumer] == int(count):
+            log.error("fault injection: exiting after commit %s of %s", count, consumer)
+            logging.shutdown()
+            os._exit(70)
 
     def uow(self) -> UnitOfWork:
         assert self.sessions is not None, "service not started"
@@ -150,10 +175,12 @@ class Service:
         try:
             async with self.uow() as uow:
                 if not await uow.claim(sub.consumer, event.event_id):
+                    self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                     return  # delivered twice: applied once
                 await sub.handler(event, uow)
                 emitted = bool(uow.events) or uow.committed
                 await uow.commit()
+            self._fault_point(sub.consumer)
         except Rejected as exc:
             await self.dead_letter(sub.topic, body, str(exc))
             return

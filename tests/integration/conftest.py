@@ -19,13 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 KAFKA_SCRIPT = REPO / "deploy" / "kafka" / "kafka.sh"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.integration)
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh single-node Kafka 4.x broker for the session (jars cached in .cache/kafka)."""
@@ -76,7 +69,13 @@ class Platforms:
         self.started: list[dict[str, Any]] = []
 
     def launch(self) -> dict[str, Any]:
-        run = devenv.launch_run(self.bootstrap, self.runs_dir, self.pgdata, preferred_ports=False)
+        return self.launch_with({})
+
+    def launch_with(self, extra_env: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """A fresh platform; ``extra_env`` adds environment variables per service."""
+        run = devenv.launch_run(
+            self.bootstrap, self.runs_dir, self.pgdata, preferred_ports=False, extra_env=extra_env
+        )
         self.started.append(run)
         return run
 

@@ -23,6 +23,9 @@ DEFAULT_PORT = 8103
 
 class DividendsSettings(ServiceSettings):
     plan_file: str = ""  # TOKENMALL_PLAN_FILE: the first plan (YAML/JSON), base plan if empty
+    # TOKENMALL_MEMBER_WAIT_SECONDS: how long an order or request may wait for its
+    # member's registration before it is dead-lettered
+    member_wait_seconds: float = 30.0
 
 
 def load_plan(path: str) -> dict[str, Any]:

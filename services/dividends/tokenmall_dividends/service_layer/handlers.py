@@ -22,7 +22,7 @@ from sqlalchemy import CursorResult, insert, select
 from tokenmall import contracts
 from tokenmall.engine import Engine, Plan
 from tokenmall.messaging import UnitOfWork
-from tokenmall.servicekit import Service
+from tokenmall.servicekit import Rejected, Service
 from tokenmall_dividends.adapters.tables import inputs, settlements, snapshots
 from tokenmall_dividends.service_layer.host import EngineHost
 
@@ -188,15 +188,25 @@ async def on_member_registered(event: contracts.Event, uow: UnitOfWork, svc: Ser
     )
 
 
-async def _require_member(svc: Service, member: str) -> None:
-    if member not in host_of(svc).engine.index:
-        await asyncio.sleep(0.2)  # its registration is on another topic: let it arrive
-        raise MemberNotYetKnown(f"member {member!r} not registered here yet")
+async def _require_member(svc: Service, event: contracts.Event, member: str) -> None:
+    """Orders and requests may overtake the member's registration (another topic): retry
+    them (the subscriber redelivers) until it arrives, and dead-letter the event if it has
+    not arrived within ``member_wait_seconds`` — it would otherwise block its partition."""
+    if member in host_of(svc).engine.index:
+        return
+    waiting: dict[str, float] = svc.state.setdefault("waiting_for_member", {})
+    first_seen = waiting.setdefault(event.event_id, time.monotonic())
+    limit = float(getattr(svc.settings, "member_wait_seconds", 30.0))
+    if time.monotonic() - first_seen >= limit:
+        del waiting[event.event_id]
+        raise Rejected(f"member {member!r} is not registered (waited {limit:g} s)")
+    await asyncio.sleep(min(0.2, limit))  # let the registration arrive
+    raise MemberNotYetKnown(f"member {member!r} not registered here yet")
 
 
 async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
     if isinstance(event, contracts.OrderPaid):
-        await _require_member(svc, event.member)
+        await _require_member(svc, event, event.member)
         await apply(
             svc,
             uow,
@@ -223,7 +233,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
 
 async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
     assert isinstance(event, contracts.WalletRequest)
-    await _require_member(svc, event.member)
+    await _require_member(svc, event, event.member)
     payload = event.model_dump(
         mode="json", include={"member", "kind", "points", "stable", "asset", "amount", "reason"}
     )
