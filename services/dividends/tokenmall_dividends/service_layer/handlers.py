@@ -61,6 +61,8 @@ async def apply(
         accepted, reason, result = host.call(kind, payload)
         seconds = time.perf_counter() - started
         settled_now = kind == "settle" and accepted and not result.already_settled
+        # a refused plan command changes nothing and its HTTP caller hears why
+        refused_plan = not accepted and kind in ("plan", "initial_plan")
         if kind == "settle":
             if settled_now:
                 uow.emit_many(
@@ -82,11 +84,11 @@ async def apply(
                 contracts.DIVIDENDS,
                 contracts.PlanScheduled(effective_day=host.engine.day + 1, plan=result.raw),
             )
-        elif kind == "join":
+        elif kind == "join" or refused_plan:
             host.engine.take_outputs()
         else:
             uow.emit(contracts.DIVIDENDS, host.input_applied(input_id, member, accepted, reason))
-        if kind == "settle" and not settled_now:
+        if (kind == "settle" and not settled_now) or refused_plan:
             return Outcome(accepted, reason, result, seconds)  # nothing changed: nothing to log
         now = datetime.now(UTC)
         logged = await uow.session.execute(
