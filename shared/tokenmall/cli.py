@@ -167,6 +167,8 @@ def replay_command(
     """Run scenario files through the running services (tokenmall dev up) and check them."""
     import asyncio
 
+    import httpx
+
     from tokenmall import devenv
     from tokenmall.replay import Platform, PlatformError, replay
 
@@ -194,7 +196,7 @@ def replay_command(
         except StepFailed as exc:
             err.print(f"[red]error[/red] {escape(str(path))}: {escape(str(exc))}", highlight=False)
             raise typer.Exit(1) from None
-        except (PlatformError, devenv.DevError, OSError) as exc:
+        except (PlatformError, devenv.DevError, OSError, httpx.HTTPError) as exc:
             err.print(
                 f"[red]platform error[/red] {escape(str(path))}: {escape(str(exc))}",
                 highlight=False,

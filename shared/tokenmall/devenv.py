@@ -237,10 +237,15 @@ def wait_healthy(state: dict[str, Any], timeout: float = 90.0) -> None:
                     raise DevError(f"{name} exited during start-up; its log ends:\n{tail}")
                 try:
                     sync = client.get(info["url"] + "/v1/sync")
-                    if sync.status_code == 200 and sync.json().get("ready", True):
-                        del pending[name]
                 except httpx.HTTPError:
-                    pass
+                    continue
+                body = sync.json() if sync.status_code == 200 else {}
+                if body.get("pid") not in (None, info["pid"]):
+                    raise DevError(
+                        f"{name}: another process (pid {body['pid']}) answers on {info['url']}"
+                    )
+                if body.get("ready"):
+                    del pending[name]
             if time.monotonic() > deadline:
                 raise DevError(f"not ready after {timeout:.0f} s: {', '.join(pending)}")
             time.sleep(0.2)

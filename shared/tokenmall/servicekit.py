@@ -412,6 +412,7 @@ def create_app(
         ready = consumers_ready(service.broker)
         return {
             "service": service.name,
+            "pid": os.getpid(),  # who answers on this port (dev up checks it is its process)
             "outbox_backlog": backlog,
             "consumer_lag": lag,
             "ready": ready,
