@@ -150,6 +150,25 @@ def bench_engine_command(
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
+@app.command("events")
+def events_command(
+    as_json: Annotated[bool, typer.Option("--json", help="topics and event JSON Schemas")] = False,
+) -> None:
+    """The event catalogue: topics, their flows and every event's fields."""
+    from tokenmall.contracts import catalogue
+
+    data = catalogue()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    for topic in data["topics"]:
+        out.print(f"[bold]{topic['topic']}[/bold]  {escape(topic['flow'])}")
+    envelope = {"type", "event_id", "causation_id", "producer", "schema_version", "occurred_at"}
+    for name, schema in data["events"].items():
+        fields = [f for f in schema.get("properties", {}) if f not in envelope]
+        out.print(f"  {name}: {', '.join(fields)}")
+
+
 @app.command("replay")
 def replay_command(
     files: Annotated[list[Path], typer.Argument(help="scenario YAML file(s)")],

@@ -195,12 +195,32 @@ def decode(raw: bytes | str | dict[str, Any]) -> Event:
         raise ContractError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
 
 
-def catalogue() -> list[dict[str, str]]:
-    """Topic and event catalogue (also printed by ``tokenmall events``)."""
-    rows = []
-    for name, description in TOPICS.items():
-        rows.append({"topic": name, "description": description})
-    return rows
+EVENT_TYPES: tuple[type[Event], ...] = (
+    MemberRegistered,
+    OrderPaid,
+    OrderRefunded,
+    WalletRequest,
+    InputApplied,
+    ReleaseComputed,
+    DaySettled,
+    PlanScheduled,
+    PlanActivated,
+)
+
+
+def catalogue() -> dict[str, Any]:
+    """Topics and the JSON Schema of every event (printed by ``tokenmall events``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "partitions": PARTITIONS,
+        "topics": [
+            {"topic": name, "dead_letter_topic": dead_letter_topic(name), "flow": flow}
+            for name, flow in TOPICS.items()
+        ],
+        "events": {
+            model.__name__: model.model_json_schema(mode="serialization") for model in EVENT_TYPES
+        },
+    }
 
 
 def to_json(data: Any) -> str:
