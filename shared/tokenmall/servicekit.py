@@ -116,6 +116,16 @@ class ServiceMetrics:
 Handler = Callable[[Event, UnitOfWork], Awaitable[None]]
 
 
+def parse_fault(spec: str) -> tuple[str, int] | None:
+    """``"<consumer>:<n>"`` (TOKENMALL_FAULT_EXIT_AFTER_COMMIT) → (consumer, n); "" → None."""
+    if not spec:
+        return None
+    consumer, _, count = spec.rpartition(":")
+    if not consumer or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"fault_exit_after_commit must be '<consumer>:<n>', n ≥ 1: {spec!r}")
+    return consumer, int(count)
+
+
 @dataclass
 class Subscription:
     topic: str
@@ -140,18 +150,15 @@ class Service:
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
-        self._commits: dict[str, int] = {}  # per consumer, for fault_exit_after_commit
+        self._fault = parse_fault(self.settings.fault_exit_after_commit)
+        self._commits: dict[str, int] = {}  # per consumer, for the fault point
 
     def _fault_point(self, consumer: str) -> None:
-        spec = self.settings.fault_exit_after_commit
-        if not spec:
-            return
-        name, _, count = spec.rpartition(":")
-        if name != consumer:
+        if self._fault is None or self._fault[0] != consumer:
             return
         self._commits[consumer] = self._commits.get(consumer, 0) + 1
-        if self._commits[consumer] == int(count):
-            log.error("fault injection: exiting after commit %s of %s", count, consumer)
+        if self._commits[consumer] == self._fault[1]:
+            log.error("fault injection: exiting after commit %d of %s", self._fault[1], consumer)
             logging.shutdown()
             os._exit(70)
 

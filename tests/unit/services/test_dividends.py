@@ -168,3 +168,17 @@ def test_events_out_duplicates_and_dead_letters(tmp_path: Path) -> None:
 def paid_id(events: list[contracts.Event]) -> str | None:
     applied = next(e for e in events if isinstance(e, contracts.InputApplied))
     return applied.causation_id
+
+
+def test_the_fault_point_setting_is_checked_when_the_service_is_built() -> None:
+    import pytest
+
+    from tokenmall.servicekit import parse_fault
+
+    assert parse_fault("") is None
+    assert parse_fault("wallet-dividends:3") == ("wallet-dividends", 3)
+    for bad in ("wallet", "wallet:", ":3", "wallet:0", "wallet:x"):
+        with pytest.raises(ValueError, match="consumer"):
+            parse_fault(bad)
+    with pytest.raises(ValueError):
+        build_app(DividendsSettings(fault_exit_after_commit="nonsense"))
