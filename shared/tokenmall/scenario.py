@@ -117,6 +117,19 @@ def _substitute(value: Any, i: int) -> Any:
     return value
 
 
+def _repeat_count(value: Any, where: str) -> int:
+    """``repeat: N``, a whole number >= 1, written as a YAML number or a string."""
+    count: Decimal | None = None
+    if not isinstance(value, bool) and isinstance(value, (int, str, Decimal)):
+        try:
+            count = to_decimal(value, "repeat")
+        except AmountError:
+            count = None
+    if count is None or count != count.to_integral_value() or count < 1:
+        raise ScenarioError(f"{where}: repeat must be a whole number >= 1")
+    return int(count)
+
+
 def _parse_step(raw: Any, number: int) -> tuple[str, dict[str, Any], int, bool]:
     where = f"step {number}"
     if not isinstance(raw, Mapping):
@@ -134,9 +147,7 @@ def _parse_step(raw: Any, number: int) -> tuple[str, dict[str, Any], int, bool]:
         body = {}
     if not isinstance(body, Mapping):
         raise ScenarioError(f"{where}: the fields of {kind} must be a mapping")
-    repeat = raw.get("repeat", 1)
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ScenarioError(f"{where}: repeat must be a whole number >= 1")
+    repeat = _repeat_count(raw.get("repeat", 1), where)
     refused = raw.get("refused", False)
     if not isinstance(refused, bool):
         raise ScenarioError(f"{where}: refused must be true or false")

@@ -793,7 +793,9 @@ class _Engine:
         self.day_refunded += o.amount
         if o.grant is not None:
             o.grant.remaining = 0
-        if self.plan.equity is not None and o.points > 0:
+        # the order's points are reversed even while the equity module is switched
+        # off (its pool and points still exist; only trading is closed)
+        if o.points > 0:
             n = min(o.points, self.mbal(m, "equity"))
             if n > 0:
                 p = self.price()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import re
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,10 @@ def test_non_numeric_value_in_a_plan_step_is_rejected_before_any_step() -> None:
     ("raw", "match"),
     [
         ({"join": {"member": "A"}, "repeat": 0}, "repeat"),
-        ({"join": {"member": "A"}, "repeat": "2"}, "repeat"),
+        ({"join": {"member": "A"}, "repeat": "two"}, "repeat"),
+        ({"join": {"member": "A"}, "repeat": "2.5"}, "repeat"),
+        ({"join": {"member": "A"}, "repeat": -1}, "repeat"),
+        ({"join": {"member": "A"}, "repeat": True}, "repeat"),
         ({"join": {"member": "A"}, "refused": "yes"}, "refused"),
         ({"join": {"member": "A"}, "order": {"member": "A", "amount": 1}}, "exactly one"),
         ({"join": {"member": ["A"]}}, "member must be a string"),
@@ -212,6 +216,13 @@ def test_non_numeric_value_in_a_plan_step_is_rejected_before_any_step() -> None:
 def test_malformed_step_modifiers_and_fields(raw: Any, match: str) -> None:
     with pytest.raises(ScenarioError, match=match):
         parse_scenario({"steps": [raw]})
+
+
+@pytest.mark.parametrize("repeat", [3, "3", " 3 ", Decimal("3.0")])
+def test_repeat_may_be_written_as_a_string(repeat: Any) -> None:
+    # SCENARIOS.md: numbers may be written as YAML numbers or strings
+    (*_, last) = parse_scenario({"steps": [{"join": {"member": "m{i}"}, "repeat": repeat}]}).steps
+    assert (last.number, last.fields) == (3, {"member": "m3"})
 
 
 # ---------------------------------------------------------------- refused at run time
