@@ -135,6 +135,76 @@ def _print_summary(path: Path, result: RunResult) -> None:
         out.print(f"  checks: [{colour}]{passed}/{len(checks)} passed[/{colour}]")
 
 
+@app.command("lint")
+def lint_command(
+    file: Annotated[Path, typer.Argument(help="plan YAML file (or a scenario with plan:)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
+    payback_days: Annotated[
+        int, typer.Option("--payback-days", min=1, help="warn when a quota takes longer")
+    ] = 1000,
+    funding_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--funding-rate",
+            help="funding of plans without pools, fraction of sales "
+            "(default: equity pool_rate, else 0.30)",
+        ),
+    ] = None,
+) -> None:
+    """Check a plan: pyramid levels, funding at flat sales, payback, pools and tiers.
+
+    Exit 0 clean, 1 warnings only, 2 errors (a parameter the engine refuses, or a file
+    that cannot be read).
+    """
+    from tokenmall.lint import Finding, error, exit_code, lint_plan, parse_rate
+    from tokenmall.scenario import load_yaml
+
+    findings: list[Finding]
+    try:
+        rate = None if funding_rate is None else parse_rate(funding_rate)
+    except ValueError as exc:
+        err.print(f"[red]error[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        document = load_yaml(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        findings = [error("file", f"cannot read {file}: {exc.strerror}", "file")]
+    except ScenarioError as exc:
+        findings = [error("file", str(exc), "file")]
+    else:
+        findings = lint_plan(document, payback_days=payback_days, funding_rate=rate)
+    code = exit_code(findings)
+    if as_json:
+        payload = {
+            "file": str(file),
+            "status": ("clean", "warnings", "errors")[code],
+            "exit_code": code,
+            "findings": [f.as_dict() for f in findings],
+        }
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_findings(file, findings)
+    raise typer.Exit(code)
+
+
+def _print_findings(path: Path, findings: list[Any]) -> None:
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    if not findings:
+        out.print(f"[green]clean[/green] {escape(str(path))}: no findings")
+        return
+    table = Table(show_edge=False, pad_edge=False, show_lines=True)
+    for column in ("severity", "parameter", "reason", "rule"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        colour = "red" if f.severity == "error" else "yellow"
+        table.add_row(
+            Text(f.severity, style=colour), Text(f.parameter), Text(f.reason), Text(f.rule or "")
+        )
+    out.print(table)
+    out.print(f"{escape(str(path))}: {errors} error(s), {warnings} warning(s)")
+
+
 @bench_app.command("engine")
 def bench_engine_command(
     members: Annotated[int, typer.Option(help="population size")] = 1_000_000,
