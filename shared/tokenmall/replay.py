@@ -76,7 +76,8 @@ class Platform:
             quiet_rounds = quiet_rounds + 1 if quiet else 0
             if time.monotonic() > deadline:
                 raise PlatformError(f"the platform did not settle down: {states}")
-            await asyncio.sleep(0.005 if quiet else 0.02)
+            if not quiet:  # the second quiet round follows at once
+                await asyncio.sleep(0.01)
 
     async def is_fresh(self) -> bool:
         state = await self.json("dividends", "/v1/state")

@@ -244,6 +244,7 @@ class LagProbe:
         from aiokafka.admin import AIOKafkaAdminClient
 
         self.groups = groups  # group id -> topic
+        self._known: dict[str, list[Any]] | None = None
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         self.ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
 
@@ -255,20 +256,29 @@ class LagProbe:
         await self.ends.stop()
         await self.admin.close()
 
-    async def lag(self) -> int:
+    async def _partitions(self) -> dict[str, list[Any]]:
+        """The partitions of each watched topic (topics never shrink: fetched once)."""
         from aiokafka import TopicPartition
 
-        topics = sorted(set(self.groups.values()))
-        described = await self.admin.describe_topics(topics)
-        partitions = {
-            d["topic"]: [TopicPartition(d["topic"], p["partition"]) for p in d["partitions"]]
-            for d in described
-            if d["error_code"] == 0
-        }
+        if self._known is None:
+            topics = sorted(set(self.groups.values()))
+            described = await self.admin.describe_topics(topics)
+            known = {
+                d["topic"]: [TopicPartition(d["topic"], p["partition"]) for p in d["partitions"]]
+                for d in described
+                if d["error_code"] == 0 and d["partitions"]
+            }
+            if set(known) != set(topics):
+                return known  # a topic is still being created: ask again next time
+            self._known = known
+        return self._known
+
+    async def lag(self) -> int:
+        partitions = await self._partitions()
         everything = [tp for tps in partitions.values() for tp in tps]
-        ends = await self.ends.end_offsets(everything) if everything else {}
-        commits = await asyncio.gather(
-            *(self.admin.list_consumer_group_offsets(g) for g in self.groups)
+        ends_call = self.ends.end_offsets(everything) if everything else asyncio.sleep(0, {})
+        ends, *commits = await asyncio.gather(
+            ends_call, *(self.admin.list_consumer_group_offsets(g) for g in self.groups)
         )
         total = 0
         for (_group, topic), committed in zip(self.groups.items(), commits, strict=True):

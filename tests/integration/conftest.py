@@ -49,6 +49,8 @@ def postgres_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     pgdata = tmp_path_factory.mktemp("pg") / "data"
     server = get_server(pgdata, cleanup_mode="stop")
     server.get_uri()  # started
+    # a throw-away server: commits need not wait for the disk (tests stay exact)
+    server.psql("ALTER SYSTEM SET synchronous_commit = off;\nSELECT pg_reload_conf();\n")
     try:
         yield pgdata
     finally:

@@ -399,3 +399,29 @@ def test_text_that_looks_like_markup_is_printed_verbatim(
     assert result.exit_code == code
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert shown in result.stdout + result.stderr
+
+
+def test_free_port_never_hands_out_a_kernel_picked_port_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tokenmall import devenv
+
+    kernel_picks = iter([40001, 40001, 40002])  # the kernel reuses a just-closed port
+
+    class FakeSocket:
+        def __enter__(self) -> FakeSocket:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            self.port = address[1] or next(kernel_picks)
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(devenv.socket, "socket", FakeSocket)
+    monkeypatch.setattr(devenv, "_handed_out", set())
+    assert [devenv.free_port(0), devenv.free_port(0)] == [40001, 40002]
+    assert devenv.free_port(8101) == 8101  # a free preferred port is reused on purpose

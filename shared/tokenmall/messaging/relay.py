@@ -38,7 +38,7 @@ class KafkaPublisher:
             client_id=client_id,
             enable_idempotence=True,
             acks="all",
-            linger_ms=5,
+            linger_ms=0,  # an outbox batch is sent at once anyway; no wait for the first
             max_request_size=16 * 1024 * 1024,
             compression_type=None,
         )
@@ -125,6 +125,9 @@ class OutboxRelay:
 
     async def run_forever(self) -> None:
         while True:
+            # cleared before the batch is read: a commit that wakes the relay while the
+            # batch is being published is seen at the wait below, never lost
+            self._wake.clear()
             try:
                 published = await self.run_once()
             except asyncio.CancelledError:
@@ -134,7 +137,6 @@ class OutboxRelay:
                 published = 0
                 await asyncio.sleep(0.5)
             if published < self.batch_size:
-                self._wake.clear()
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
                 # that arrives as the event fires, and shutdown would hang
                 with contextlib.suppress(TimeoutError):

@@ -1,0 +1,76 @@
+"""The outbox relay on SQLite: id order, marking, and a wake-up that arrives while a
+batch is being published is not lost (the relay does not sleep through it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import MetaData, insert
+
+from tokenmall.db import make_engine, make_sessions
+from tokenmall.messaging import MessagingTables, OutboxRelay, define
+from tokenmall.testing import MemoryPublisher
+
+
+def row(i: int) -> dict[str, object]:
+    return {
+        "event_id": f"e{i}",
+        "topic": "t",
+        "key": "k",
+        "event_type": "X",
+        "payload": str(i),
+        "created_at": datetime.now(UTC),
+    }
+
+
+class CommitsWhilePublishing(MemoryPublisher):
+    """While the first batch is in flight, another transaction commits a row and wakes
+    the relay, as a service's handler does."""
+
+    def __init__(self, add_row: object) -> None:
+        super().__init__()
+        self.add_row = add_row
+        self.sent_at: list[float] = []
+
+    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+        if not self.messages:
+            await self.add_row()  # type: ignore[operator]
+        await super().publish_many(messages)
+        self.sent_at.extend(time.monotonic() for _ in messages)
+
+
+def test_rows_go_in_id_order_and_a_wake_during_a_batch_is_not_lost(tmp_path: Path) -> None:
+    async def go() -> None:
+        metadata = MetaData()
+        tables: MessagingTables = define(metadata)
+        engine = make_engine(f"sqlite:///{tmp_path}/outbox.db")
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(insert(tables.outbox), [row(i) for i in range(5)])
+        sessions = make_sessions(engine)
+        relay: OutboxRelay
+
+        async def add_row() -> None:
+            async with sessions() as session, session.begin():
+                await session.execute(insert(tables.outbox), [row(5)])
+            relay.wake()
+
+        publisher = CommitsWhilePublishing(add_row)
+        # idle_seconds × 50 = 2 s: the relay's poll, were the wake-up lost
+        relay = OutboxRelay(sessions, tables, publisher, batch_size=100, idle_seconds=0.04)
+        started = time.monotonic()
+        task = asyncio.create_task(relay.run_forever())
+        try:
+            while len(publisher.messages) < 6 and time.monotonic() - started < 5:
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await engine.dispose()
+        assert [int(v) for _, _, v in publisher.messages] == list(range(6))
+        assert publisher.sent_at[-1] - started < 1.0  # woken, not polled 2 s later
+
+    asyncio.run(go())
