@@ -180,7 +180,7 @@ class _Driver:
             if deleted.status_code != 204:
                 raise PlatformError(f"could not withdraw unpaid order {order_id}: {deleted.text}")
         else:
-            applied = await self.p.json("dividends", f"/v1/inputs/{order_id}")
+            applied = await self.p.json("dividends", f"/v1/inputs/order:{order_id}")
             if not applied["accepted"]:
                 raise PlatformError(
                     f"orders accepted {order_id} but the engine refused it: {applied['reason']}"

@@ -3,7 +3,7 @@
 A service is a thin shell: its own tables, HTTP routers and event handlers.  This
 module wires them: the database (created from the URL at start-up, never at import),
 a FastStream ``KafkaBroker`` started in FastAPI's lifespan, subscribers that
-acknowledge only after the handler's transaction committed (``AckPolicy.ACK``) and
+acknowledge only after the handler's transaction committed (``AckPolicy.NACK_ON_ERROR``) and
 send what cannot be parsed or applied to ``<topic>.dlq`` with the reason, and the
 outbox relay.
 """
@@ -147,6 +147,10 @@ class Service:
     relay: OutboxRelay | None = None
     metrics: ServiceMetrics = field(init=False)
     state: dict[str, Any] = field(default_factory=dict)  # service-specific singletons
+    # Taken around a consumed message's whole transaction, before its inbox row is
+    # written: a service whose commands also take it (dividends: the engine's lock) then
+    # always locks in one order — this lock, then the database — and never deadlocks.
+    exclusive: asyncio.Lock | None = None
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
@@ -180,7 +184,7 @@ class Service:
             return
         started = time.perf_counter()
         try:
-            async with self.uow() as uow:
+            async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
                 if not await uow.claim(sub.consumer, event.event_id):
                     self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                     return  # delivered twice: applied once

@@ -46,7 +46,8 @@ def build_app(
 ) -> FastAPI:
     settings = settings or DividendsSettings()
     svc = Service("dividends", settings, tables.metadata, tables.messaging)
-    svc.state["host"] = EngineHost()
+    host = svc.state["host"] = EngineHost()
+    svc.exclusive = host.lock  # consumers take the engine's lock before any database write
 
     def bound(fn: Any) -> Any:
         return partial(fn, svc=svc)

@@ -4,8 +4,13 @@ contract events out, durability across restarts (snapshot + input log)."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
+from sqlalchemy.exc import IntegrityError
 
 from tokenmall import contracts
 from tokenmall.scenario import load_scenario, simulate
@@ -54,7 +59,7 @@ async def feed(app: Any, client: Any, scenario_path: Path) -> None:
                     stable=f.get("stable", 0),
                 ),
             )
-            status = (await client.get(f"/v1/inputs/{oid}")).json()
+            status = (await client.get(f"/v1/inputs/order:{oid}")).json()
             orders += bool(status.get("accepted"))
         elif step.kind == "settle":
             day = (await client.get("/v1/state")).json()["day"]
@@ -147,7 +152,7 @@ def test_events_out_duplicates_and_dead_letters(tmp_path: Path) -> None:
     broker = asyncio.run(run())
     events = publisher.events(contracts.DIVIDENDS)
     applied = [e for e in events if isinstance(e, contracts.InputApplied)]
-    assert [e.input_id for e in applied] == ["o1", "s1"]
+    assert [e.input_id for e in applied] == ["order:o1", "request:s1"]
     order = applied[0]
     assert (
         order.accepted and order.producer == "dividends" and order.causation_id == paid_id(events)
@@ -182,3 +187,99 @@ def test_the_fault_point_setting_is_checked_when_the_service_is_built() -> None:
             parse_fault(bad)
     with pytest.raises(ValueError):
         build_app(DividendsSettings(fault_exit_after_commit="nonsense"))
+
+
+def test_input_ids_of_different_kinds_never_collide_and_a_reused_id_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    async def run() -> None:
+        app = make_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await client.post("/v1/plan", json={"plan": {"preset": "equity"}, "activate_now": True})
+            await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
+            await broker.deliver(
+                contracts.ORDERS, contracts.OrderPaid(order_id="x1", member="A", amount="100")
+            )
+            # a client names its sell request like the order: a different input
+            sell = contracts.WalletRequest(request_id="x1", member="A", kind="sell", points="5")
+            await broker.deliver(contracts.WALLET_REQUESTS, sell)
+            state = (await client.get("/v1/state")).json()
+            assert state["equity"]["circulating"] == "16.00000000"
+            assert (await client.get("/v1/inputs/order:x1")).json()["accepted"] is True
+            assert (await client.get("/v1/inputs/request:x1")).json()["accepted"] is True
+            # a new event (new event id) for an order already applied: dead-lettered once
+            await broker.deliver(
+                contracts.ORDERS, contracts.OrderPaid(order_id="x1", member="A", amount="100")
+            )
+            assert (await client.get("/v1/state")).json() == state
+            [(_, _, headers)] = broker.dead_letters
+            assert "already applied" in headers["reason"]
+
+    asyncio.run(run())
+
+
+def test_a_settlement_while_a_consumer_is_busy_neither_deadlocks_nor_loses_the_day(
+    tmp_path: Path,
+) -> None:
+    publisher = MemoryPublisher()
+
+    async def run() -> None:
+        app = make_app(tmp_path, publisher)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await client.post("/v1/plan", json={"plan": {"preset": "points"}, "activate_now": True})
+            for i in range(20):
+                await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member=f"M{i}"))
+                order = contracts.OrderPaid(order_id=f"o{i}", member=f"M{i}", amount="3000")
+                await broker.deliver(contracts.ORDERS, order)
+
+            async def settle() -> int:
+                await asyncio.sleep(0)  # the consumer starts its transaction first
+                return (await client.post("/v1/settlements/1")).status_code
+
+            late = contracts.OrderPaid(order_id="late", member="M1", amount="3000")
+            started = time.monotonic()
+            _, status = await asyncio.wait_for(
+                asyncio.gather(broker.deliver(contracts.ORDERS, late), settle()), timeout=10
+            )
+            assert status == 200 and time.monotonic() - started < 5
+            assert (await client.get("/v1/settlements/1")).status_code == 200
+            assert (await client.get("/v1/inputs/order:late")).json()["accepted"] is True
+            await drain(app)
+        assert [type(e).__name__ for e in publisher.events()].count("DaySettled") == 1
+
+    asyncio.run(run())
+
+
+def test_a_failed_write_after_the_engine_moved_rebuilds_the_engine(tmp_path: Path) -> None:
+    from sqlalchemy import insert
+
+    from tokenmall_dividends.adapters.tables import settlements
+
+    async def run() -> None:
+        app = make_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await client.post("/v1/plan", json={"plan": {"preset": "points"}, "activate_now": True})
+            await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
+            await broker.deliver(
+                contracts.ORDERS, contracts.OrderPaid(order_id="o1", member="A", amount="3000")
+            )
+            before = (await client.get("/v1/state")).json()
+            svc = app.state.svc
+            async with svc.sessions() as session, session.begin():  # day 1's row, planted
+                await session.execute(
+                    insert(settlements).values(
+                        day=1,
+                        members_released=0,
+                        released="{}",
+                        seconds=0.0,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+            with pytest.raises(IntegrityError):
+                await client.post("/v1/settlements/1")
+            assert (await client.get("/v1/state")).json() == before  # still day 1, unsettled
+
+    asyncio.run(run())

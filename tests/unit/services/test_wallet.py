@@ -110,7 +110,7 @@ def test_postings_change_balances_and_every_asset_sums_to_zero(tmp_path: Path) -
         await deliver(
             app,
             InputApplied(
-                input_id="o1",
+                input_id="order:o1",
                 member="a",
                 accepted=True,
                 postings=[
@@ -153,7 +153,7 @@ def test_a_duplicate_delivery_books_once(tmp_path: Path) -> None:
         await register(app, "a")
         await register(app, "a", merchant=True)  # registered once, first registration wins
         event = InputApplied(
-            input_id="o1",
+            input_id="order:o1",
             member="a",
             accepted=True,
             postings=[line("stable", "issuance", "m:a", "5.00", "order")],
@@ -270,7 +270,7 @@ def test_holds(tmp_path: Path) -> None:
         await deliver(
             app,
             InputApplied(
-                input_id="order-1",
+                input_id="order:order-1",
                 member="a",
                 accepted=True,
                 postings=[line("stable", "m:a", "sales", "40.00", "order")],
@@ -323,7 +323,7 @@ def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path)
         await deliver(
             app,
             InputApplied(
-                input_id="r1",
+                input_id="request:r1",
                 member="a",
                 accepted=True,
                 postings=[
@@ -361,7 +361,10 @@ def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path)
         await deliver(
             app,
             InputApplied(
-                input_id="r2", member="a", accepted=False, reason="the equity module is not enabled"
+                input_id="request:r2",
+                member="a",
+                accepted=False,
+                reason="the equity module is not enabled",
             ),
         )
         refused = (await client.get("/v1/requests/r2")).json()
@@ -434,7 +437,7 @@ def test_merchant_exchange(tmp_path: Path) -> None:
         await deliver(
             app,
             InputApplied(
-                input_id="m1",
+                input_id="request:m1",
                 member="shop",
                 accepted=True,
                 postings=[
@@ -493,7 +496,7 @@ def test_adjustments(tmp_path: Path) -> None:
         await deliver(
             app,
             InputApplied(
-                input_id="adj1",
+                input_id="request:adj1",
                 member="a",
                 accepted=True,
                 postings=[line("cny", "m:a", "adjustments", "2.50", "adjust")],
@@ -533,7 +536,7 @@ def test_unusable_messages_are_dead_lettered_with_a_reason(tmp_path: Path) -> No
         await deliver(
             app,
             InputApplied(
-                input_id="o1",
+                input_id="order:o1",
                 member="a",
                 accepted=True,
                 postings=[

@@ -44,6 +44,11 @@ def host_of(svc: Service) -> EngineHost:
     return host
 
 
+# inputs that arrive as events; their ids are namespaced by kind, so an order id and a
+# request id chosen alike by clients never meet in the input log
+EVENT_INPUTS = ("join", "order", "refund", "request")
+
+
 async def apply(
     svc: Service,
     uow: UnitOfWork,
@@ -52,81 +57,120 @@ async def apply(
     payload: dict[str, Any],
     member: str | None = None,
 ) -> Outcome:
+    """Apply one input; the caller holds ``host.lock`` (taken before any database write,
+    so a consumer and an HTTP command never wait on each other's locks in turn)."""
     host = host_of(svc)
-    async with host.lock:
-        engine_before = host.engine
-        plan_before = engine_before.plan
-        day = engine_before.day
-        started = time.perf_counter()
-        accepted, reason, result = host.call(kind, payload)
-        seconds = time.perf_counter() - started
-        settled_now = kind == "settle" and accepted and not result.already_settled
-        # a refused plan command changes nothing and its HTTP caller hears why
-        refused_plan = not accepted and kind in ("plan", "initial_plan")
-        if kind == "settle":
-            if settled_now:
-                uow.emit_many(
-                    contracts.DIVIDENDS,
-                    host.settlement_events(
-                        result.day, result, plan_changed=host.engine.plan is not plan_before
-                    ),
-                )
-            else:
-                host.engine.take_outputs()
-        elif kind == "initial_plan" and accepted:
-            uow.emit(
+    assert host.lock.locked(), "apply() runs under the host's lock"
+    if kind in EVENT_INPUTS and await _logged(uow, input_id):
+        raise Rejected(f"input {input_id!r} was already applied (a new event with an old id)")
+    engine_before = host.engine
+    plan_before = engine_before.plan
+    day = engine_before.day
+    started = time.perf_counter()
+    accepted, reason, result = host.call(kind, payload)
+    seconds = time.perf_counter() - started
+    try:
+        return await _record(
+            svc,
+            uow,
+            kind,
+            input_id,
+            payload,
+            member,
+            day,
+            plan_before,
+            (accepted, reason, result),
+            seconds,
+        )
+    except BaseException:
+        # the engine ran ahead of the database (an insert or the commit failed): rebuild it
+        await load_engine(svc)
+        raise
+
+
+async def _logged(uow: UnitOfWork, input_id: str) -> bool:
+    stmt = select(inputs.c.seq).where(inputs.c.input_id == input_id)
+    return (await uow.session.execute(stmt)).first() is not None
+
+
+async def _record(
+    svc: Service,
+    uow: UnitOfWork,
+    kind: str,
+    input_id: str,
+    payload: dict[str, Any],
+    member: str | None,
+    day: int,
+    plan_before: Any,
+    outcome: tuple[bool, str | None, Any],
+    seconds: float,
+) -> Outcome:
+    """The input's events, log row (and after a settlement its snapshot), committed."""
+    host = host_of(svc)
+    accepted, reason, result = outcome
+    settled_now = kind == "settle" and accepted and not result.already_settled
+    # a refused plan command changes nothing and its HTTP caller hears why
+    refused_plan = not accepted and kind in ("plan", "initial_plan")
+    if kind == "settle":
+        if settled_now:
+            uow.emit_many(
                 contracts.DIVIDENDS,
-                contracts.PlanActivated(day=host.engine.day, plan=host.engine.plan.raw),
+                host.settlement_events(
+                    result.day, result, plan_changed=host.engine.plan is not plan_before
+                ),
             )
-        elif kind == "plan" and accepted:
-            host.engine.take_outputs()
-            uow.emit(
-                contracts.DIVIDENDS,
-                contracts.PlanScheduled(effective_day=host.engine.day + 1, plan=result.raw),
-            )
-        elif kind == "join" or refused_plan:
-            host.engine.take_outputs()
         else:
-            uow.emit(contracts.DIVIDENDS, host.input_applied(input_id, member, accepted, reason))
-        if (kind == "settle" and not settled_now) or refused_plan:
-            return Outcome(accepted, reason, result, seconds)  # nothing changed: nothing to log
-        now = datetime.now(UTC)
-        logged = await uow.session.execute(
-            insert(inputs).values(
-                input_id=input_id,
-                kind=kind,
-                payload=json.dumps(payload, default=str),
-                day=day,
-                accepted=accepted,
-                reason=reason,
+            host.engine.take_outputs()
+    elif kind == "initial_plan" and accepted:
+        uow.emit(
+            contracts.DIVIDENDS,
+            contracts.PlanActivated(day=host.engine.day, plan=host.engine.plan.raw),
+        )
+    elif kind == "plan" and accepted:
+        host.engine.take_outputs()
+        uow.emit(
+            contracts.DIVIDENDS,
+            contracts.PlanScheduled(effective_day=host.engine.day + 1, plan=result.raw),
+        )
+    elif kind == "join" or refused_plan:
+        host.engine.take_outputs()
+    else:
+        uow.emit(contracts.DIVIDENDS, host.input_applied(input_id, member, accepted, reason))
+    if (kind == "settle" and not settled_now) or refused_plan:
+        return Outcome(accepted, reason, result, seconds)  # nothing changed: nothing to log
+    now = datetime.now(UTC)
+    logged = await uow.session.execute(
+        insert(inputs).values(
+            input_id=input_id,
+            kind=kind,
+            payload=json.dumps(payload, default=str),
+            day=day,
+            accepted=accepted,
+            reason=reason,
+            created_at=now,
+        )
+    )
+    if settled_now:
+        primary_key = cast(CursorResult[Any], logged).inserted_primary_key
+        assert primary_key is not None
+        seq = primary_key[0]
+        await uow.session.execute(
+            insert(snapshots).values(
+                seq=seq, day=host.engine.day, state=host.snapshot(), created_at=now
+            )
+        )
+        await uow.session.execute(
+            insert(settlements).values(
+                day=result.day,
+                members_released=result.members_released,
+                released=json.dumps({k: v for k, v in result.released.items()}),
+                seconds=seconds,
                 created_at=now,
             )
         )
-        if settled_now:
-            primary_key = cast(CursorResult[Any], logged).inserted_primary_key
-            assert primary_key is not None
-            seq = primary_key[0]
-            await uow.session.execute(
-                insert(snapshots).values(
-                    seq=seq, day=host.engine.day, state=host.snapshot(), created_at=now
-                )
-            )
-            await uow.session.execute(
-                insert(settlements).values(
-                    day=result.day,
-                    members_released=result.members_released,
-                    released=json.dumps({k: v for k, v in result.released.items()}),
-                    seconds=seconds,
-                    created_at=now,
-                )
-            )
-            if seconds > 0:
-                svc.metrics.fanout.labels(svc.name).set(result.members_released / seconds)
-        try:
-            await uow.commit()
-        except BaseException:
-            await load_engine(svc)  # the engine ran ahead of the database: rebuild it
-            raise
+        if seconds > 0:
+            svc.metrics.fanout.labels(svc.name).set(result.members_released / seconds)
+    await uow.commit()
     svc.committed()
     return Outcome(accepted, reason, result, seconds)
 
@@ -171,7 +215,7 @@ async def start(svc: Service, default_plan: dict[str, Any]) -> None:
     async with svc.sessions() as session:
         empty = (await session.execute(select(inputs.c.seq).limit(1))).first() is None
     if empty:
-        async with svc.uow() as uow:
+        async with host_of(svc).lock, svc.uow() as uow:
             await apply(svc, uow, "initial_plan", "initial-plan", {"plan": default_plan})
 
 
@@ -213,7 +257,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
             svc,
             uow,
             "order",
-            event.order_id,
+            f"order:{event.order_id}",
             {
                 "order_id": event.order_id,
                 "member": event.member,
@@ -227,7 +271,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
             svc,
             uow,
             "refund",
-            f"{event.order_id}:refund",
+            f"refund:{event.order_id}",
             {"order_id": event.order_id},
             event.member,
         )
@@ -239,18 +283,18 @@ async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Servic
     payload = event.model_dump(
         mode="json", include={"member", "kind", "points", "stable", "asset", "amount", "reason"}
     )
-    await apply(svc, uow, "request", event.request_id, payload, event.member)
+    await apply(svc, uow, "request", f"request:{event.request_id}", payload, event.member)
 
 
 # ------------------------------------------------------------------ commands (HTTP)
 
 
 async def schedule_plan(svc: Service, plan: dict[str, Any], activate_now: bool) -> Outcome:
-    async with svc.uow() as uow:
+    async with host_of(svc).lock, svc.uow() as uow:
         kind = "initial_plan" if activate_now else "plan"
         return await apply(svc, uow, kind, f"plan:{uuid4()}", {"plan": plan})
 
 
 async def settle(svc: Service, day: int) -> Outcome:
-    async with svc.uow() as uow:
+    async with host_of(svc).lock, svc.uow() as uow:
         return await apply(svc, uow, "settle", f"settle:{day}", {"day": day})

@@ -170,35 +170,39 @@ async def on_dividends(event: Event, uow: UnitOfWork) -> None:
 
 
 async def input_applied(event: InputApplied, uow: UnitOfWork) -> None:
+    """The engine's answer to an input: ``request:<id>`` (a trade or adjustment this
+    wallet sent), ``order:<id>`` (an order; its stable part may be held here under the
+    order id), ``refund:<id>``, …: book its postings, then settle the request or hold."""
     session = uow.session
     await book_postings(session, event.postings, event.event_id, event.input_id)
-    request = await _request_row(session, event.input_id)
-    if request is not None:
-        if request.status == "pending":
-            result = (
-                to_json(
-                    {
-                        "postings": [p.model_dump(mode="json") for p in event.postings],
-                        "facts": event.facts,
-                    }
-                )
-                if event.accepted
-                else None
-            )
-            await session.execute(
-                update(requests)
-                .where(requests.c.request_id == event.input_id, requests.c.status == "pending")
-                .values(
-                    status="done" if event.accepted else "refused",
-                    reason=None if event.accepted else (event.reason or "refused"),
-                    result=result,
-                )
-            )
-            # accepted: the postings already moved the value; refused: nothing moves
-            await _set_hold(session, event.input_id, "released")
+    kind, _, ident = event.input_id.partition(":")
+    if kind == "order":
+        # a plain hold (the stable part of an order): the engine's posting moved it
+        await _set_hold(session, ident, "captured" if event.accepted else "released")
         return
-    # a plain hold (e.g. the stable part of an order): the engine's posting moved it
-    await _set_hold(session, event.input_id, "captured" if event.accepted else "released")
+    request = await _request_row(session, ident) if kind == "request" else None
+    if request is not None and request.status == "pending":
+        result = (
+            to_json(
+                {
+                    "postings": [p.model_dump(mode="json") for p in event.postings],
+                    "facts": event.facts,
+                }
+            )
+            if event.accepted
+            else None
+        )
+        await session.execute(
+            update(requests)
+            .where(requests.c.request_id == ident, requests.c.status == "pending")
+            .values(
+                status="done" if event.accepted else "refused",
+                reason=None if event.accepted else (event.reason or "refused"),
+                result=result,
+            )
+        )
+        # accepted: the postings already moved the value; refused: nothing moves
+        await _set_hold(session, ident, "released")
 
 
 async def _set_hold(session: AsyncSession, hold_id: str, status: str) -> None:
