@@ -263,6 +263,12 @@ def test_holds(tmp_path: Path) -> None:
         assert (await client.post("/v1/holds/h1/release")).status_code == 200
         assert (await client.post("/v1/holds/nope/release")).status_code == 404
         assert (await member(client, "a"))["held"]["stable"] == "0.00"
+        # placed again after its release (an unpaid order deleted and created again):
+        # held anew, not answered with the old status
+        resp = await client.post("/v1/holds", json=h1)
+        assert (resp.status_code, resp.json()["status"]) == (201, "held")
+        assert (await member(client, "a"))["available"]["stable"] == "20.00"
+        assert (await client.post("/v1/holds/h1/release")).json()["status"] == "released"
 
         # a hold answered by the engine (e.g. the stable part of an order) is captured
         order = {**h1, "hold_id": "order-1", "amount": "40"}
@@ -276,7 +282,8 @@ def test_holds(tmp_path: Path) -> None:
                 postings=[line("stable", "m:a", "sales", "40.00", "order")],
             ),
         )
-        assert (await client.post("/v1/holds", json=order)).json()["status"] == "captured"
+        resp = await client.post("/v1/holds", json=order)
+        assert resp.status_code == 409 and "already captured" in resp.json()["detail"]
         assert (await client.post("/v1/holds/order-1/release")).status_code == 409
         a = await member(client, "a")
         assert (a["stable"], a["held"]["stable"]) == ("10.00", "0.00")

@@ -238,9 +238,10 @@ async def _require_member(svc: Service, event: contracts.Event, member: str) -> 
     """Orders and requests may overtake the member's registration (another topic): retry
     them (the subscriber redelivers) until it arrives, and dead-letter the event if it has
     not arrived within ``member_wait_seconds`` — it would otherwise block its partition."""
-    if member in host_of(svc).engine.index:
-        return
     waiting: dict[str, float] = svc.state.setdefault("waiting_for_member", {})
+    if member in host_of(svc).engine.index:
+        waiting.pop(event.event_id, None)  # it waited and its member arrived
+        return
     first_seen = waiting.setdefault(event.event_id, time.monotonic())
     limit = float(getattr(svc.settings, "member_wait_seconds", 30.0))
     if time.monotonic() - first_seen >= limit:

@@ -356,17 +356,28 @@ async def place_hold(uow: UnitOfWork, cmd: PlaceHold) -> Outcome:
         raise Conflict(f"id {cmd.hold_id!r} belongs to a wallet request")
     existing = await _hold_row(session, cmd.hold_id)
     if existing is not None:
-        if (existing.member, existing.asset, existing.amount) == (
+        if (existing.member, existing.asset, existing.amount) != (
             cmd.member,
             cmd.asset,
             cmd.amount,
         ):
-            return Outcome(cmd.hold_id, existing.status, replay=True)
-        raise Conflict(f"hold {cmd.hold_id!r} already exists with a different body")
+            raise Conflict(f"hold {cmd.hold_id!r} already exists with a different body")
+        if existing.status == "held":
+            return Outcome(cmd.hold_id, "held", replay=True)  # a retried request
+        if existing.status == "captured":
+            raise Conflict(f"hold {cmd.hold_id!r} was already captured")
+    # new, or released before (an unpaid order deleted, then created again): hold anew
     free = await available(session, cmd.member, cmd.asset)
     if free < cmd.amount:
         raise Conflict(_fewer(cmd.member, cmd.asset, cmd.amount, free))
-    await _insert_hold(session, cmd.hold_id, cmd.member, cmd.asset, cmd.amount)
+    if existing is None:
+        await _insert_hold(session, cmd.hold_id, cmd.member, cmd.asset, cmd.amount)
+    else:
+        await session.execute(
+            update(holds)
+            .where(holds.c.hold_id == cmd.hold_id, holds.c.status == "released")
+            .values(status="held")
+        )
     await uow.commit()
     return Outcome(cmd.hold_id, "held", replay=False)
 
