@@ -189,18 +189,26 @@ def test_the_fault_point_setting_is_checked_when_the_service_is_built() -> None:
         build_app(DividendsSettings(fault_exit_after_commit="nonsense"))
 
 
+async def one_paid_order(
+    app: Any, client: Any, preset: str, order_id: str, amount: str
+) -> FakeBroker:
+    """A fresh dividends on ``preset`` with member A and one paid order of A."""
+    broker: FakeBroker = app.state.svc.broker
+    await client.post("/v1/plan", json={"plan": {"preset": preset}, "activate_now": True})
+    await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
+    await broker.deliver(
+        contracts.ORDERS, contracts.OrderPaid(order_id=order_id, member="A", amount=amount)
+    )
+    return broker
+
+
 def test_input_ids_of_different_kinds_never_collide_and_a_reused_id_is_dead_lettered(
     tmp_path: Path,
 ) -> None:
     async def run() -> None:
         app = make_app(tmp_path)
         async with running(app) as client:
-            broker: FakeBroker = app.state.svc.broker
-            await client.post("/v1/plan", json={"plan": {"preset": "equity"}, "activate_now": True})
-            await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
-            await broker.deliver(
-                contracts.ORDERS, contracts.OrderPaid(order_id="x1", member="A", amount="100")
-            )
+            broker = await one_paid_order(app, client, "equity", "x1", "100")
             # a client names its sell request like the order: a different input
             sell = contracts.WalletRequest(request_id="x1", member="A", kind="sell", points="5")
             await broker.deliver(contracts.WALLET_REQUESTS, sell)
@@ -260,12 +268,7 @@ def test_a_failed_write_after_the_engine_moved_rebuilds_the_engine(tmp_path: Pat
     async def run() -> None:
         app = make_app(tmp_path)
         async with running(app) as client:
-            broker: FakeBroker = app.state.svc.broker
-            await client.post("/v1/plan", json={"plan": {"preset": "points"}, "activate_now": True})
-            await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
-            await broker.deliver(
-                contracts.ORDERS, contracts.OrderPaid(order_id="o1", member="A", amount="3000")
-            )
+            await one_paid_order(app, client, "points", "o1", "3000")
             before = (await client.get("/v1/state")).json()
             svc = app.state.svc
             async with svc.sessions() as session, session.begin():  # day 1's row, planted
