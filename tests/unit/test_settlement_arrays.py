@@ -130,3 +130,91 @@ def test_exit_heap_rebuild_with_huge_values_uses_exact_python_keys() -> None:
     engine.settle()
     assert engine.points[1] == 0 and engine.points[0] == 2**54
     assert [e.member for e in engine.exits] == [1]
+
+
+def _walk_one_upline_at_a_time(
+    parent: list[int], star: list[int], team: object, sources: list[int], release: list[int]
+) -> dict[str, dict[int, int]]:
+    """RULES §5 read literally: every source climbs one sponsor at a time."""
+    from math import lcm
+
+    levels = team.levels  # type: ignore[attr-defined]
+    peer_rate: Fraction = team.peer_rate  # type: ignore[attr-defined]
+    max_depth = team.max_depth  # type: ignore[attr-defined]
+    den = lcm(*(lv.rate.denominator for lv in levels), peer_rate.denominator)
+    rate = [0] + [int(lv.rate * den) for lv in levels]
+    peer = int(peer_rate * den)
+    out: dict[str, dict[int, int]] = {"team": {}, "peer": {}}
+    for s, rel in zip(sources, release, strict=True):
+        best, peer_paid, cur, dist = 0, False, parent[s], 1
+        while cur >= 0 and (max_depth is None or dist <= max_depth):
+            r = rate[star[cur]]
+            if r > best:
+                out["team"][cur] = out["team"].get(cur, 0) + (r - best) * rel // den
+                best, peer_paid = r, False
+            elif r == best and best > 0 and not peer_paid:
+                peer_paid = True
+                if peer:
+                    out["peer"][cur] = out["peer"].get(cur, 0) + rel * peer // den
+            cur, dist = parent[cur], dist + 1
+    return out
+
+
+@given(
+    st.integers(1, 60),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.sampled_from(["0.05", "0.1", "0.2", "0.15", "0.3"]), min_size=1, max_size=4),
+    st.sampled_from(["0", "0.03", "0.1"]),
+    st.sampled_from([None, 1, 2, 5]),
+    st.booleans(),
+)
+def test_team_walk_by_jumps_equals_the_walk_one_upline_at_a_time(
+    n: int,
+    seed: int,
+    rates: list[str],
+    peer_rate: str,
+    max_depth: int | None,
+    chain_path: bool,
+) -> None:
+    rng = np.random.default_rng(seed)
+    parent = [-1] + [int(rng.integers(-1, i)) for i in range(1, n)]
+    if rng.random() < 0.3:  # long chains reach the depth limit and many equal rates
+        parent = [-1] + [i - 1 if rng.random() < 0.8 else p for i, p in enumerate(parent[1:], 1)]
+    depth = [0] * n
+    for i, p in enumerate(parent):
+        depth[i] = depth[p] + 1 if p >= 0 else 0
+    levels = [{"threshold": 100 * (k + 1), "rate": r} for k, r in enumerate(rates)]
+    team = Plan.from_mapping(
+        {
+            "preset": "points",
+            "team": {"levels": levels, "peer_rate": peer_rate, "max_depth": max_depth},
+        }
+    ).team
+    assert team is not None
+    star = rng.integers(0, len(team.levels) + 1, n).tolist()
+    sources = sorted(set(rng.integers(0, n, max(1, n // 2)).tolist()))
+    release = rng.integers(1, 10**9, len(sources)).tolist()
+    acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"team": [], "peer": []}
+    limit = sm._LEVEL_PASS_LIMIT
+    try:
+        if chain_path:
+            sm._LEVEL_PASS_LIMIT = -1  # force the linear passes (a degenerate chain)
+        depths = np.array(depth, dtype=I64)
+        sm._team_walk(
+            np.array(parent, dtype=I64),
+            depths,
+            sm.tree_levels(depths),
+            np.array(star, dtype=I64),
+            team,
+            np.array(sources, dtype=I64),
+            np.array(release, dtype=I64),
+            acc,  # type: ignore[arg-type]
+        )
+    finally:
+        sm._LEVEL_PASS_LIMIT = limit
+    got: dict[str, dict[int, int]] = {"team": {}, "peer": {}}
+    for kind, parts in acc.items():
+        for earners, amounts in parts:
+            for m, a in zip(earners.tolist(), amounts.tolist(), strict=True):
+                got[kind][m] = got[kind].get(m, 0) + a
+    assert got == _walk_one_upline_at_a_time(parent, star, team, sources, release)

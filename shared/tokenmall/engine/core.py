@@ -22,6 +22,7 @@ import numpy as np
 
 from tokenmall.engine import events as ev
 from tokenmall.engine import settlement as st
+from tokenmall.engine.columns import IntColumn
 from tokenmall.engine.ledger import (
     ADJUSTMENTS,
     EXTERNAL,
@@ -101,16 +102,18 @@ class Engine:
         # members, by registration order
         self.names: list[str] = []
         self.index: dict[str, int] = {}
-        self.parent: list[int] = []
-        self.depth: list[int] = []
+        # per-member and per-grant values are IntColumns: list-like for one input,
+        # a no-copy array for settlement
+        self.parent = IntColumn()
+        self.depth = IntColumn()
         self.merchant: list[bool] = []
-        self.spend: list[int] = []
-        self.quota: list[int] = []  # sum of the member's grants' remaining
+        self.spend = IntColumn()
+        self.quota = IntColumn()  # sum of the member's grants' remaining
         # grants, in creation order
-        self.grant_member: list[int] = []
-        self.grant_quota: list[int] = []
-        self.grant_remaining: list[int] = []
-        self.grant_base: list[int] = []
+        self.grant_member = IntColumn()
+        self.grant_quota = IntColumn()
+        self.grant_remaining = IntColumn()
+        self.grant_base = IntColumn()
         self.member_grants: list[list[int]] = []
         # orders and sales
         self.orders: dict[str, Order] = {}
@@ -261,24 +264,24 @@ class Engine:
         self.index = {name: i for i, name in enumerate(names)}
         if len(self.index) != n:
             raise ValueError("member names must be unique")
-        self.parent = list(parent)
+        self.parent = IntColumn(parent)
         depth = [0] * n
         for i, p in enumerate(parent):
             if p >= 0:
                 depth[i] = depth[p] + 1
-        self.depth = depth
+        self.depth = IntColumn(depth)
         self.merchant = list(merchant) if merchant is not None else [False] * n
-        self.spend = list(spend)
-        self.grant_member = list(grant_member)
-        self.grant_quota = list(grant_remaining) if grant_quota is None else list(grant_quota)
-        self.grant_remaining = list(grant_remaining)
-        self.grant_base = list(grant_base)
+        self.spend = IntColumn(spend)
+        self.grant_member = IntColumn(grant_member)
+        self.grant_quota = IntColumn(grant_remaining if grant_quota is None else grant_quota)
+        self.grant_remaining = IntColumn(grant_remaining)
+        self.grant_base = IntColumn(grant_base)
         quota = [0] * n
         member_grants: list[list[int]] = [[] for _ in range(n)]
         for g, (m, rem) in enumerate(zip(grant_member, grant_remaining, strict=True)):
             quota[m] += rem
             member_grants[m].append(g)
-        self.quota = quota
+        self.quota = IntColumn(quota)
         self.member_grants = member_grants
         ledger = self.ledger
         for balances in ledger.members.values():
@@ -662,9 +665,9 @@ class Engine:
         if self.plan.equity is None or self.circulating == 0:
             self._exit_heap = []
             return
-        pts = np.asarray(self.points, dtype=np.int64)
+        pts = self.points.view()
         holders = np.flatnonzero((pts > 0) & ~np.asarray(self.merchant, dtype=bool))
-        quota = np.asarray(self.quota, dtype=np.int64)[holders]
+        quota = self.quota.view()[holders]
         held = pts[holders]
         if holders.size and max(int(quota.max()), int(held.max())) < 2**53:
             # both exactly representable: IEEE division is then correctly rounded,
@@ -723,18 +726,16 @@ class Engine:
         return report
 
     def day_input(self) -> st.DayInput:
-        def arr(values: list[int]) -> np.ndarray:
-            return np.asarray(values, dtype=np.int64)
-
+        """The settlement's input: read-only views of the engine's columns (no copies)."""
         return st.DayInput(
             plan=self.plan,
-            parent=arr(self.parent),
-            depth=arr(self.depth),
-            spend=arr(self.spend),
-            points=arr(self.points),
-            grant_member=arr(self.grant_member),
-            grant_remaining=arr(self.grant_remaining),
-            grant_base=arr(self.grant_base),
+            parent=self.parent.view(),
+            depth=self.depth.view(),
+            spend=self.spend.view(),
+            points=self.points.view(),
+            grant_member=self.grant_member.view(),
+            grant_remaining=self.grant_remaining.view(),
+            grant_base=self.grant_base.view(),
             net_sales=max(0, self.paid_today - self.refunded_today),
         )
 
@@ -781,8 +782,8 @@ class Engine:
         ledger.post(asset, ISSUANCE, RETAINED, result.acceleration_retained, "retained:burn", ref)
         for kind, amount in result.rounding.items():
             ledger.post(asset, pool_account(kind), ROUNDING, amount, f"rounding:{kind}", ref)
-        self.grant_remaining = result.grant_remaining.tolist()
-        self.quota = result.quota.tolist()
+        self.grant_remaining.assign(result.grant_remaining)
+        self.quota.assign(result.quota)
 
     # ------------------------------------------------------------ reporting helpers
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from tokenmall.engine.columns import IntColumn
+
 ASSETS = ("cny", "stable", "equity")
 
 # Platform accounts (RULES §6 names plus the external cash boundary).
@@ -93,7 +95,8 @@ class InsufficientBalance(ValueError):
 
 class Ledger:
     def __init__(self) -> None:
-        self.members: dict[str, list[int]] = {a: [] for a in ASSETS}
+        # member balances by index; IntColumns so a settlement adds a day's releases in one pass
+        self.members: dict[str, IntColumn] = {a: IntColumn() for a in ASSETS}
         self.platform: dict[str, defaultdict[str, int]] = {a: defaultdict(int) for a in ASSETS}
         self.journal: list[Posting | BatchPosting | ReleaseBatch] | None = None  # [] records
 
@@ -148,14 +151,7 @@ class Ledger:
     def _add_to_members(
         self, asset: str, members: NDArray[np.int64], amounts: NDArray[np.int64]
     ) -> None:
-        balances = self.members[asset]
-        if members.size < 4096:
-            for m, amount in zip(members.tolist(), amounts.tolist(), strict=True):
-                balances[m] += amount
-        else:  # members are unique: one vectorised add, written back in place
-            updated = np.array(balances, dtype=np.int64)
-            updated[members] += amounts
-            balances[:] = updated.tolist()
+        self.members[asset].add_at(members, amounts)  # members are unique
 
     def total(self, asset: str) -> int:
         """Sum over every account of ``asset``; zero whenever the books balance."""

@@ -31,6 +31,7 @@ from tokenmall.money import UNITS
 I64 = NDArray[np.int64]
 _INT64_SAFE = 2**62
 _FLOAT_EXACT = 2**53
+_LEVEL_PASS_LIMIT = 2000  # deeper trees take the linear (Python) pass instead of level passes
 ACCELERATION_KINDS = ("gen1", "gen2", "team", "peer")
 
 
@@ -130,7 +131,36 @@ def member_weights(parent: I64, spend: I64, cfg: WeightsConfig) -> tuple[I64, I6
     return shares, contribution
 
 
-def team_performance(parent: I64, depth: I64, spend: I64) -> I64:
+@dataclass(frozen=True)
+class TreeLevels:
+    """Members grouped by tree depth, for passes that go one level at a time.
+
+    ``members(d)`` are the members at depth d, in index order.  ``linear`` means
+    the tree is too deep (a degenerate chain) for level passes: one linear pass in
+    index order (sponsors come first) is then cheaper.
+    """
+
+    order: I64
+    bounds: I64
+    linear: bool = False
+
+    @property
+    def deepest(self) -> int:
+        return self.bounds.size - 2
+
+    def members(self, d: int) -> I64:
+        return self.order[self.bounds[d] : self.bounds[d + 1]]
+
+
+def tree_levels(depth: I64) -> TreeLevels:
+    deepest = int(depth.max()) if depth.size else 0
+    if deepest > _LEVEL_PASS_LIMIT:
+        return TreeLevels(np.zeros(0, dtype=np.int64), np.zeros(2, dtype=np.int64), linear=True)
+    order = np.argsort(depth, kind="stable")
+    return TreeLevels(order, np.searchsorted(depth[order], np.arange(deepest + 2)))
+
+
+def team_performance(parent: I64, depth: I64, spend: I64, levels: TreeLevels | None = None) -> I64:
     """Total spend of everyone below each member, at any depth (excluding the member).
 
     Subtree sums bottom-up, one array pass per tree level.
@@ -139,8 +169,8 @@ def team_performance(parent: I64, depth: I64, spend: I64) -> I64:
     subtree = spend.copy()
     if n == 0:
         return subtree
-    max_depth = int(depth.max())
-    if max_depth > 2000:  # a degenerate chain: one linear pass beats thousands of array passes
+    tree = tree_levels(depth) if levels is None else levels
+    if tree.linear:  # a degenerate chain: one linear pass
         sub = subtree.tolist()
         par = parent.tolist()
         for i in range(n - 1, -1, -1):
@@ -148,10 +178,8 @@ def team_performance(parent: I64, depth: I64, spend: I64) -> I64:
                 sub[par[i]] += sub[i]
         subtree = np.asarray(sub, dtype=np.int64)
     else:
-        order = np.argsort(depth, kind="stable")
-        bounds = np.searchsorted(depth[order], np.arange(max_depth + 2))
-        for d in range(max_depth, 0, -1):
-            idx = order[bounds[d] : bounds[d + 1]]
+        for d in range(tree.deepest, 0, -1):
+            idx = tree.members(d)
             subtree += sum_by(parent[idx], subtree[idx], n)
     return subtree - spend
 
@@ -233,11 +261,21 @@ def settle_day(inp: DayInput) -> DayResult:
             accelerations,
         )
     if plan.team is not None:
-        performance = team_performance(inp.parent, inp.depth, inp.spend)
+        levels = tree_levels(inp.depth)
+        performance = team_performance(inp.parent, inp.depth, inp.spend, levels)
         star = star_levels(performance, plan.team)
         result.star, result.team_performance = star, performance
         if sources.size and plan.team.levels:
-            _team_walk(inp.parent, star, plan.team, sources, source_release, accelerations)
+            _team_walk(
+                inp.parent,
+                inp.depth,
+                levels,
+                star,
+                plan.team,
+                sources,
+                source_release,
+                accelerations,
+            )
 
     retained_acc = 0
     for kind in ACCELERATION_KINDS:  # the order in which a biting cap is applied (RULES §5.4)
@@ -325,13 +363,23 @@ def _referral(
 
 def _team_walk(
     parent: I64,
+    depth: I64,
+    levels: TreeLevels,
     star: I64,
     team: TeamConfig,
     sources: I64,
     release: I64,
     acc: dict[str, list[tuple[I64, I64]]],
 ) -> None:
-    """Differential and peer bonus, advancing every source one upline per pass.
+    """Differential and peer bonus (RULES §5): each source jumps straight to its next earner.
+
+    Walking up one upline per pass costs (sources × tree depth) array work, though
+    only the few uplines that raise the rate (or take the peer bonus) earn.  So the
+    walk first tabulates, for every member m and every rate present r,
+    ``nearest[r][m]`` — the nearest of m and its uplines whose rate is at least r —
+    and then each pass moves every source to its next earner: the nearest upline
+    at the rate already paid while the peer bonus is still open there, else the
+    nearest with a higher rate.  A pass per earner, not per level.
 
     Rates are integers over a common denominator so the comparisons and the
     per-(earner, kind, source) amounts are exact.
@@ -339,61 +387,122 @@ def _team_walk(
     den = lcm(*(lv.rate.denominator for lv in team.levels), team.peer_rate.denominator)
     level_rate = [0] + [lv.rate.numerator * (den // lv.rate.denominator) for lv in team.levels]
     n = parent.size
-    rate = np.asarray(level_rate, dtype=np.int64)[star]
-    rate = np.append(rate, 0)  # sentinel member n: no sponsor, rate 0
-    up = np.where(parent >= 0, parent, n)
-    up = np.append(up, n)
+    member_rate = np.asarray(level_rate, dtype=np.int64)[star]
+    rates = np.unique(np.append(member_rate, 0))  # the rates present, ascending, 0 first
+    if rates.size == 1:
+        return  # nobody earns a team rate
+    rank = np.append(np.searchsorted(rates, member_rate), 0)  # sentinel n: rank 0
+    up = np.append(np.where(parent >= 0, parent, n), n)
+    nearest, row_of = _nearest_at_least(up, levels, rank, rates.size - 1)
+    level = np.append(depth, 0)
     peer = team.peer_rate.numerator * (den // team.peer_rate.denominator)
-    top_rate = max(level_rate)
-    if top_rate == 0:
-        return
-
-    cur = up[sources]
-    src_release = release
-    best = np.zeros(sources.size, dtype=np.int64)  # m: the highest rate paid so far
-    peer_paid = np.zeros(sources.size, dtype=bool)  # peer bonus taken at level m
     max_depth = team.max_depth
-    depth = 0
+
+    # per pass only positions are carried; amounts are computed once at the end
+    width = nearest.shape[1]
+    flat = nearest.reshape(-1)
+    pos = np.arange(sources.size)  # which source each walk belongs to
+    cur = up[sources]
+    best = np.zeros(sources.size, dtype=np.int64)  # rank of the highest rate paid so far
+    peer_open = np.zeros(sources.size, dtype=bool)  # peer bonus still payable at `best`
+    src_level = depth[sources]
+    raised: list[tuple[I64, I64, I64]] = []  # (earner, source position, rate difference)
+    peered: list[tuple[I64, I64]] = []  # (earner, source position)
     while cur.size:
-        depth += 1
-        if max_depth is not None and depth > max_depth:
-            break
-        r = rate[cur]
-        raise_ = r > best
-        if raise_.any():
-            acc["team"].append(
-                (
-                    cur[raise_],
-                    mul_div_floor_arrays(r[raise_] - best[raise_], src_release[raise_], den),
-                )
+        earner = flat[row_of[cur] * width + best + 1 - peer_open]
+        alive = earner != n
+        if max_depth is not None:  # the earner's distance: 1 = the source's sponsor
+            alive &= src_level[pos] - level[earner] <= max_depth
+        if not alive.all():
+            earner, pos, best, peer_open = earner[alive], pos[alive], best[alive], peer_open[alive]
+        got = rank[earner]  # >= best; > best unless the peer bonus was open
+        if peer_open.any():
+            raise_ = got > best
+            same = ~raise_
+            peered.append((earner[same], pos[same]))
+            raised.append((earner[raise_], pos[raise_], rates[got[raise_]] - rates[best[raise_]]))
+            peer_open = raise_ if peer > 0 else np.zeros(earner.size, dtype=bool)
+        else:
+            raised.append((earner, pos, rates[got] - rates[best]))
+            peer_open = np.full(earner.size, peer > 0)
+        best = got
+        cur = up[earner]
+    if raised:
+        earners = np.concatenate([r[0] for r in raised])
+        at = np.concatenate([r[1] for r in raised])
+        diff = np.concatenate([r[2] for r in raised])
+        if earners.size:
+            acc["team"].append((earners, mul_div_floor_arrays(diff, release[at], den)))
+    if peered and peer > 0:
+        earners = np.concatenate([p[0] for p in peered])
+        at = np.concatenate([p[1] for p in peered])
+        if earners.size:
+            acc["peer"].append((earners, mul_div_floor(release[at], peer, den)))
+
+
+def _nearest_at_least(up: I64, levels: TreeLevels, rank: I64, top: int) -> tuple[I64, I64]:
+    """The nearest of a member and its uplines with ``rank >= r``, for r = 1..top.
+
+    Returns ``(table, row_of)``: the answer for member m is
+    ``table[row_of[m], r]`` (n when there is none).  Members without a rate
+    (rank 0, most of them) answer as their nearest ranked upline does, so the
+    table has one row per ranked member plus a last row of n (nobody ranked at
+    or above); ``row_of[m]`` is the row of m's nearest ranked member-or-upline.
+    Column top + 1 is all n (a walk that has paid the top rate).  Both are filled
+    top-down one tree level at a time (``levels``), or by one linear pass in
+    index order for a degenerate chain (sponsors come first).
+    """
+    n = up.size - 1
+    ranked = np.flatnonzero(rank[:n] > 0)
+    k = ranked.size
+    row_at = np.full(n + 1, k, dtype=np.int64)  # row of each ranked member; k = none
+    row_at[ranked] = np.arange(k)
+    table = np.full((k + 1, top + 2), n, dtype=np.int64)
+    wanted = np.arange(1, top + 1, dtype=np.int64)
+    row_of = np.full(n + 1, k, dtype=np.int64)
+    if levels.linear:
+        rows = table[:, 1 : top + 1].tolist()
+        ranks, ups, row_list, at = rank.tolist(), up.tolist(), row_of.tolist(), row_at.tolist()
+        for m in range(n):
+            above = row_list[ups[m]]
+            if ranks[m] > 0:
+                row = at[m]
+                row_list[m] = row
+                rows[row] = [m if ranks[m] >= r else rows[above][r - 1] for r in range(1, top + 1)]
+            else:
+                row_list[m] = above
+        table[:, 1 : top + 1] = np.asarray(rows, dtype=np.int64).reshape(k + 1, top)
+        row_of = np.asarray(row_list, dtype=np.int64)
+        return table, row_of
+    inner = table[:, 1 : top + 1]
+    for d in range(levels.deepest + 1):
+        idx = levels.members(d)
+        above = row_of[up[idx]]
+        own = rank[idx] > 0
+        row_of[idx] = np.where(own, row_at[idx], above)
+        mine = idx[own]
+        if mine.size:
+            inner[row_at[mine]] = np.where(
+                rank[mine][:, None] >= wanted, mine[:, None], inner[above[own]]
             )
-        same = ~raise_ & (r == best) & (best > 0) & ~peer_paid
-        if peer > 0 and same.any():
-            acc["peer"].append((cur[same], mul_div_floor(src_release[same], peer, den)))
-        peer_paid = np.where(raise_, False, peer_paid | same)
-        best = np.where(raise_, r, best)
-        cur = up[cur]
-        # a walk ends at the root, or once nothing above can pay any more
-        done = (cur == n) | ((best == top_rate) & (peer_paid | (peer == 0)))
-        if done.any():
-            keep = ~done
-            cur, src_release, best, peer_paid = (
-                cur[keep],
-                src_release[keep],
-                best[keep],
-                peer_paid[keep],
-            )
+    return table, row_of
 
 
 def _deduct_oldest_first(grant_member: I64, grant_remaining: I64, deduction: I64) -> None:
     """Take ``deduction[m]`` from member m's grants, oldest grant first, in place."""
     if not deduction.any():
         return
-    order = np.argsort(grant_member, kind="stable")
-    owner = grant_member[order]
-    rem = grant_remaining[order]
+    # only grants that can give anything: a spent grant or a member owing nothing
+    # takes nothing, and leaving them out does not change any member's oldest-first order
+    live = np.flatnonzero((grant_remaining > 0) & (deduction[grant_member] > 0))
+    if live.size == 0:
+        return
+    order = np.argsort(grant_member[live], kind="stable")
+    live = live[order]
+    owner = grant_member[live]
+    rem = grant_remaining[live]
     running = np.cumsum(rem) - rem  # remaining in all earlier grants (global)
     first = np.searchsorted(owner, owner, side="left")  # each grant's member's first grant
     before = running - running[first]  # remaining in the member's older grants
     take = np.clip(deduction[owner] - before, 0, rem)
-    grant_remaining[order] = rem - take
+    grant_remaining[live] = rem - take
