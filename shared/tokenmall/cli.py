@@ -205,6 +205,201 @@ def _print_findings(path: Path, findings: list[Any]) -> None:
     out.print(f"{escape(str(path))}: {errors} error(s), {warnings} warning(s)")
 
 
+@app.command("project")
+def project_command(
+    file: Annotated[Path, typer.Argument(help="plan YAML file (or a scenario with plan:)")],
+    members: Annotated[int, typer.Option(min=1, help="synthetic members")] = 100_000,
+    days: Annotated[int, typer.Option(min=1, help="days to simulate")] = 730,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option("--scenario", help="growing, flat, declining (repeatable; default all)"),
+    ] = None,
+    start_rate: Annotated[
+        float, typer.Option("--start-rate", help="fraction of members ordering on day 1")
+    ] = 0.005,
+    growth: Annotated[float, typer.Option(help="growing: daily growth of that fraction")] = 0.01,
+    decline: Annotated[float, typer.Option(help="declining: daily decline")] = 0.01,
+    max_rate: Annotated[
+        float | None,
+        typer.Option("--max-rate", help="growing: cap of the daily fraction (default 2 × start)"),
+    ] = None,
+    tree: Annotated[str, typer.Option(help="referral tree: preferential, random, none")] = (
+        "preferential"
+    ),
+    sponsored: Annotated[float, typer.Option(help="share of members with a sponsor")] = 0.9,
+    order_sizes: Annotated[
+        str,
+        typer.Option(
+            "--order-sizes", help="CNY:WEIGHT,… or lognormal:MEDIAN:SIGMA (order amounts)"
+        ),
+    ] = "3000:60,9000:25,27000:10,51000:5",
+    funding_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--funding-rate",
+            help="plans without pools: stated funding, fraction of sales (default 0.30)",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the population and orders")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="processes (default: one per scenario, ≤ cores)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the projection as JSON")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="draw the scenarios side by side to this PNG")
+    ] = None,
+) -> None:
+    """Project a plan: what it promises against what comes in, over a synthetic population.
+
+    Runs the rules engine itself for every day under growing, flat and declining
+    sales.  Exit 0 on success, 2 when the plan or a setting cannot be used.
+    """
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from tokenmall import projection as pj
+    from tokenmall.engine.plan import PlanError
+    from tokenmall.lint import parse_rate
+    from tokenmall.scenario import load_yaml
+
+    def fail(message: str) -> typer.Exit:
+        err.print(f"[red]error[/red] {escape(message)}", highlight=False)
+        return typer.Exit(2)
+
+    names = scenario or list(pj.SCENARIOS)
+    try:
+        unknown = [n for n in names if n not in pj.SCENARIOS]
+        if unknown:
+            raise pj.ProjectionError(
+                f"scenario: {', '.join(unknown)} (known: {', '.join(pj.SCENARIOS)})"
+            )
+        rate = None if funding_rate is None else parse_rate(funding_rate)
+        pop = pj.Population(
+            members=members,
+            tree=tree,
+            sponsored=sponsored,
+            order_sizes=pj.OrderSizes.parse(order_sizes),
+            seed=seed,
+        )
+        sales = pj.Sales(start_rate=start_rate, growth=growth, decline=decline, max_rate=max_rate)
+        raw = pj.plan_mapping(load_yaml(file.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise fail(f"cannot read {file}: {exc.strerror}") from None
+    except (ValueError, ScenarioError) as exc:
+        raise fail(str(exc)) from None
+    started = time.perf_counter()
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=as_json,
+        disable=not err.is_terminal and as_json,
+    )
+    with progress:
+        tasks = {n: progress.add_task(f"{n} (days)", total=days) for n in names}
+        try:
+            runs = pj.project(
+                raw,
+                pop,
+                sales,
+                days,
+                scenarios=names,
+                funding_rate=rate,
+                workers=workers,
+                on_progress=lambda n, day: progress.update(tasks[n], completed=day),
+            )
+        except (PlanError, pj.ProjectionError) as exc:
+            raise fail(f"plan: {exc}") from None
+    seconds = time.perf_counter() - started
+    document = {
+        "file": str(file),
+        "settings": pj.settings_document(pop, sales, days),
+        "seconds": round(seconds, 3),
+        "scenarios": {n: pj.scenario_document(r) for n, r in runs.items()},
+    }
+    if plot is not None:
+        from tokenmall.plot import plot_projection
+
+        plot_projection(runs, plot)
+    if as_json:
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_projection(document)
+        if plot is not None:
+            out.print(f"plot written to {escape(str(plot))}")
+
+
+def _print_projection(document: dict[str, Any]) -> None:
+    from tokenmall.projection import table_days
+
+    settings = document["settings"]
+    out.print(
+        f"[bold]{escape(document['file'])}[/bold]: {settings['members']:,} members, "
+        f"{settings['days']} days, tree {settings['tree']} "
+        f"({settings['sponsored']:.0%} sponsored), "
+        f"orders {escape(settings['order_sizes'])} — {document['seconds']:.1f} s",
+        highlight=False,
+    )
+
+    def ratio(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.2f}×"
+
+    for name, doc in document["scenarios"].items():
+        series = doc["series"]
+        table = Table(title=f"{name}: {doc['definition']}", title_justify="left", show_edge=False)
+        for column in (
+            "day",
+            "orders",
+            "sales",
+            "outstanding quota",
+            "÷ day's sales",
+            "pool inflow (cum.)",
+            "÷ inflow",
+            "released",
+            "equity price",
+            "retained",
+        ):
+            table.add_column(column, justify="right")
+        for day in table_days(doc["days"]):
+            k = day - 1
+            table.add_row(
+                str(day),
+                f"{series['orders'][k]:,}",
+                series["sales"][k],
+                series["outstanding_quota"][k],
+                ratio(series["outstanding_to_daily_sales"][k]),
+                series["pool_inflow"][k],
+                ratio(series["outstanding_to_pool_inflow"][k]),
+                series["released"][k],
+                series["equity_price"][k] or "—",
+                series["retained"][k],
+            )
+        out.print(table)
+        pay = doc["payback_days"]
+        top = doc["top_share_of_released"]
+
+        def share(value: float | None) -> str:
+            return "—" if value is None else f"{value:.1%}"
+
+        out.print(
+            f"  payback (days from first order, {doc['buyers']:,} buyers): "
+            f"50% median {pay['50%']['p50']}, p90 {pay['50%']['p90']}; "
+            f"100% median {pay['100%']['p50']}, p90 {pay['100%']['p90']}",
+            highlight=False,
+        )
+        totals = doc["totals"]
+        out.print(
+            f"  released to the top 1% {share(top['top_1%'])}, top 10% {share(top['top_10%'])}; "
+            f"totals: sales {totals['sales']}, released {totals['released']}, "
+            f"rounding {totals['rounding']}, forced exits {totals['forced_exits']}; "
+            f"inflow = {doc['inflow']}",
+            highlight=False,
+        )
+
+
 @bench_app.command("engine")
 def bench_engine_command(
     members: Annotated[int, typer.Option(help="population size")] = 1_000_000,

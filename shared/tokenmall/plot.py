@@ -1,9 +1,11 @@
-"""Timeline plots of a simulated scenario (``tokenmall simulate --plot``)."""
+"""Plots: a scenario's timeline (``simulate --plot``) and a projection (``project --plot``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+from tokenmall.projection import ScenarioRun
 from tokenmall.scenario import RunResult
 
 
@@ -56,5 +58,65 @@ def plot_timeline(result: RunResult, target: Path) -> Path:
     fig.tight_layout()
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
+    """``tokenmall project --plot``: one column per scenario, the same rows for each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    fig, axes = plt.subplots(
+        4, len(names), figsize=(5 * len(names), 12), sharex="col", squeeze=False
+    )
+    for col, name in enumerate(names):
+        run = runs[name]
+        days = run.day
+        money = axes[0][col]
+        # floats only for drawing: the values themselves are exact cents
+        money.plot(days, [v / 100 for v in run.outstanding], label="outstanding quota")
+        money.plot(days, [v / 100 for v in run.inflow], label="pool inflow (cum.)")
+        money.plot(days, [v / 100 for v in run.pool], label="equity pool")
+        money.set_title(f"{name}: {run.definition}", fontsize=9)
+        money.set_ylabel("CNY")
+        money.legend(fontsize=7)
+        ratios = axes[1][col]
+        ratios.plot(
+            days,
+            [o / s if s else float("nan") for o, s in zip(run.outstanding, run.sales, strict=True)],
+            label="outstanding ÷ day's sales",
+        )
+        ratios.plot(
+            days,
+            [
+                o / i if i else float("nan")
+                for o, i in zip(run.outstanding, run.inflow, strict=True)
+            ],
+            label="outstanding ÷ pool inflow",
+        )
+        ratios.set_yscale("symlog")
+        ratios.legend(fontsize=7)
+        payback = axes[2][col]
+        for level, curve in run.payback_curves.items():
+            payback.plot(range(len(curve)), curve, label=f"paid back {level}")
+        payback.set_ylabel("share of buyers")
+        payback.set_xlabel("days since first order")
+        payback.legend(fontsize=7)
+        price = axes[3][col]
+        prices = [p[0] / p[1] if p is not None else float("nan") for p in run.price]
+        price.plot(days, prices, label="equity price (CNY/point)")
+        price.plot(days, [v / 100 for v in run.released], label="released that day (CNY)")
+        price.set_yscale("symlog")
+        price.set_xlabel("day")
+        price.legend(fontsize=7)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=90)
     plt.close(fig)
     return target

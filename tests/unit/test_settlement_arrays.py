@@ -218,3 +218,24 @@ def test_team_walk_by_jumps_equals_the_walk_one_upline_at_a_time(
             for m, a in zip(earners.tolist(), amounts.tolist(), strict=True):
                 got[kind][m] = got[kind].get(m, 0) + a
     assert got == _walk_one_upline_at_a_time(parent, star, team, sources, release)
+
+
+@given(st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_oldest_first_deduction_equals_taking_grant_by_grant(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    grants = int(rng.integers(0, 40))
+    member = rng.integers(0, n, grants)
+    remaining = rng.integers(0, 5, grants) * rng.integers(0, 1000, grants)
+    quota = np.bincount(member, weights=remaining, minlength=n).astype(np.int64)
+    owed = (quota * rng.random(n) * (rng.random(n) < 0.7)).astype(np.int64)
+    want = remaining.tolist()
+    for m in range(n):  # RULES §4/§5: a member's payments use up its oldest grant first
+        left = int(owed[m])
+        for g in range(grants):
+            if member[g] == m and left:
+                take = min(want[g], left)
+                want[g] -= take
+                left -= take
+    got = remaining.astype(np.int64).copy()
+    sm._deduct_oldest_first(member.astype(np.int64), got, owed)
+    assert got.tolist() == want

@@ -54,12 +54,17 @@ class IntColumn:
     @overload
     def __getitem__(self, i: slice) -> list[int]: ...
     def __getitem__(self, i: SupportsIndex | slice) -> int | list[int]:
+        if type(i) is int and 0 <= i < self._n:  # the hot path: one member, one grant
+            return int(self._buf.item(i))
         if isinstance(i, slice):
             return list(self._buf[: self._n][i].tolist())
-        return int(self._buf[self._index(i)])
+        return int(self._buf.item(self._index(i)))
 
     def __setitem__(self, i: SupportsIndex, value: int) -> None:
-        self._buf[self._index(i)] = value
+        if type(i) is int and 0 <= i < self._n:
+            self._buf[i] = value
+        else:
+            self._buf[self._index(i)] = value
 
     def append(self, value: int) -> None:
         if self._n == self._buf.size:

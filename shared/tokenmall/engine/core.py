@@ -93,6 +93,50 @@ class Outputs:
     events: list[ev.DomainEvent]
 
 
+class ExitQueue:
+    """Exit candidates by ascending ``(quota / points, member)``: a sorted array plus a heap.
+
+    A settlement changes every holder's quota, so the queue is rebuilt from arrays
+    (sorted keys, no per-holder Python tuples); the entries single inputs add until
+    the next rebuild (``push``) go to a small heap.  ``pop`` takes the lower of the
+    two heads, so the queue pops in exactly the order one heap of all entries would.
+    """
+
+    __slots__ = ("_at", "_heap", "_keys", "_members")
+
+    def __init__(
+        self,
+        keys: np.ndarray | None = None,
+        members: np.ndarray | None = None,
+        heap: list[tuple[float, int]] | None = None,
+    ) -> None:
+        # arrays, read one element per pop: a settlement's rebuild copies nothing per holder
+        self._keys = np.zeros(0) if keys is None else keys
+        self._members = np.zeros(0, dtype=np.int64) if members is None else members
+        self._at = 0
+        self._heap: list[tuple[float, int]] = heap if heap is not None else []
+
+    def __bool__(self) -> bool:
+        return self._at < len(self._keys) or bool(self._heap)
+
+    def push(self, key: float, member: int) -> None:
+        heapq.heappush(self._heap, (key, member))
+
+    def lowest(self) -> float:
+        """The smallest key (``inf`` when empty)."""
+        best = float(self._keys[self._at]) if self._at < len(self._keys) else float("inf")
+        return min(best, self._heap[0][0]) if self._heap else best
+
+    def pop(self) -> tuple[float, int]:
+        at = self._at
+        if at < len(self._keys):
+            head = (float(self._keys[at]), int(self._members[at]))
+            if not self._heap or head <= self._heap[0]:
+                self._at = at + 1
+                return head
+        return heapq.heappop(self._heap)
+
+
 class Engine:
     def __init__(self, plan: Plan, record: bool = False) -> None:
         """``record=True`` keeps every posting and domain event for ``take_outputs``."""
@@ -106,7 +150,7 @@ class Engine:
         # a no-copy array for settlement
         self.parent = IntColumn()
         self.depth = IntColumn()
-        self.merchant: list[bool] = []
+        self.merchant = IntColumn()  # 1 = merchant (never forced out)
         self.spend = IntColumn()
         self.quota = IntColumn()  # sum of the member's grants' remaining
         # grants, in creation order
@@ -129,7 +173,7 @@ class Engine:
         self.first_grant_done = False  # before the first grant the price is issue_price
         self.last_price: Fraction = self._issue_price(plan)  # cents per unit; may be 0
         self.last_positive_price: Fraction = self.last_price
-        self._exit_heap: list[tuple[float, int]] = []
+        self._exit_heap = ExitQueue()
         self.released: dict[str, np.ndarray] = {}
         self.exits: list[ExitRecord] = []
         self.last_day_result: st.DayResult | None = None
@@ -228,7 +272,7 @@ class Engine:
         self.index[name] = m
         self.parent.append(parent)
         self.depth.append(self.depth[parent] + 1 if parent >= 0 else 0)
-        self.merchant.append(bool(merchant))
+        self.merchant.append(int(bool(merchant)))
         self.spend.append(0)
         self.quota.append(0)
         self.member_grants.append([])
@@ -270,7 +314,7 @@ class Engine:
             if p >= 0:
                 depth[i] = depth[p] + 1
         self.depth = IntColumn(depth)
-        self.merchant = list(merchant) if merchant is not None else [False] * n
+        self.merchant = IntColumn([int(bool(x)) for x in merchant] if merchant else [0] * n)
         self.spend = IntColumn(spend)
         self.grant_member = IntColumn(grant_member)
         self.grant_quota = IntColumn(grant_remaining if grant_quota is None else grant_quota)
@@ -594,7 +638,7 @@ class Engine:
             return
         p = self.points[m]
         if p > 0:
-            heapq.heappush(self._exit_heap, (self.quota[m] / p, m))
+            self._exit_heap.push(self.quota[m] / p, m)
 
     def _run_exits(self) -> None:
         """Force out every due member, lowest ``remaining / points`` first (RULES §3).
@@ -614,8 +658,8 @@ class Engine:
             price = pool / out
             due: list[int] = []
             keep: list[tuple[float, int]] = []
-            while heap and heap[0][0] <= price:
-                key, m = heapq.heappop(heap)
+            while heap.lowest() <= price:
+                key, m = heap.pop()
                 p = points[m]
                 if p == 0 or quota[m] / p != key:
                     continue  # stale entry
@@ -623,8 +667,8 @@ class Engine:
                     due.append(m)
                 else:
                     keep.append((key, m))
-            for entry in keep:
-                heapq.heappush(heap, entry)
+            for key, m in keep:
+                heap.push(key, m)
             if not due:
                 return
             # members already due stay due as the price rises; newly due ones have
@@ -663,10 +707,10 @@ class Engine:
     def _rebuild_exit_heap(self) -> None:
         """All holders keyed by their exit ratio, sorted (a sorted list is a valid heap)."""
         if self.plan.equity is None or self.circulating == 0:
-            self._exit_heap = []
+            self._exit_heap = ExitQueue()
             return
         pts = self.points.view()
-        holders = np.flatnonzero((pts > 0) & ~np.asarray(self.merchant, dtype=bool))
+        holders = np.flatnonzero((pts > 0) & (self.merchant.view() == 0))
         quota = self.quota.view()[holders]
         held = pts[holders]
         if holders.size and max(int(quota.max()), int(held.max())) < 2**53:
@@ -674,10 +718,10 @@ class Engine:
             # the same float Python's int / int gives (which the heap's checks use)
             keys = quota.astype(np.float64) / held.astype(np.float64)
             order = np.lexsort((holders, keys))
-            self._exit_heap = list(zip(keys[order].tolist(), holders[order].tolist(), strict=True))
+            self._exit_heap = ExitQueue(keys[order], holders[order])
         else:
             q, p = self.quota, self.points
-            self._exit_heap = sorted((q[m] / p[m], m) for m in holders.tolist())
+            self._exit_heap = ExitQueue(heap=sorted((q[m] / p[m], m) for m in holders.tolist()))
 
     # ------------------------------------------------------------ settlement
 

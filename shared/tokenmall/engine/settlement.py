@@ -489,7 +489,13 @@ def _nearest_at_least(up: I64, levels: TreeLevels, rank: I64, top: int) -> tuple
 
 
 def _deduct_oldest_first(grant_member: I64, grant_remaining: I64, deduction: I64) -> None:
-    """Take ``deduction[m]`` from member m's grants, oldest grant first, in place."""
+    """Take ``deduction[m]`` from member m's grants, oldest grant first, in place.
+
+    Most members owe less than their oldest live grant still holds: that grant
+    pays it all, found without sorting (grants are in creation order, so a
+    member's oldest live grant is its smallest live index).  Only the members
+    whose debt spans several grants have their grants sorted into member order.
+    """
     if not deduction.any():
         return
     # only grants that can give anything: a spent grant or a member owing nothing
@@ -497,12 +503,24 @@ def _deduct_oldest_first(grant_member: I64, grant_remaining: I64, deduction: I64
     live = np.flatnonzero((grant_remaining > 0) & (deduction[grant_member] > 0))
     if live.size == 0:
         return
+    owners = grant_member[live]
+    oldest = np.full(deduction.size, grant_remaining.size, dtype=np.int64)
+    np.minimum.at(oldest, owners, live)
+    debtors = np.flatnonzero(deduction > 0)  # a debt never exceeds the quota: each has a grant
+    first = oldest[debtors]
+    fits = deduction[debtors] <= grant_remaining[first]
+    grant_remaining[first[fits]] -= deduction[debtors[fits]]
+    if fits.all():
+        return
+    spans = np.zeros(deduction.size, dtype=bool)
+    spans[debtors[~fits]] = True
+    live = live[spans[owners]]
     order = np.argsort(grant_member[live], kind="stable")
     live = live[order]
     owner = grant_member[live]
     rem = grant_remaining[live]
     running = np.cumsum(rem) - rem  # remaining in all earlier grants (global)
-    first = np.searchsorted(owner, owner, side="left")  # each grant's member's first grant
-    before = running - running[first]  # remaining in the member's older grants
+    start = np.searchsorted(owner, owner, side="left")  # each grant's member's first grant
+    before = running - running[start]  # remaining in the member's older grants
     take = np.clip(deduction[owner] - before, 0, rem)
     grant_remaining[live] = rem - take
