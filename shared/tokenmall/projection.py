@@ -273,7 +273,7 @@ def run_scenario(
 ) -> ScenarioRun:
     """Run the engine for ``len(schedule)`` days with ``schedule[d]`` orders on day d + 1."""
     rng = np.random.default_rng(pop.seed)
-    engine, names = build_engine(plan, pop, rng)
+    engine, _ = build_engine(plan, pop, rng)
     n = pop.members
     stated = (
         funding_rate
@@ -294,8 +294,7 @@ def run_scenario(
         if count:
             who = rng.choice(n, size=min(count, n), replace=False)
             amounts = pop.order_sizes.draw(rng, who.size)
-            for m, amount in zip(who.tolist(), amounts.tolist(), strict=True):
-                engine.order(names[m], amount)
+            engine.order_many(who, amounts)  # = engine.order(names[m], amount) for each
             new = who[first_day[who] == 0]
             first_day[new] = day
         day_sales = engine.sales_total - sales_before

@@ -16,11 +16,13 @@ import contextlib
 import copy
 from typing import Any
 
+import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.strategies import scenarios
-from tokenmall.engine import Engine, Refused
+from tokenmall.engine import Engine, Plan, Refused
 from tokenmall.engine.ledger import ASSETS, ISSUANCE, POOL, TREASURY
 from tokenmall.scenario import apply_step, parse_scenario, result_document
 
@@ -114,3 +116,54 @@ def test_settling_a_day_twice_equals_once(doc: dict[str, Any], data: st.DataObje
     earlier = data.draw(st.integers(1, day))
     assert engine.settle(earlier).already_settled
     assert snapshot(engine) == once
+
+
+CENTS = st.one_of(
+    st.integers(1, 10**7),  # any amount, most of them above the points preset's first tier
+    st.integers(299_990, 300_010),  # around a tier threshold
+    st.integers(300_000, 400_000).map(lambda c: c - c % 250 + 249),  # base rounding 0.012
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["points", "cycle", "equity"]),
+    st.lists(st.tuples(st.integers(0, 5), CENTS), min_size=1, max_size=30),
+)
+def test_order_many_leaves_the_state_one_order_at_a_time_leaves(
+    preset: str, orders: list[tuple[int, int]]
+) -> None:
+    def fresh() -> Engine:
+        engine = Engine(Plan.from_mapping({"preset": preset}))
+        for i in range(6):
+            engine.join(f"m{i}", f"m{i - 1}" if i % 3 else None)
+        engine.order("m0", 300000)  # an earlier order: ids continue after it
+        return engine
+
+    one_by_one, batch = fresh(), fresh()
+    for m, cents in orders:
+        one_by_one.order(f"m{m}", cents)
+    batch.order_many(np.array([m for m, _ in orders]), np.array([c for _, c in orders]))
+    for engine in (one_by_one, batch):
+        engine.settle()
+    assert snapshot(batch) == snapshot(one_by_one)
+    assert batch.orders == one_by_one.orders
+    assert batch.member_grants == one_by_one.member_grants
+    for column in ("grant_member", "grant_quota", "grant_base", "spend", "quota"):
+        assert getattr(batch, column) == getattr(one_by_one, column), column
+    assert batch.ledger.platform == one_by_one.ledger.platform
+    assert batch.released_of(0) == one_by_one.released_of(0)
+
+
+def test_order_many_refuses_a_bad_batch_whole() -> None:
+    engine = Engine(Plan.from_mapping({"preset": "points"}))
+    engine.join("a")
+    before = snapshot(engine)
+    for members, amounts, reason in (
+        ([0, 1], [100, 100], "unknown member"),
+        ([0, 0], [100, 0], "> 0"),
+        ([0], [10**15], "limit"),
+    ):
+        with pytest.raises(Refused, match=reason):
+            engine.order_many(np.array(members), np.array(amounts))
+        assert snapshot(engine) == before

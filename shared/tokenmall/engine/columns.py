@@ -123,6 +123,10 @@ class IntColumn:
             raise ValueError(f"expected {self._n} values, got shape {values.shape}")
         self._buf[: self._n] = values
 
+    def add_repeated(self, index: I64, amounts: I64) -> None:
+        """``self[index[k]] += amounts[k]`` in order, indexes may repeat."""
+        np.add.at(self._buf, index, amounts)
+
     def add_at(self, index: I64, amounts: I64) -> None:
         """``self[index[k]] += amounts[k]`` for unique indexes, in one pass."""
         self._buf[index] += amounts

@@ -427,6 +427,75 @@ class Engine:
         self._run_exits()
         return order
 
+    def order_many(self, members: np.ndarray, amounts: np.ndarray) -> None:
+        """Cash orders of many members (indexes) at once, with automatic order ids.
+
+        The state afterwards is exactly what ``order(names[m], amount)`` for each
+        pair in turn leaves (a test holds the two paths equal), but all or nothing:
+        one bad order refuses the whole batch and changes nothing.  Orders are
+        independent unless the equity module prices each one after the last, or
+        outputs are recorded per order; those cases take the one-by-one path.
+        """
+        members = np.asarray(members, dtype=np.int64)
+        amounts = np.asarray(amounts, dtype=np.int64)
+        if members.shape != amounts.shape or members.ndim != 1:
+            raise Refused("one amount per member")
+        if members.size == 0:
+            return
+        if self.plan.equity is not None or self._events is not None:
+            for m, amount in zip(members.tolist(), amounts.tolist(), strict=True):
+                self.order(self.names[m], amount)
+            return
+        if int(members.min()) < 0 or int(members.max()) >= len(self.names):
+            raise Refused("unknown member index in the batch")
+        if int(amounts.min()) <= 0:
+            raise Refused("order amounts must be > 0")
+        if int(amounts.max()) > MAX_CASH_CENTS:
+            raise Refused(f"order amount above the limit of {MAX_CASH_CENTS // 100}")
+        total = st.exact_total(amounts)
+        if self.sales_total + total > MAX_TOTAL_CENTS:
+            raise Refused("the platform's total sales would leave the supported range")
+        first = self.accepted_orders + 1
+        ids = [f"order-{k}" for k in range(first, first + members.size)]
+        if not self.orders.keys().isdisjoint(ids):
+            raise Refused("an automatic order id of the batch already exists")
+
+        plan = self.plan
+        self.ledger.post("cny", EXTERNAL, SALES, total, "order", f"{ids[0]}..{ids[-1]}")
+        self.spend.add_repeated(members, amounts)
+        self.sales_total += total
+        self.paid_today += total
+        self.accepted_orders += members.size
+        granted = np.full(members.size, -1, dtype=np.int64)
+        tiers = plan.grants.tiers
+        if tiers:
+            thresholds = np.asarray([t.threshold for t in tiers], dtype=np.int64)
+            tier_of = np.searchsorted(thresholds, amounts, side="right") - 1
+            quota = np.zeros(members.size, dtype=np.int64)
+            for k, tier in enumerate(tiers):
+                hit = np.flatnonzero(tier_of == k)
+                quota[hit] = st.frac_mul_floor(amounts[hit], tier.multiple)
+            rate = plan.grants.daily_rate
+            base = st.frac_mul_floor(amounts, rate) if rate else np.zeros_like(amounts)
+            with_grant = np.flatnonzero(quota > 0)
+            owners = members[with_grant]
+            start = len(self.grant_member)
+            granted[with_grant] = np.arange(start, start + with_grant.size)
+            self.grant_member.extend(owners)
+            self.grant_quota.extend(quota[with_grant])
+            self.grant_remaining.extend(quota[with_grant])
+            self.grant_base.extend(base[with_grant])
+            self.quota.add_repeated(owners, quota[with_grant])
+            member_grants = self.member_grants
+            for m, g in zip(owners.tolist(), granted[with_grant].tolist(), strict=True):
+                member_grants[m].append(g)
+        day = self.day
+        orders = self.orders
+        for oid, m, amount, g in zip(
+            ids, members.tolist(), amounts.tolist(), granted.tolist(), strict=True
+        ):
+            orders[oid] = Order(oid, m, amount, 0, day, None if g < 0 else g, 0)
+
     def _mint(self, m: int, units: int, kind: str, ref: str) -> None:
         if units <= 0:
             return

@@ -406,8 +406,9 @@ def _team_walk(
     best = np.zeros(sources.size, dtype=np.int64)  # rank of the highest rate paid so far
     peer_open = np.zeros(sources.size, dtype=bool)  # peer bonus still payable at `best`
     src_level = depth[sources]
-    raised: list[tuple[I64, I64, I64]] = []  # (earner, source position, rate difference)
-    peered: list[tuple[I64, I64]] = []  # (earner, source position)
+    # every step records (earner, source position, rank before, rank reached); which
+    # steps are raises and which peer bonuses is sorted out once, after the walk
+    steps: list[tuple[I64, I64, I64, I64]] = []
     while cur.size:
         earner = flat[row_of[cur] * width + best + 1 - peer_open]
         alive = earner != n
@@ -416,28 +417,23 @@ def _team_walk(
         if not alive.all():
             earner, pos, best, peer_open = earner[alive], pos[alive], best[alive], peer_open[alive]
         got = rank[earner]  # >= best; > best unless the peer bonus was open
-        if peer_open.any():
-            raise_ = got > best
-            same = ~raise_
-            peered.append((earner[same], pos[same]))
-            raised.append((earner[raise_], pos[raise_], rates[got[raise_]] - rates[best[raise_]]))
-            peer_open = raise_ if peer > 0 else np.zeros(earner.size, dtype=bool)
-        else:
-            raised.append((earner, pos, rates[got] - rates[best]))
-            peer_open = np.full(earner.size, peer > 0)
+        steps.append((earner, pos, best, got))
+        peer_open = got > best if peer > 0 else peer_open
         best = got
         cur = up[earner]
-    if raised:
-        earners = np.concatenate([r[0] for r in raised])
-        at = np.concatenate([r[1] for r in raised])
-        diff = np.concatenate([r[2] for r in raised])
-        if earners.size:
-            acc["team"].append((earners, mul_div_floor_arrays(diff, release[at], den)))
-    if peered and peer > 0:
-        earners = np.concatenate([p[0] for p in peered])
-        at = np.concatenate([p[1] for p in peered])
-        if earners.size:
-            acc["peer"].append((earners, mul_div_floor(release[at], peer, den)))
+    if not steps:
+        return
+    earners = np.concatenate([s[0] for s in steps])
+    at = np.concatenate([s[1] for s in steps])
+    before = np.concatenate([s[2] for s in steps])
+    reached = np.concatenate([s[3] for s in steps])
+    raise_ = reached > before
+    if raise_.any():
+        diff = rates[reached[raise_]] - rates[before[raise_]]
+        acc["team"].append((earners[raise_], mul_div_floor_arrays(diff, release[at[raise_]], den)))
+    same = ~raise_  # an earner at the rate already paid: the peer bonus
+    if peer > 0 and same.any():
+        acc["peer"].append((earners[same], mul_div_floor(release[at[same]], peer, den)))
 
 
 def _nearest_at_least(up: I64, levels: TreeLevels, rank: I64, top: int) -> tuple[I64, I64]:
