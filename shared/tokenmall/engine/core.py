@@ -177,6 +177,7 @@ class Engine:
         self.released: dict[str, np.ndarray] = {}
         self.exits: list[ExitRecord] = []
         self.last_day_result: st.DayResult | None = None
+        self._levels_cache: tuple[int, st.TreeLevels] | None = None
         self._events: list[ev.DomainEvent] | None = [] if record else None
         if record:
             self.ledger.journal = []
@@ -849,8 +850,19 @@ class Engine:
             grant_member=self.grant_member.view(),
             grant_remaining=self.grant_remaining.view(),
             grant_base=self.grant_base.view(),
+            levels=self._tree_levels(),
             net_sales=max(0, self.paid_today - self.refunded_today),
         )
+
+    def _tree_levels(self) -> st.TreeLevels:
+        """The tree by depth, kept between settlements: sponsors never change, so it
+        changes only when members join (a cache keyed by the member count)."""
+        n = len(self.names)
+        cached = self._levels_cache
+        if cached is None or cached[0] != n:
+            cached = (n, st.tree_levels(self.depth.view()))
+            self._levels_cache = cached
+        return cached[1]
 
     def _apply_day(self, result: st.DayResult) -> None:
         n = len(self.names)

@@ -62,8 +62,10 @@ def sum_by(index: I64, values: I64, n: int) -> I64:
         return out
     if int(values.min()) < 0:
         raise ValueError("sum_by takes non-negative amounts")
-    total = exact_total(values)
-    if total < _FLOAT_EXACT:
+    # size × largest bounds the total: one pass decides the common (small) case
+    small = int(values.max()) * values.size < _FLOAT_EXACT
+    total = 0 if small else exact_total(values)
+    if small or total < _FLOAT_EXACT:
         summed = np.bincount(index, weights=values, minlength=n)
         return np.rint(summed).astype(np.int64)
     if total >= 2**63:
@@ -205,6 +207,7 @@ class DayInput:
     grant_remaining: I64  # cents, oldest grant first within a member (creation order)
     grant_base: I64  # cents per day (0 = no base release)
     net_sales: int  # cents, max(0, paid - refunded) of the day
+    levels: TreeLevels | None = None  # the tree by depth, when the caller has it already
 
 
 @dataclass
@@ -261,7 +264,7 @@ def settle_day(inp: DayInput) -> DayResult:
             accelerations,
         )
     if plan.team is not None:
-        levels = tree_levels(inp.depth)
+        levels = inp.levels if inp.levels is not None else tree_levels(inp.depth)
         performance = team_performance(inp.parent, inp.depth, inp.spend, levels)
         star = star_levels(performance, plan.team)
         result.star, result.team_performance = star, performance
@@ -387,8 +390,10 @@ def _team_walk(
     den = lcm(*(lv.rate.denominator for lv in team.levels), team.peer_rate.denominator)
     level_rate = [0] + [lv.rate.numerator * (den // lv.rate.denominator) for lv in team.levels]
     n = parent.size
-    member_rate = np.asarray(level_rate, dtype=np.int64)[star]
-    rates = np.unique(np.append(member_rate, 0))  # the rates present, ascending, 0 first
+    level_rates = np.asarray(level_rate, dtype=np.int64)
+    member_rate = level_rates[star]
+    held = np.flatnonzero(np.bincount(star, minlength=level_rates.size))  # stars present
+    rates = np.unique(np.append(level_rates[held], 0))  # the rates present, ascending, 0 first
     if rates.size == 1:
         return  # nobody earns a team rate
     rank = np.append(np.searchsorted(rates, member_rate), 0)  # sentinel n: rank 0
