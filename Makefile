@@ -44,9 +44,11 @@ unit: $(STAMP)
 integration: $(STAMP) kafka
 	$(BIN)/python -m pytest -q -m integration
 
-## Heavy runs, not part of the tests: 1M-member settlement and orders/s (prints JSON).
+## Heavy runs, not part of the tests: 1M-member settlement, orders/s, and the default
+## projection of each preset against its 60 s bound (each prints JSON).
 bench: $(STAMP)
 	$(BIN)/tokenmall bench engine --json
+	$(BIN)/tokenmall bench project
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -183,3 +183,46 @@ def bench_engine(
         "orders_ok": result["orders_per_second"] >= 20000,
     }
     return result
+
+
+def bench_project(
+    presets: tuple[str, ...] = ("points", "cycle", "equity"),
+    members: int = 100_000,
+    days: int = 730,
+) -> dict[str, Any]:
+    """``tokenmall project`` at its defaults for each preset: wall time against the 60 s bound.
+
+    The same-run reference is the serial sum of the scenarios' own run times (what
+    one process would take), so ``parallel_speedup`` is measured, not assumed.
+    """
+    import os
+
+    from tokenmall import projection as pj
+
+    result: dict[str, Any] = {
+        "benchmark": "project",
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpus": os.cpu_count(),
+        },
+        "members": members,
+        "days": days,
+        "presets": {},
+    }
+    for preset in presets:
+        t0 = time.perf_counter()
+        runs = pj.project({"preset": preset}, pj.Population(members=members), pj.Sales(), days)
+        wall = time.perf_counter() - t0
+        serial = sum(r.seconds for r in runs.values())
+        result["presets"][preset] = {
+            "wall_seconds": round(wall, 2),
+            "scenario_seconds": {n: round(r.seconds, 2) for n, r in runs.items()},
+            "orders": {n: sum(r.orders) for n, r in runs.items()},
+            "serial_seconds": round(serial, 2),
+            "parallel_speedup": round(serial / wall, 2),
+            "settlements_per_second": round(len(runs) * days / wall, 1),
+        }
+    worst = max(p["wall_seconds"] for p in result["presets"].values())
+    result["targets"] = {"wall_seconds_max": 60, "ok": worst <= 60}
+    return result

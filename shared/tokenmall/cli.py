@@ -415,6 +415,22 @@ def bench_engine_command(
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
+@bench_app.command("project")
+def bench_project_command(
+    members: Annotated[int, typer.Option(help="synthetic members")] = 100_000,
+    days: Annotated[int, typer.Option(help="days")] = 730,
+    preset: Annotated[
+        list[str] | None, typer.Option("--preset", help="presets to project (default all three)")
+    ] = None,
+) -> None:
+    """``tokenmall project`` at its defaults per preset: wall time against the 60 s bound."""
+    from tokenmall.bench import bench_project
+
+    presets = tuple(preset) if preset else ("points", "cycle", "equity")
+    result = bench_project(presets, members=members, days=days)
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
 @app.command("events")
 def events_command(
     as_json: Annotated[bool, typer.Option("--json", help="topics and event JSON Schemas")] = False,

@@ -48,6 +48,7 @@ import math
 import multiprocessing
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -259,6 +260,7 @@ class ScenarioRun:
     top_share: dict[str, float | None] = field(default_factory=dict)
     paid_total: int = 0
     released_total: int = 0
+    seconds: float = 0.0  # wall time of this scenario's run (not part of its document)
 
 
 def run_scenario(
@@ -272,6 +274,7 @@ def run_scenario(
     progress: Callable[[int], None] | None = None,
 ) -> ScenarioRun:
     """Run the engine for ``len(schedule)`` days with ``schedule[d]`` orders on day d + 1."""
+    started = time.perf_counter()
     rng = np.random.default_rng(pop.seed)
     engine, _ = build_engine(plan, pop, rng)
     n = pop.members
@@ -359,6 +362,7 @@ def run_scenario(
     run.released_total = exact_total(released)
     run.paid_total = exact_total(paid)
     run.top_share = top_shares(released, (Fraction(1, 100), Fraction(1, 10)))
+    run.seconds = time.perf_counter() - started
     return run
 
 
