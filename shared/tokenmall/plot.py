@@ -70,9 +70,7 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(runs)
-    fig, axes = plt.subplots(
-        4, len(names), figsize=(5 * len(names), 12), sharex="col", squeeze=False
-    )
+    fig, axes = plt.subplots(5, len(names), figsize=(5 * len(names), 15), squeeze=False)
     for col, name in enumerate(names):
         run = runs[name]
         days = run.day
@@ -107,12 +105,29 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
         payback.set_xlabel("days since first order")
         payback.legend(fontsize=7)
         price = axes[3][col]
-        prices = [p[0] / p[1] if p is not None else float("nan") for p in run.price]
-        price.plot(days, prices, label="equity price (CNY/point)")
-        price.plot(days, [v / 100 for v in run.released], label="released that day (CNY)")
-        price.set_yscale("symlog")
-        price.set_xlabel("day")
-        price.legend(fontsize=7)
+        if any(p is not None for p in run.price):
+            prices = [p[0] / p[1] if p is not None else float("nan") for p in run.price]
+            price.plot(days, prices, label="equity price (CNY/point)")
+            price.legend(fontsize=7)
+        else:
+            price.text(
+                0.5,
+                0.5,
+                "no equity module: no price",
+                ha="center",
+                va="center",
+                transform=price.transAxes,
+                fontsize=9,
+                color="grey",
+            )
+        flows = axes[4][col]
+        flows.plot(days, [v / 100 for v in run.released], label="released that day")
+        flows.plot(days, [v / 100 for v in run.retained], label="retained (cum.)")
+        flows.plot(days, [v / 100 for v in run.rounding], label="rounding (cum.)")
+        flows.set_yscale("symlog")
+        flows.set_ylabel("CNY")
+        flows.set_xlabel("day")
+        flows.legend(fontsize=7)
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
     fig.tight_layout()
