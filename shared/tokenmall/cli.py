@@ -259,6 +259,7 @@ def project_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from tokenmall import projection as pj
+    from tokenmall.engine import Plan
     from tokenmall.engine.plan import PlanError
     from tokenmall.lint import parse_rate
     from tokenmall.scenario import load_yaml
@@ -284,8 +285,11 @@ def project_command(
         )
         sales = pj.Sales(start_rate=start_rate, growth=growth, decline=decline, max_rate=max_rate)
         raw = pj.plan_mapping(load_yaml(file.read_text(encoding="utf-8")))
+        Plan.from_mapping(raw)  # refused before any progress is drawn
     except OSError as exc:
         raise fail(f"cannot read {file}: {exc.strerror}") from None
+    except PlanError as exc:
+        raise fail(f"plan: {exc}") from None
     except (ValueError, ScenarioError) as exc:
         raise fail(str(exc)) from None
     started = time.perf_counter()
@@ -311,8 +315,8 @@ def project_command(
                 workers=workers,
                 on_progress=lambda n, day: progress.update(tasks[n], completed=day),
             )
-        except (PlanError, pj.ProjectionError) as exc:
-            raise fail(f"plan: {exc}") from None
+        except pj.ProjectionError as exc:
+            raise fail(str(exc)) from None
     seconds = time.perf_counter() - started
     document = {
         "file": str(file),
@@ -347,57 +351,67 @@ def _print_projection(document: dict[str, Any]) -> None:
     def ratio(value: float | None) -> str:
         return "—" if value is None else f"{value:,.2f}×"
 
+    def money(text: str) -> str:  # whole CNY with thousands separators, for reading
+        return f"{int(text.partition('.')[0]):,}"
+
+    def share(value: float | None) -> str:
+        return "—" if value is None else f"{value:.1%}"
+
+    def days_text(value: int | str) -> str:
+        return f"{value} days" if isinstance(value, int) else value
+
     for name, doc in document["scenarios"].items():
         series = doc["series"]
+        stated = doc["inflow"].startswith("stated")
+        has_price = any(p is not None for p in series["equity_price"])
+        # (title, series key, formatter); money shown in whole CNY (floored), JSON is exact
+        columns: list[tuple[str, str, Any]] = [
+            ("day", "day", str),
+            ("orders", "orders", "{:,}".format),
+            ("sales (day)", "sales", money),
+            ("outstanding quota", "outstanding_quota", money),
+            ("÷ day's sales", "outstanding_to_daily_sales", ratio),
+            ("stated funding (cum.)" if stated else "pool inflow (cum.)", "pool_inflow", money),
+            ("÷ inflow", "outstanding_to_pool_inflow", ratio),
+            ("(paid + owed) ÷ inflow", "promised_to_pool_inflow", ratio),
+            ("released (day)", "released", money),
+        ]
+        if has_price:
+            columns += [
+                ("equity price", "equity_price", str),
+                ("equity pool", "equity_pool", money),
+            ]
+        columns += [
+            ("retained (cum.)", "retained", money),
+            ("rounding (cum.)", "rounding", money),
+        ]
         table = Table(title=f"{name}: {doc['definition']}", title_justify="left", show_edge=False)
-        for column in (
-            "day",
-            "orders",
-            "sales",
-            "outstanding quota",
-            "÷ day's sales",
-            "pool inflow (cum.)",
-            "÷ inflow",
-            "released",
-            "equity price",
-            "retained",
-        ):
-            table.add_column(column, justify="right")
+        for title, _, _ in columns:
+            table.add_column(title, justify="right", overflow="fold")
         for day in table_days(doc["days"]):
-            k = day - 1
-            table.add_row(
-                str(day),
-                f"{series['orders'][k]:,}",
-                series["sales"][k],
-                series["outstanding_quota"][k],
-                ratio(series["outstanding_to_daily_sales"][k]),
-                series["pool_inflow"][k],
-                ratio(series["outstanding_to_pool_inflow"][k]),
-                series["released"][k],
-                series["equity_price"][k] or "—",
-                series["retained"][k],
-            )
+            table.add_row(*(show(series[key][day - 1]) for _, key, show in columns))
         out.print(table)
-        pay = doc["payback_days"]
-        top = doc["top_share_of_released"]
-
-        def share(value: float | None) -> str:
-            return "—" if value is None else f"{value:.1%}"
-
+        parts = [
+            f"{level} median {days_text(p['p50'])}, p90 {days_text(p['p90'])}"
+            for level, p in doc["payback_days"].items()
+        ]
         out.print(
-            f"  payback (days from first order, {doc['buyers']:,} buyers): "
-            f"50% median {pay['50%']['p50']}, p90 {pay['50%']['p90']}; "
-            f"100% median {pay['100%']['p50']}, p90 {pay['100%']['p90']}",
+            f"  payback from first order ({doc['buyers']:,} buyers): " + "; ".join(parts),
             highlight=False,
         )
+        top = doc["top_share_of_released"]
         totals = doc["totals"]
         out.print(
             f"  released to the top 1% {share(top['top_1%'])}, top 10% {share(top['top_10%'])}; "
-            f"totals: sales {totals['sales']}, released {totals['released']}, "
-            f"rounding {totals['rounding']}, forced exits {totals['forced_exits']}; "
-            f"inflow = {doc['inflow']}",
+            f"sales {money(totals['sales'])}, paid out {money(totals['paid_out'])}, "
+            f"retained: pools {money(totals['retained_pools'])}, "
+            f"accelerations past quota {money(totals['retained_unfunded'])}; "
+            f"forced exits {totals['forced_exits']:,}",
             highlight=False,
         )
+        out.print(f"  inflow = {doc['inflow']}", highlight=False)
+        for note in doc["notes"]:
+            out.print(f"  [yellow]note[/yellow] {escape(note)}", highlight=False)
 
 
 @bench_app.command("engine")

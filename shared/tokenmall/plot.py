@@ -79,7 +79,11 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
         money.plot(days, [v / 100 for v in run.outstanding], label="outstanding quota")
         money.plot(days, [v / 100 for v in run.inflow], label="pool inflow (cum.)")
         money.plot(days, [v / 100 for v in run.pool], label="equity pool")
-        money.set_title(f"{name}: {run.definition}", fontsize=9)
+        top = ", ".join(
+            f"{k.removeprefix('top_')} {v:.0%}" for k, v in run.top_share.items() if v is not None
+        )
+        title = f"{name}: {run.definition}" + (f"\nreleased to the top {top}" if top else "")
+        money.set_title(title, fontsize=9)
         money.set_ylabel("CNY")
         money.legend(fontsize=7)
         ratios = axes[1][col]
@@ -96,7 +100,16 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
             ],
             label="outstanding ÷ pool inflow",
         )
-        ratios.set_yscale("symlog")
+        ratios.plot(
+            days,
+            [
+                (p + o) / i if i else float("nan")
+                for p, o, i in zip(run.paid, run.outstanding, run.inflow, strict=True)
+            ],
+            label="(paid + outstanding) ÷ pool inflow",
+        )
+        ratios.set_yscale("log")
+        ratios.set_ylabel("ratio (×)")
         ratios.legend(fontsize=7)
         payback = axes[2][col]
         for level, curve in run.payback_curves.items():
@@ -108,6 +121,7 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
         if any(p is not None for p in run.price):
             prices = [p[0] / p[1] if p is not None else float("nan") for p in run.price]
             price.plot(days, prices, label="equity price (CNY/point)")
+            price.set_ylabel("CNY / point")
             price.legend(fontsize=7)
         else:
             price.text(

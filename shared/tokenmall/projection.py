@@ -28,15 +28,21 @@ Measures, per scenario and day
     outstanding quota (promised, not yet released) and its ratio to that day's
     sales and to the cumulative pool inflow (the equity pool's contributions plus
     every daily pool's funding; a plan with neither is compared with a stated
-    ``funding_rate`` of sales, as ``tokenmall lint`` does); released value; the
-    equity price, the equity pool, retained and rounding totals.  At the end:
+    ``funding_rate`` of sales, as ``tokenmall lint`` does); everything promised so
+    far (paid out + outstanding) against that inflow — the ratio that cannot look
+    better just because promises were paid out of money that never came in;
+    released value; the equity price, the equity pool, retained (split into pool
+    money nobody could take and accelerations beyond an earner's quota, the burn
+    rule) and rounding totals.  At the end:
     payback — days from a buyer's first order until the value paid to them
     (releases plus forced-exit cash; points still held are not cash) first
     reaches 50 % / 100 % of what they spent so far — as Kaplan–Meier percentiles,
     so that buyers who joined late and could not have been paid back yet count as
     censored, not as "never"; a percentile the curve does not reach is "never
-    within N days" (N = the longest follow-up); and the share of all released
-    value that went to the top 1 % / 10 % of members.
+    within N days" (N = the longest follow-up); with the equity module also
+    counting the points held at the day's price ("incl. points"); and the share
+    of all released value that went to the top 1 % / 10 % of members.  Payback is
+    per buyer against all they spent so far, so a repeat order moves the target.
 
 Money stays exact (integer cents, the engine's own Fractions); floats appear only
 in the ratios and the survival statistics, which are not money.
@@ -58,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenmall.engine import Engine, Plan
+from tokenmall.engine import Engine, Plan, Refused
 from tokenmall.engine.ledger import RETAINED, ROUNDING, SALES
 from tokenmall.engine.settlement import exact_total
 from tokenmall.money import format_cents
@@ -146,6 +152,8 @@ class Population:
             raise ProjectionError(f"tree: one of {', '.join(TREES)}, not {self.tree!r}")
         if not 0 <= self.sponsored <= 1:
             raise ProjectionError("sponsored: a share between 0 and 1")
+        if self.seed < 0:
+            raise ProjectionError("seed: a whole number >= 0")
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,10 @@ class Sales:
     def __post_init__(self) -> None:
         if not 0 < self.start_rate <= 1:
             raise ProjectionError("start rate: a fraction of members in (0, 1]")
-        if not 0 <= self.growth <= 1 or not 0 <= self.decline < 1:
-            raise ProjectionError("growth and decline: daily rates in [0, 1)")
+        if not 0 <= self.growth <= 1:
+            raise ProjectionError("growth: a daily rate in [0, 1]")
+        if not 0 <= self.decline < 1:
+            raise ProjectionError("decline: a daily rate in [0, 1)")
         if self.max_rate is not None and not self.start_rate <= self.max_rate <= 1:
             raise ProjectionError("max rate: between the start rate and 1")
 
@@ -173,7 +183,11 @@ class Sales:
         if scenario == "flat":
             return self.start_rate
         if scenario == "growing":
-            return min(self.cap, self.start_rate * (1 + self.growth) ** (day - 1))
+            # compare exponents, not powers: (1 + g) ** day overflows a float long
+            # after the cap is reached
+            if (day - 1) * math.log1p(self.growth) >= math.log(self.cap / self.start_rate):
+                return self.cap
+            return self.start_rate * (1 + self.growth) ** (day - 1)
         if scenario == "declining":
             return self.start_rate * (1 - self.decline) ** (day - 1)
         raise ProjectionError(f"scenario: one of {', '.join(SCENARIOS)}, not {scenario!r}")
@@ -248,7 +262,10 @@ class ScenarioRun:
     inflow: list[int] = field(default_factory=list)  # cumulative pool inflow
     released: list[int] = field(default_factory=list)  # that day
     pool: list[int] = field(default_factory=list)
-    retained: list[int] = field(default_factory=list)  # cumulative
+    retained: list[int] = field(default_factory=list)  # cumulative, both kinds below
+    retained_pools: list[int] = field(default_factory=list)  # funded, nobody could take it
+    retained_unfunded: list[int] = field(default_factory=list)  # accelerations past quota
+    paid: list[int] = field(default_factory=list)  # cumulative releases + exit cash
     rounding: list[int] = field(default_factory=list)  # cumulative
     price: list[tuple[int, int] | None] = field(default_factory=list)  # CNY/point, exact
     exits: list[int] = field(default_factory=list)
@@ -261,6 +278,7 @@ class ScenarioRun:
     paid_total: int = 0
     released_total: int = 0
     seconds: float = 0.0  # wall time of this scenario's run (not part of its document)
+    notes: list[str] = field(default_factory=list)
 
 
 def run_scenario(
@@ -278,18 +296,29 @@ def run_scenario(
     rng = np.random.default_rng(pop.seed)
     engine, _ = build_engine(plan, pop, rng)
     n = pop.members
-    stated = (
-        funding_rate
-        if funding_rate is not None
-        else (plan.equity.pool_rate if plan.equity is not None else DEFAULT_FUNDING_RATE)
-    )
+    stated = funding_rate if funding_rate is not None else DEFAULT_FUNDING_RATE
     has_pool = bool(plan.pools) or plan.equity is not None
     run = ScenarioRun(name, definition, inflow_kind="pools" if has_pool else "stated")
+    if plan.equity is not None and not plan.grants.daily_rate and not plan.pools:
+        run.notes.append(
+            "nothing is released daily: the quota only caps forced exit (RULES §3), so "
+            "outstanding quota is a ceiling, not a debt; what holders can take out is "
+            "points × price, which the pool covers by construction (see the payback "
+            "'incl. points')"
+        )
+    if not has_pool:
+        run.notes.append(
+            f"the plan has no pools: inflow is the stated funding, {float(stated):.0%} of "
+            "sales (--funding-rate)"
+        )
     first_day = np.zeros(n, dtype=np.int64)  # 0 = has not ordered
     paid = np.zeros(n, dtype=np.int64)  # releases + forced-exit cash, per member
     released = np.zeros(n, dtype=np.int64)
-    reached = [np.zeros(n, dtype=np.int64) for _ in PAYBACK_LEVELS]  # day reached, 0 = not
-    pool_funding = 0
+    levels = [(_level_key(lv), lv, False) for lv in PAYBACK_LEVELS]
+    if plan.equity is not None:  # also counting the points held at the day's price
+        levels += [(f"{_level_key(lv)} incl. points", lv, True) for lv in PAYBACK_LEVELS]
+    reached = [np.zeros(n, dtype=np.int64) for _ in levels]  # day reached, 0 = not
+    pool_funding = retained_pools = retained_unfunded = 0
     exits_seen = 0
     for index, count in enumerate(schedule):
         day = index + 1
@@ -297,7 +326,12 @@ def run_scenario(
         if count:
             who = rng.choice(n, size=min(count, n), replace=False)
             amounts = pop.order_sizes.draw(rng, who.size)
-            engine.order_many(who, amounts)  # = engine.order(names[m], amount) for each
+            try:
+                engine.order_many(who, amounts)  # = engine.order(names[m], amount) for each
+            except Refused as exc:
+                raise ProjectionError(
+                    f"{name}, day {day}: the engine refused the day's orders: {exc}"
+                ) from None
             new = who[first_day[who] == 0]
             first_day[new] = day
         day_sales = engine.sales_total - sales_before
@@ -305,6 +339,8 @@ def run_scenario(
         result = engine.last_day_result
         assert result is not None
         pool_funding += sum(result.pool_funding.values())
+        retained_pools += sum(result.retained.values())
+        retained_unfunded += result.acceleration_retained
         today = np.zeros(n, dtype=np.int64)
         for amounts_by_member in result.released.values():
             today += amounts_by_member
@@ -316,9 +352,16 @@ def run_scenario(
         for exit_ in new_exits:
             paid[exit_.member] += exit_.payout
         spend = engine.spend.view()
-        for level, days_reached in zip(PAYBACK_LEVELS, reached, strict=True):
+        held_value = None
+        if plan.equity is not None:  # a statistic, not money: float is fine here
+            num, den = engine.price_pair()
+            held_value = engine.points.view() * (num / den)
+        for (_, level, with_points), days_reached in zip(levels, reached, strict=True):
             hit = (days_reached == 0) & (first_day > 0)
-            hit &= paid * level.denominator >= spend * level.numerator
+            if with_points and held_value is not None:
+                hit &= (paid + held_value) * level.denominator >= spend * level.numerator
+            else:
+                hit &= paid * level.denominator >= spend * level.numerator
             days_reached[hit] = day
         # cash sales leave the cny sales account only into the equity pool (and into
         # the daily pools when they pay in cny): what left it is the pool inflow
@@ -338,6 +381,9 @@ def run_scenario(
         run.released.append(sum(report.released.values()))
         run.pool.append(engine.pool)
         run.retained.append(sum(platform[a][RETAINED] for a in platform))
+        run.retained_pools.append(retained_pools)
+        run.retained_unfunded.append(retained_unfunded)
+        run.paid.append(exact_total(paid))
         run.rounding.append(sum(platform[a][ROUNDING] for a in platform))
         if plan.equity is not None:
             price = engine.price()
@@ -351,8 +397,7 @@ def run_scenario(
     buyers = first_day > 0
     run.buyers = int(buyers.sum())
     run.follow_up = days - int(first_day[buyers].min()) + 1 if run.buyers else 0
-    for level, days_reached in zip(PAYBACK_LEVELS, reached, strict=True):
-        key = _level_key(level)
+    for (key, _, _), days_reached in zip(levels, reached, strict=True):
         got = days_reached[buyers] > 0
         duration = np.where(
             got, days_reached[buyers] - first_day[buyers] + 1, days - first_day[buyers] + 1
@@ -437,7 +482,7 @@ def _price_text(price: tuple[int, int] | None) -> str | None:
 def scenario_document(run: ScenarioRun) -> dict[str, Any]:
     """JSON-ready: money as decimal strings, per-day series as columns."""
     days = run.day[-1] if run.day else 0
-    never = f"never within {run.follow_up} days"
+    never = f"never within {run.follow_up} days" if run.buyers else "no buyers"
     payback = {
         level: {k: (v if v is not None else never) for k, v in pct.items()}
         for level, pct in run.payback.items()
@@ -460,6 +505,8 @@ def scenario_document(run: ScenarioRun) -> dict[str, Any]:
             "outstanding_quota": format_cents(run.outstanding[-1] if run.outstanding else 0),
             "pool_inflow": format_cents(run.inflow[-1] if run.inflow else 0),
             "retained": format_cents(run.retained[-1] if run.retained else 0),
+            "retained_pools": format_cents(run.retained_pools[-1] if run.day else 0),
+            "retained_unfunded": format_cents(run.retained_unfunded[-1] if run.day else 0),
             "rounding": format_cents(run.rounding[-1] if run.rounding else 0),
             "forced_exits": sum(run.exits),
         },
@@ -475,14 +522,24 @@ def scenario_document(run: ScenarioRun) -> dict[str, Any]:
             "outstanding_to_pool_inflow": [
                 _ratio(o, i) for o, i in zip(run.outstanding, run.inflow, strict=True)
             ],
+            "paid_out": [format_cents(v) for v in run.paid],
+            # everything promised so far (paid + still owed) against what came in:
+            # above 1 the plan has promised more than it was ever funded with
+            "promised_to_pool_inflow": [
+                _ratio(p + o, i)
+                for p, o, i in zip(run.paid, run.outstanding, run.inflow, strict=True)
+            ],
             "released": [format_cents(v) for v in run.released],
             "equity_price": [_price_text(p) for p in run.price],
             "equity_pool": [format_cents(v) for v in run.pool],
             "retained": [format_cents(v) for v in run.retained],
+            "retained_pools": [format_cents(v) for v in run.retained_pools],
+            "retained_unfunded": [format_cents(v) for v in run.retained_unfunded],
             "rounding": [format_cents(v) for v in run.rounding],
             "forced_exits": run.exits,
         },
         "payback_curves": run.payback_curves,
+        "notes": run.notes,
     }
 
 

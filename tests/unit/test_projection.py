@@ -170,7 +170,7 @@ def test_cli_json_table_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = runner.invoke(app, [*args, "--scenario", "flat", "--workers", "1"])
     assert table.exit_code == 0, table.output
-    assert "outstanding quota" in table.stdout and "payback" in table.stdout
+    assert "outstanding" in table.stdout and "payback" in table.stdout
     assert "growing" not in table.stdout
 
 
@@ -198,6 +198,13 @@ def test_cli_one_buyer_hand_case(tmp_path: Path) -> None:
         ("preset: points\n", ["--tree", "ring"], "tree"),
         ("preset: points\n", ["--funding-rate", "lots"], "funding"),
         ("- a list\n", [], "plan"),
+        ("preset: points\n", ["--seed", "-1"], "seed"),
+        ("preset: points\n", ["--growth", "1.5"], "growth"),
+        (
+            "preset: points\n",
+            ["--order-sizes", "999999999999:1", "--start-rate", "1", "--members", "100"],
+            "refused",
+        ),
     ],
 )
 def test_cli_refuses_bad_plans_and_settings(
@@ -209,3 +216,40 @@ def test_cli_refuses_bad_plans_and_settings(
     )
     assert result.exit_code == 2
     assert message in result.output.lower()
+
+
+def test_promised_against_inflow_and_retained_by_kind() -> None:
+    # A sponsors B; both buy 3000 (points preset): B's base earns A gen-1 and gen-2-less
+    # accelerations that A's own quota caps; what A cannot take is retained (burn rule)
+    plan = Plan.from_mapping({"preset": "points", "team": None})
+    pop = pj.Population(
+        members=2, tree="random", sponsored=1.0, order_sizes=pj.OrderSizes.parse("3000:1")
+    )
+    run = pj.run_scenario(plan, pop, "two", [2] + [0] * 299)
+    assert pj.referral_tree(pop, np.random.default_rng(pop.seed)) == [-1, 0]
+    doc = pj.scenario_document(run)
+    assert run.retained[-1] == run.retained_pools[-1] + run.retained_unfunded[-1]
+    assert run.retained_pools[-1] == 0 and run.retained_unfunded[-1] > 0
+    assert run.paid[-1] == run.paid_total == 2 * 750000  # both quotas, in full
+    # everything promised (paid + owed) against 30 % stated funding of 6000
+    assert doc["series"]["promised_to_pool_inflow"][-1] == round(1500000 / 180000, 4)
+    assert doc["totals"]["retained_unfunded"] == doc["series"]["retained_unfunded"][-1]
+    assert any("no pools" in note for note in doc["notes"])
+
+
+def test_growth_far_past_its_cap_does_not_overflow() -> None:
+    sales = pj.Sales(start_rate=0.001, growth=1.0, max_rate=0.5)
+    assert sales.rate("growing", 100_000) == 0.5
+    assert sales.rate("growing", 2) == 0.002
+    with pytest.raises(pj.ProjectionError, match="seed"):
+        pj.Population(seed=-1)
+
+
+def test_no_buyers_is_said_as_such() -> None:
+    pop = pj.Population(members=3, tree="none")
+    run = pj.run_scenario(Plan.from_mapping({"preset": "points"}), pop, "none", [0, 0, 0])
+    assert run.buyers == 0
+    assert pj.scenario_document(run)["payback_days"]["50%"] == {
+        "p50": "no buyers",
+        "p90": "no buyers",
+    }
