@@ -253,3 +253,19 @@ def test_no_buyers_is_said_as_such() -> None:
         "p50": "no buyers",
         "p90": "no buyers",
     }
+
+
+def test_cli_reads_the_plan_section_of_a_scenario_file(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(
+        "name: s\nplan:\n  preset: points\n  referral: null\n  team: null\n"
+        "steps:\n  - join: {member: A}\n",
+        encoding="utf-8",
+    )
+    args = ["project", str(scenario), "--members", "1", "--days", "90", "--tree", "none"]
+    args += ["--start-rate", "1", "--scenario", "declining", "--decline", "0.999"]
+    args += ["--order-sizes", "3000:1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)["scenarios"]["declining"]
+    assert doc["payback_days"]["100%"] == {"p50": 84, "p90": 84}  # the plan: section ran
