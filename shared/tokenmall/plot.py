@@ -70,7 +70,9 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = list(runs)
-    fig, axes = plt.subplots(5, len(names), figsize=(5 * len(names), 15), squeeze=False)
+    fig, axes = plt.subplots(
+        5, len(names), figsize=(5 * len(names), 15), squeeze=False, sharey="row"
+    )
     for col, name in enumerate(names):
         run = runs[name]
         days = run.day

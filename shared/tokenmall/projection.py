@@ -306,6 +306,10 @@ def run_scenario(
             "points × price, which the pool covers by construction (see the payback "
             "'incl. points')"
         )
+    if has_pool and funding_rate is not None:
+        run.notes.append(
+            "--funding-rate is not used: the plan has pools, their real funding is the inflow"
+        )
     if not has_pool:
         run.notes.append(
             f"the plan has no pools: inflow is the stated funding, {float(stated):.0%} of "

@@ -269,3 +269,18 @@ def test_cli_reads_the_plan_section_of_a_scenario_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)["scenarios"]["declining"]
     assert doc["payback_days"]["100%"] == {"p50": 84, "p90": 84}  # the plan: section ran
+
+
+def test_a_stated_funding_rate_is_used_only_without_pools() -> None:
+    pop = pj.Population(members=50, seed=4)
+    schedule = pj.Sales(start_rate=0.1).schedule("flat", 50, 5)
+    half = Fraction(1, 2)
+    points = pj.run_scenario(
+        Plan.from_mapping({"preset": "points"}), pop, "f", schedule, funding_rate=half
+    )
+    assert points.inflow[-1] == sum(points.sales) // 2
+    cycle = pj.run_scenario(
+        Plan.from_mapping({"preset": "cycle"}), pop, "f", schedule, funding_rate=half
+    )
+    assert cycle.inflow[-1] < sum(cycle.sales) // 2  # the pools' own 40 %
+    assert any("not used" in note for note in cycle.notes)
