@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tokenmall.projection import ScenarioRun
 from tokenmall.scenario import RunResult
+
+
+def _say_no_data(ax: Any, text: str) -> None:
+    """A grey note in the middle of an empty panel."""
+    ax.text(
+        0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="grey"
+    )
 
 
 def plot_timeline(result: RunResult, target: Path) -> Path:
@@ -38,16 +46,7 @@ def plot_timeline(result: RunResult, target: Path) -> Path:
                 markersize=3,
             )
         else:
-            ax.text(
-                0.5,
-                0.5,
-                "no data (no settlement, or no equity module)",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                fontsize=9,
-                color="grey",
-            )
+            _say_no_data(ax, "no data (no settlement, or no equity module)")
         ax.grid(alpha=0.3)
     from matplotlib.ticker import MaxNLocator
 
@@ -126,16 +125,7 @@ def plot_projection(runs: Mapping[str, ScenarioRun], target: Path) -> Path:
             price.set_ylabel("CNY / point")
             price.legend(fontsize=7)
         else:
-            price.text(
-                0.5,
-                0.5,
-                "no equity module: no price",
-                ha="center",
-                va="center",
-                transform=price.transAxes,
-                fontsize=9,
-                color="grey",
-            )
+            _say_no_data(price, "no equity module: no price")
         flows = axes[4][col]
         flows.plot(days, [v / 100 for v in run.released], label="released that day")
         flows.plot(days, [v / 100 for v in run.retained], label="retained (cum.)")

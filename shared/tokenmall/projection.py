@@ -627,19 +627,11 @@ def project(
     }
     count = workers if workers is not None else min(len(jobs), os.cpu_count() or 1)
     if count <= 1 or len(jobs) == 1:
-        runs = {}
-        for name, (schedule, definition) in jobs.items():
-            plan = Plan.from_mapping(plan_raw)
-            runs[name] = run_scenario(
-                plan,
-                pop,
-                name,
-                schedule,
-                definition=definition,
-                funding_rate=funding_rate,
-                progress=_progress_of(name, on_progress),
-            )
-        return runs
+        progress = _CallbackQueue(on_progress)
+        return {
+            name: _worker(plan_raw, pop, name, schedule, definition, funding_rate, progress)
+            for name, (schedule, definition) in jobs.items()
+        }
     context = multiprocessing.get_context("spawn")  # no forked copies of this process's threads
     with context.Manager() as manager:
         queue = manager.Queue()
@@ -660,13 +652,15 @@ def project(
             return {name: future.result() for name, future in futures.items()}
 
 
-def _progress_of(
-    name: str, on_progress: Callable[[str, int], None] | None
-) -> Callable[[int], None] | None:
-    if on_progress is None:
-        return None
-    report = on_progress
-    return lambda day: report(name, day)
+class _CallbackQueue:
+    """What ``_worker`` reports to, in this process: straight to the callback."""
+
+    def __init__(self, on_progress: Callable[[str, int], None] | None) -> None:
+        self.on_progress = on_progress
+
+    def put(self, item: tuple[str, int]) -> None:
+        if self.on_progress is not None:
+            self.on_progress(*item)
 
 
 def _drain(queue: Any, on_progress: Callable[[str, int], None] | None) -> None:

@@ -32,10 +32,6 @@ class IntColumn:
         self._buf: I64 = np.array(data, dtype=np.int64).reshape(-1)
         self._n = int(self._buf.size)
 
-    @classmethod
-    def zeros(cls, n: int) -> IntColumn:
-        return cls(np.zeros(n, dtype=np.int64))
-
     # ------------------------------------------------------------ list-like
 
     def __len__(self) -> int:
