@@ -3,7 +3,7 @@
 # controller) as a plain java process: no Docker needed. See README.md here.
 #
 #   kafka.sh fetch
-#   kafka.sh start  [--dir DIR] [--port P] [--controller-port C]
+#   kafka.sh start  [--dir DIR] [--port P] [--controller-port C] [--keep]
 #   kafka.sh stop   [--dir DIR] [--rm]
 #   kafka.sh status [--dir DIR]
 #
@@ -12,6 +12,8 @@
 #   KAFKA_DIR=<dir>
 # Everything else goes to stderr. `stop`/`status` default to $KAFKA_DIR when
 # it is exported: set -a; eval "$(kafka.sh start)"; set +a
+# `start --keep` restarts the broker of DIR on its data and ports (after a
+# stop or a crash) when DIR holds a formatted cluster; else it starts fresh.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,7 +33,7 @@ log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 usage() {
-  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -83,8 +85,18 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }
 
-# 16 random bytes, URL-safe base64 without padding (22 characters).
-cluster_id() { head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'; }
+# 16 random bytes, URL-safe base64 without padding (22 characters), drawn
+# again until it begins with a letter or digit (as Kafka's own Uuid.randomUuid
+# does): an id beginning with `-` would be read as an option. It is passed as
+# `--cluster-id=ID` as well, which argparse never reads as an option.
+cluster_id() {
+  local id
+  while :; do
+    id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    [[ "$id" =~ ^[A-Za-z0-9][A-Za-z0-9_-]{21}$ ]] && break
+  done
+  printf '%s\n' "$id"
+}
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -192,12 +204,13 @@ abort_start() {  # a failed or interrupted start leaves no process behind
 }
 
 cmd_start() {
-  local dir="" port="" cport="" attempt pid t0 i p
+  local dir="" port="" cport="" attempt pid t0 i p keep=0 reuse=0
   while (($#)); do
     case "$1" in
       --dir) dir="${2:?--dir needs a value}"; shift 2 ;;
       --port) port="${2:?--port needs a value}"; shift 2 ;;
       --controller-port) cport="${2:?--controller-port needs a value}"; shift 2 ;;
+      --keep) keep=1; shift ;;
       *) usage ;;
     esac
   done
@@ -209,6 +222,15 @@ cmd_start() {
   if [[ -n "$dir" ]]; then
     dir="$(abs_dir "$dir")"
     if pid="$(broker_pid "$dir")"; then die "a broker (pid $pid) already runs in $dir; stop it first"; fi
+    # --keep on a formatted folder: the same cluster, data and ports (the
+    # controller's address is part of the cluster's metadata).
+    if ((keep)) && [[ -f "$dir/data/meta.properties" && -f "$dir/server.properties" ]]; then
+      reuse=1
+      [[ -n "$port" ]] || port="$(prop listeners "$dir" | sed -n 's/^PLAINTEXT:\/\/[^,]*:\([0-9]*\),.*/\1/p')"
+      [[ -n "$cport" ]] || cport="$(prop listeners "$dir" | sed -n 's/.*CONTROLLER:\/\/[^,]*:\([0-9]*\).*/\1/p')"
+      [[ -n "$port" && -n "$cport" ]] || die "cannot read the ports of $dir/server.properties"
+      log "restarting the broker of $dir on its data (ports $port, $cport)"
+    fi
   else
     dir="$(mktemp -d "${TMPDIR:-/tmp}/tokenmall-kafka.XXXXXX")"
     MADE_DIR=1
@@ -240,17 +262,20 @@ cmd_start() {
       fi
     done
 
-    # A start is always a fresh single-node cluster: the data folder is ours.
-    rm -rf "$dir/data"
     write_config "$dir" "$port" "$cport"
-    # Short-lived tool: C1 only starts faster; WARN keeps the config dump out.
-    "$JAVA" -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dtokenmall.kafka.loglevel=WARN \
-      -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIB/*" \
-      kafka.tools.StorageTool format --standalone -t "$(cluster_id)" \
-      -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
-      || { cat "$dir/format.log" >&2; die "storage format failed"; }
-
-    : >"$dir/kafka.log"
+    if ((!reuse)); then
+      # A fresh single-node cluster: the data folder is ours.
+      rm -rf "$dir/data"
+      # Short-lived tool: C1 only starts faster; WARN keeps the config dump out.
+      "$JAVA" -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Dtokenmall.kafka.loglevel=WARN \
+        -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIB/*" \
+        kafka.tools.StorageTool format --standalone --cluster-id="$(cluster_id)" \
+        -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
+        || { cat "$dir/format.log" >&2; die "storage format failed"; }
+      : >"$dir/kafka.log"
+    elif [[ -f "$dir/kafka.log" ]]; then
+      mv "$dir/kafka.log" "$dir/kafka.log.1"   # this start's log alone is read below
+    fi
     "$JAVA" $HEAP -Dtokenmall.kafka.loglevel="$LOG_LEVEL" \
       -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$LIB/*" \
       kafka.Kafka "$dir/server.properties" >>"$dir/kafka.log" 2>&1 </dev/null &
@@ -337,6 +362,9 @@ cmd_status() {
   echo "stopped dir=$DIR"
   return 3
 }
+
+# Sourced (tests): the functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
   fetch) shift; (($# == 0)) || usage; cmd_fetch ;;
