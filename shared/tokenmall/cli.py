@@ -562,53 +562,175 @@ def _platform_is_fresh() -> bool:
     return asyncio.run(check())
 
 
+def _dev_failed(command: str, exc: Exception) -> typer.Exit:
+    err.print(f"[red]dev {command} failed[/red]: {escape(str(exc))}", highlight=False)
+    return typer.Exit(1)
+
+
+def _dev_notes(state: dict[str, Any]) -> None:
+    for note in state.get("notes", []):
+        err.print(f"[yellow]note[/yellow]: {escape(note)}", highlight=False)
+
+
+def _dev_summary(state: dict[str, Any], what: str) -> None:
+    backend = "postgresql" if state["run"].get("postgres") else "sqlite"
+    out.print(
+        f"kafka {state['kafka']['bootstrap']}; run {state['run']['id']} {what} ({backend}, "
+        f"topic prefix {state['run']['prefix']})"
+    )
+    from tokenmall import devenv
+
+    for name, index, info in devenv.processes(state):
+        label = name if index == 0 else f"{name} #{index}"
+        out.print(f"  {label:<12} {info['url']}  pid {info['pid']}  log {escape(info['log'])}")
+
+
+def _service_name(name: str) -> str:
+    from tokenmall.replay import SERVICES
+
+    if name not in SERVICES:
+        raise typer.BadParameter(f"one of {', '.join(SERVICES)}", param_hint="NAME")
+    return name
+
+
+ServiceName = Annotated[
+    str, typer.Argument(help="orders, wallet, dividends or referrals", callback=_service_name)
+]
+ProcessIndex = Annotated[
+    int | None,
+    typer.Option("--index", min=0, help="only process #I of a scaled service (0: the first)"),
+]
+Backend = Annotated[
+    bool | None,
+    typer.Option(
+        "--postgres/--sqlite", help="PostgreSQL or SQLite [default: as the last run, else SQLite]"
+    ),
+]
+
+
 @dev_app.command("up")
-def dev_up(
-    postgres: Annotated[bool, typer.Option(help="PostgreSQL instead of SQLite")] = False,
-) -> None:
-    """Start Kafka and the four services in the background; returns when all are healthy."""
+def dev_up(postgres: Backend = None) -> None:
+    """Start Kafka and the four services in the background; returns when all are healthy.
+
+    Resumes the last run when its databases exist (same databases, topic prefix and
+    ports; after a crash or a dev down too); a new run only when there is none, its
+    databases are gone or the database kind changes.  A failed up leaves nothing running.
+    """
     from tokenmall import devenv
 
     try:
         state = devenv.up(postgres=postgres)
     except devenv.DevError as exc:
-        err.print(f"[red]dev up failed[/red]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
-    out.print(
-        f"kafka {state['kafka']['bootstrap']}; run {state['run']['id']} "
-        f"({'postgresql' if postgres else 'sqlite'})"
-    )
-    for name, info in state["services"].items():
-        out.print(f"  {name:<10} {info['url']}  log {escape(info['log'])}")
+        raise _dev_failed("up", exc) from None
+    _dev_notes(state)
+    _dev_summary(state, "up")
 
 
 @dev_app.command("reset")
-def dev_reset() -> None:
-    """Restart the services on fresh databases and topics (Kafka keeps running)."""
+def dev_reset(postgres: Backend = None) -> None:
+    """A fresh run: new databases and a new topic prefix, on the run's ports, each service
+    with as many processes as before (Kafka keeps running)."""
     from tokenmall import devenv
 
     try:
-        state = devenv.reset()
+        state = devenv.reset(postgres=postgres)
     except devenv.DevError as exc:
-        err.print(f"[red]dev reset failed[/red]: {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
-    out.print(f"run {state['run']['id']} ready")
+        raise _dev_failed("reset", exc) from None
+    _dev_notes(state)
+    _dev_summary(state, "ready")
 
 
 @dev_app.command("down")
 def dev_down() -> None:
-    """Stop the services, Kafka and PostgreSQL."""
+    """Stop the services, Kafka and PostgreSQL (the run is kept: dev up resumes it)."""
     from tokenmall import devenv
 
     devenv.down()
     out.print("stopped")
 
 
-@dev_app.command("status")
-def dev_status() -> None:
+@dev_app.command("restart")
+def dev_restart(name: ServiceName, index: ProcessIndex = None) -> None:
+    """Restart one service (each of its processes, or --index I) on the same database,
+    topics and port; returns when it is ready."""
     from tokenmall import devenv
 
-    sys.stdout.write(json.dumps(devenv.status(), indent=2) + "\n")
+    try:
+        restarted = devenv.restart(name, index)
+    except devenv.DevError as exc:
+        raise _dev_failed("restart", exc) from None
+    for info in restarted:
+        out.print(f"{name} restarted: {info['url']}  pid {info['pid']}")
+
+
+@dev_app.command("kill")
+def dev_kill(name: ServiceName, index: ProcessIndex = None) -> None:
+    """SIGKILL to one service (each of its processes, or --index I), for fault tests:
+    dev status then reports it dead; dev restart or dev up brings it back."""
+    from tokenmall import devenv
+
+    try:
+        pids = devenv.kill(name, index)
+    except devenv.DevError as exc:
+        raise _dev_failed("kill", exc) from None
+    out.print(f"{name}: killed {', '.join(map(str, pids)) or 'nothing (not running)'}")
+
+
+@dev_app.command("scale")
+def dev_scale(
+    name: ServiceName,
+    count: Annotated[int, typer.Argument(help="how many processes (1-16)", min=1, max=16)],
+) -> None:
+    """Run COUNT processes of one service on the same database, topics and broker, each
+    on its own port (new ones waited for; extra ones stopped)."""
+    from tokenmall import devenv
+
+    try:
+        running = devenv.scale(name, count)
+    except devenv.DevError as exc:
+        raise _dev_failed("scale", exc) from None
+    for index, info in enumerate(running):
+        out.print(f"  {name} #{index}  {info['url']}  pid {info['pid']}")
+
+
+@dev_app.command("status")
+def dev_status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Every process of the platform (service, pid, url, alive, role), Kafka and
+    PostgreSQL; exits 1 when anything is down or nothing runs."""
+    from tokenmall import devenv
+
+    report = devenv.status()
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        run = report["run"]
+        if run is None:
+            out.print("no platform (tokenmall dev up)")
+        else:
+            state = "stopped" if report["stopped"] else ("up" if report["ok"] else "DOWN")
+            out.print(f"run {run['id']} (prefix {run['prefix']}): {state}")
+        for part in ("kafka", "postgres"):
+            if report[part]:
+                where = report[part].get("bootstrap") or report[part].get("dir")
+                alive = "alive" if report[part]["alive"] else "[red]dead[/red]"
+                out.print(f"  {part:<10} {escape(str(where))}  {alive}")
+        table = Table("service", "#", "pid", "url", "alive", "healthy", "role")
+        for p in report["processes"]:
+            table.add_row(
+                p["service"],
+                str(p["index"]),
+                str(p["pid"] or "-"),
+                p["url"],
+                "yes" if p["alive"] else "[red]no[/red]",
+                "yes" if p["healthy"] else "[red]no[/red]",
+                p["role"] or "-",
+            )
+        if report["processes"]:
+            out.print(table)
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -23,6 +23,11 @@ class AmountError(ValueError):
     """A value that is not a usable decimal amount."""
 
 
+def _shown(value: object) -> str:
+    """The value as the user wrote it, quoted: ``'1.001'`` (never ``Decimal('1.001')``)."""
+    return repr(str(value)) if isinstance(value, Decimal) else repr(value)
+
+
 def to_decimal(value: object, what: str = "amount") -> Decimal:
     """Read a decimal from an int, a decimal string or a Decimal; never from a float.
 
@@ -30,7 +35,7 @@ def to_decimal(value: object, what: str = "amount") -> Decimal:
     the YAML loader of the scenario reader hands over Decimals instead.
     """
     if isinstance(value, bool):
-        raise AmountError(f"{what} must be a number, not {value!r}")
+        raise AmountError(f"{what} must be a number, not {_shown(value)}")
     if isinstance(value, Decimal):
         result = value
     elif isinstance(value, int):
@@ -39,17 +44,17 @@ def to_decimal(value: object, what: str = "amount") -> Decimal:
         try:
             result = Decimal(value.strip())
         except InvalidOperation:
-            raise AmountError(f"{what} is not a number: {value!r}") from None
+            raise AmountError(f"{what} is not a number: {_shown(value)}") from None
     else:
         raise AmountError(f"{what} must be a decimal number, got {type(value).__name__}")
     if not result.is_finite():
-        raise AmountError(f"{what} must be finite, got {value!r}")
+        raise AmountError(f"{what} must be finite, got {_shown(value)}")
     # Far beyond any amount or rate: refused here, before it can overflow a scaling or
     # build a gigantic Fraction.
     if result and not -MAX_EXPONENT <= result.adjusted() <= MAX_EXPONENT:
-        raise AmountError(f"{what} is out of range: {value!r}")
+        raise AmountError(f"{what} is out of range: {_shown(value)}")
     if len(result.as_tuple().digits) > MAX_DIGITS:
-        raise AmountError(f"{what} has too many digits: {value!r}")
+        raise AmountError(f"{what} has too many digits: {_shown(value)}")
     return result
 
 
@@ -61,7 +66,7 @@ def _to_minor(value: object, places: int, what: str) -> int:
     exact = to_decimal(value, what)
     scaled = exact.scaleb(places)
     if scaled != scaled.to_integral_value():
-        raise AmountError(f"{what} has more than {places} decimal places: {value!r}")
+        raise AmountError(f"{what} has more than {places} decimal places: {_shown(value)}")
     return int(scaled)
 
 

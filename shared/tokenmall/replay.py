@@ -89,7 +89,8 @@ def _detail(response: httpx.Response) -> str:
         body = response.json()
     except ValueError:
         return response.text
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+    # the error body of every service: {"code", "message", "field"} (tokenmall.http_errors)
+    return str(body.get("message", body)) if isinstance(body, dict) else str(body)
 
 
 async def replay(scenario: Scenario, platform: Platform) -> ReplayResult:

@@ -19,15 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tokenmall import contracts
+from tokenmall import contracts, http_errors
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
 from tokenmall.messaging import KafkaPublisher, MessagingTables, OutboxRelay, Publisher, UnitOfWork
@@ -402,10 +401,7 @@ def create_app(
     app = FastAPI(title=f"tokenmall {service.name}", lifespan=lifespan)
     app.state.svc = service
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+    http_errors.install(app, text_paths=("/metrics",))  # one error body, documented
 
     @app.get("/health")
     async def health() -> dict[str, str]:

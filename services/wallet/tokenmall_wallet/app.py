@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tokenmall.contracts import DIVIDENDS, MEMBERS, Event, ReleaseComputed
+from tokenmall.http_errors import error_response
 from tokenmall.messaging import Publisher, UnitOfWork
 from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
 from tokenmall_wallet.adapters import tables
@@ -56,7 +57,7 @@ def build_app(
 
     async def refused(_: Request, exc: Exception) -> JSONResponse:
         status = exc.status_code if isinstance(exc, WalletError) else 400
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return error_response(status, str(exc))
 
     app.add_exception_handler(WalletError, refused)
     return app

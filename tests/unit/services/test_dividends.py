@@ -142,7 +142,7 @@ def test_events_out_duplicates_and_dead_letters(tmp_path: Path) -> None:
                 contracts.WalletRequest(request_id="s1", member="A", kind="sell", points="1000"),
             )  # more than held
             response = await client.post("/v1/settlements/5")
-            assert response.status_code == 409 and "has not started" in response.json()["detail"]
+            assert response.status_code == 409 and "has not started" in response.json()["message"]
             assert (await client.post("/v1/settlements/1")).status_code == 200
             again = await client.post("/v1/settlements/1")
             assert again.json()["already_settled"] is True

@@ -187,7 +187,7 @@ def test_idempotent_create_and_pay(tmp_path: Path) -> None:
 
         # the same key on a different request is refused
         r = await client.post("/v1/orders", json={**body, "amount": "51"}, headers=headers)
-        assert r.status_code == 422 and "Idempotency-Key" in r.json()["detail"]
+        assert r.status_code == 422 and "Idempotency-Key" in r.json()["message"]
 
         pay = {"Idempotency-Key": "k-pay"}
         first = await client.post(f"/v1/orders/{order_id}/pay", headers=pay)
@@ -208,16 +208,16 @@ def test_paying_twice_and_refunding_unpaid_are_conflicts(tmp_path: Path) -> None
     async def scenario(app: FastAPI, client: Client) -> None:
         await create(client, order_id="o-1")
         r = await client.post("/v1/orders/o-1/refund")
-        assert r.status_code == 409 and r.json() == {"detail": "order 'o-1' is not paid"}
+        assert r.status_code == 409 and r.json()["message"] == "order 'o-1' is not paid"
         assert (await client.post("/v1/orders/o-1/pay")).status_code == 200
         r = await client.post("/v1/orders/o-1/pay")
-        assert r.status_code == 409 and r.json() == {"detail": "order 'o-1' is already paid"}
+        assert r.status_code == 409 and r.json()["message"] == "order 'o-1' is already paid"
         assert len(await published(app)) == 1
         assert (await client.get("/v1/orders/o-1")).json()["status"] == "paid"
 
         for path in ("/v1/orders/nope/pay", "/v1/orders/nope/refund", "/v1/orders/nope"):
             r = (await client.get(path)) if path.endswith("nope") else await client.post(path)
-            assert r.status_code == 404 and r.json() == {"detail": "order 'nope' not found"}
+            assert r.status_code == 404 and r.json()["message"] == "order 'nope' not found"
 
     run(tmp_path, scenario)
 
@@ -229,9 +229,9 @@ def test_refund_emits_order_refunded_once(tmp_path: Path) -> None:
         r = await client.post("/v1/orders/o-1/refund")
         assert r.status_code == 200 and r.json()["status"] == "refunded"
         r = await client.post("/v1/orders/o-1/refund")
-        assert r.status_code == 409 and "already refunded" in r.json()["detail"]
+        assert r.status_code == 409 and "already refunded" in r.json()["message"]
         r = await client.post("/v1/orders/o-1/pay")
-        assert r.status_code == 409 and "is already paid" in r.json()["detail"]
+        assert r.status_code == 409 and "is already paid" in r.json()["message"]
 
         paid, refunded = await published(app)
         assert isinstance(paid, OrderPaid) and isinstance(refunded, OrderRefunded)
@@ -249,7 +249,7 @@ def test_stable_part_is_held_in_the_wallet(tmp_path: Path) -> None:
         await create(client, order_id="big", amount="10", stable="6")
         r = await client.post("/v1/orders/big/pay")
         assert r.status_code == 409
-        assert r.json() == {"detail": "member 'A' holds fewer stable points than 6.00"}
+        assert r.json()["message"] == "member 'A' holds fewer stable points than 6.00"
         assert (await client.get("/v1/orders/big")).json()["status"] == "created"
         assert await published(app) == []
         assert wallet.stable == {"A": 500} and wallet.holds == {}
@@ -287,9 +287,10 @@ def test_an_unpaid_order_can_be_deleted_and_its_id_reused(tmp_path: Path) -> Non
         assert (await create(client, order_id="order-4", amount="2000")).status_code == 201
         assert (await client.post("/v1/orders/order-4/pay")).status_code == 200
         r = await client.delete("/v1/orders/order-4")
-        assert r.status_code == 409 and r.json() == {
-            "detail": "order 'order-4' is paid: it cannot be deleted"
-        }
+        assert (
+            r.status_code == 409
+            and r.json()["message"] == "order 'order-4' is paid: it cannot be deleted"
+        )
         [event] = await published(app)
         assert isinstance(event, OrderPaid) and (event.member, event.amount) == (
             "A",
@@ -333,23 +334,23 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
         for body, status in cases:
             r = await client.post("/v1/orders", json=body, headers={"Idempotency-Key": "k"})
             assert r.status_code == status, (body, r.text)
-            detail = r.json()["detail"]
+            detail = r.json()["message"]
             assert isinstance(detail, str) and detail, body
         r = await client.post(
             "/v1/orders",
             content=b'{"member": "A", "amount": ',
             headers={"content-type": "application/json"},
         )
-        assert r.status_code == 422 and r.json()["detail"]
+        assert r.status_code == 422 and r.json()["message"]
         r = await client.post(
             "/v1/orders", json={"member": "A", "amount": "10"}, headers={"Idempotency-Key": ""}
         )
         assert r.status_code == 422
 
         r = await create(client, amount="10.123")
-        assert r.json() == {"detail": "amount has more than 2 decimal places: '10.123'"}
+        assert r.json()["message"] == "amount has more than 2 decimal places: '10.123'"
         r = await create(client, member="nobody")
-        assert r.json() == {"detail": "member 'nobody' is not registered"}
+        assert r.json()["message"] == "member 'nobody' is not registered"
 
         assert await count_rows(app) == {"orders": 0, "idempotency": 0, "outbox": 0}
         assert (await client.get("/v1/members/A/orders")).json() == []
@@ -364,7 +365,7 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
         # an existing order id
         await create(client, order_id="dup")
         r = await create(client, order_id="dup", amount="20")
-        assert r.status_code == 409 and r.json() == {"detail": "order 'dup' already exists"}
+        assert r.status_code == 409 and r.json()["message"] == "order 'dup' already exists"
         assert (await client.get("/v1/orders/dup")).json()["amount"] == "10.00"
 
     run(tmp_path, scenario)
@@ -423,7 +424,9 @@ def test_http_wallet_speaks_the_hold_api() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.method == "POST"
         seen.append((request.url.raw_path.decode(), json.loads(request.content or b"null")))
-        return httpx.Response(next(answers), json={"detail": "no"})
+        return httpx.Response(
+            next(answers), json={"code": "conflict", "message": "no", "field": None}
+        )
 
     async def expect(error: type[Exception], call: Awaitable[None]) -> None:
         try:
@@ -469,7 +472,7 @@ def test_pay_answers_503_when_the_wallet_is_down(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: Client) -> None:
         await create(client, order_id="o-1", stable="1")
         r = await client.post("/v1/orders/o-1/pay", headers={"Idempotency-Key": "p"})
-        assert r.status_code == 503 and "wallet" in r.json()["detail"]
+        assert r.status_code == 503 and "wallet" in r.json()["message"]
         assert (await client.get("/v1/orders/o-1")).json()["status"] == "created"
         assert await count_rows(app) == {"orders": 1, "idempotency": 0, "outbox": 0}
 

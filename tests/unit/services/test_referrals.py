@@ -155,7 +155,7 @@ def test_duplicate_member_is_a_conflict_and_changes_nothing(tmp_path: Path) -> N
         assert (await register(client, "b")).status_code == 201
         again = await register(client, "a", sponsor="b", merchant=True)
         assert again.status_code == 409
-        assert again.json() == {"detail": "member 'a' already exists"}
+        assert again.json()["message"] == "member 'a' already exists"
         assert await member(client, "a") == {
             "member": "a",
             "sponsor": None,
@@ -180,10 +180,10 @@ def test_unknown_sponsor_and_self_sponsoring_are_refused(tmp_path: Path) -> None
     async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
         unknown = await register(client, "a", sponsor="nobody")
         assert unknown.status_code == 422
-        assert unknown.json() == {"detail": "unknown sponsor 'nobody'"}
+        assert unknown.json()["message"] == "unknown sponsor 'nobody'"
         itself = await register(client, "a", sponsor="a")
         assert itself.status_code == 422
-        assert "cannot sponsor themselves" in itself.json()["detail"]
+        assert "cannot sponsor themselves" in itself.json()["message"]
         assert (await client.get("/v1/members/a")).status_code == 404
         assert (await client.get("/v1/members")).json() == {"members": [], "total": 0}
         assert await published(app) == []
@@ -213,14 +213,14 @@ def test_malformed_requests_are_422(tmp_path: Path) -> None:
         for body in bad_bodies:
             response = await client.post("/v1/members", json=body)
             assert response.status_code == 422, body
-            assert response.json()["detail"] == "invalid request", body
+            assert response.json()["code"] == "invalid", body
         assert (await register(client, "x" * 64)).status_code == 201  # the longest id
         assert (await client.get("/v1/members")).json()["total"] == 1
         assert (await client.get("/v1/members?limit=0")).status_code == 422
         assert (await client.get("/v1/members?offset=-1")).status_code == 422
-        assert (await client.get("/v1/members/nobody")).json() == {
-            "detail": "unknown member 'nobody'"
-        }
+        assert (await client.get("/v1/members/nobody")).json()[
+            "message"
+        ] == "unknown member 'nobody'"
         assert len(await published(app)) == 1
 
     run(tmp_path, scenario)

@@ -241,10 +241,10 @@ def test_holds(tmp_path: Path) -> None:
         assert (resp.status_code, resp.json()) == (201, {"hold_id": "h1", "status": "held"})
         assert (await client.post("/v1/holds", json=h1)).status_code == 200  # idempotent
         resp = await client.post("/v1/holds", json={**h1, "amount": "31"})
-        assert resp.status_code == 409 and "different body" in resp.json()["detail"]
+        assert resp.status_code == 409 and "different body" in resp.json()["message"]
         resp = await client.post("/v1/holds", json={**h1, "hold_id": "h2"})
         assert resp.status_code == 409
-        assert resp.json()["detail"].startswith("member 'a' holds fewer stable points than 30.00")
+        assert resp.json()["message"].startswith("member 'a' holds fewer stable points than 30.00")
         assert (
             await client.post("/v1/holds", json={**h1, "hold_id": "h2", "member": "zz"})
         ).status_code == 404
@@ -283,7 +283,7 @@ def test_holds(tmp_path: Path) -> None:
             ),
         )
         resp = await client.post("/v1/holds", json=order)
-        assert resp.status_code == 409 and "already captured" in resp.json()["detail"]
+        assert resp.status_code == 409 and "already captured" in resp.json()["message"]
         assert (await client.post("/v1/holds/order-1/release")).status_code == 409
         a = await member(client, "a")
         assert (a["stable"], a["held"]["stable"]) == ("10.00", "0.00")
@@ -316,7 +316,7 @@ def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path)
 
         resp = await client.post("/v1/members/a/requests", json={"kind": "sell", "points": "12"})
         assert resp.status_code == 409
-        assert resp.json()["detail"].startswith("member 'a' holds fewer points than 12.00000000")
+        assert resp.json()["message"].startswith("member 'a' holds fewer points than 12.00000000")
         again = await client.post(
             "/v1/members/a/requests", json={"request_id": "r1", "kind": "sell", "points": "10.0"}
         )
@@ -361,8 +361,8 @@ def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path)
         )
         assert resp.status_code == 202
         assert (await member(client, "a"))["held"]["equity"] == "11.00000000"
-        resp = await client.post("/v1/members/a/requests", json={"kind": "sell"})  # all again
-        assert resp.status_code == 409 and "holds no points" in resp.json()["detail"]
+        resp = await client.post("/v1/members/a/requests", json={"kind": "sell", "points": "all"})
+        assert resp.status_code == 409 and "holds no points" in resp.json()["message"]
         await drain(app)
         assert sent_requests(publisher)[-1].points == Decimal(11)
         await deliver(
@@ -430,10 +430,10 @@ def test_merchant_exchange(tmp_path: Path) -> None:
         await fund(app, "shop", "stable", "10")
         req = {"kind": "merchant_exchange", "stable": "8"}
         resp = await client.post("/v1/members/a/requests", json=req)
-        assert (resp.status_code, resp.json()["detail"]) == (409, "member 'a' is not a merchant")
+        assert (resp.status_code, resp.json()["message"]) == (409, "member 'a' is not a merchant")
         resp = await client.post("/v1/members/shop/requests", json={**req, "stable": "10.01"})
         assert resp.status_code == 409
-        assert resp.json()["detail"].startswith("member 'shop' holds fewer stable points than")
+        assert resp.json()["message"].startswith("member 'shop' holds fewer stable points than")
         resp = await client.post("/v1/members/shop/requests", json={**req, "request_id": "m1"})
         assert resp.status_code == 202
         assert (await member(client, "shop"))["held"]["stable"] == "8.00"
@@ -480,7 +480,7 @@ def test_adjustments(tmp_path: Path) -> None:
             resp = await client.post("/v1/admin/adjustments", json={**adj, **bad})
             assert resp.status_code == 422, bad
         resp = await client.post("/v1/admin/adjustments", json={**adj, "amount": "-5.01"})
-        assert resp.status_code == 409 and "would go below zero" in resp.json()["detail"]
+        assert resp.status_code == 409 and "would go below zero" in resp.json()["message"]
         resp = await client.post("/v1/admin/adjustments", json={**adj, "member": "zz"})
         assert resp.status_code == 404
         assert (await drain(app)) == 0  # nothing sent, nothing stored, nothing held

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from tokenmall.http_errors import ApiError
 from tokenmall_dividends.entrypoints.deps import ServiceDep
 from tokenmall_dividends.service_layer import handlers
 from tokenmall_dividends.service_layer.handlers import host_of
@@ -15,8 +16,17 @@ router = APIRouter(prefix="/v1/plan", tags=["plan"])
 
 
 class PlanCreate(BaseModel):
-    plan: dict[str, Any]
-    activate_now: bool = False  # only before anything happened: the platform's first plan
+    model_config = ConfigDict(extra="forbid")
+
+    plan: dict[str, Any] = Field(
+        description="a (partial) plan mapping (SCENARIOS.md); numbers as decimal strings or "
+        "integers (a JSON float is refused: it has already lost the decimal)"
+    )
+    activate_now: StrictBool = Field(
+        False,
+        description="only before anything happened (no member, day 1): merged into the newest "
+        "plan version like any plan, and in force at once instead of from the next day",
+    )
 
 
 class PlanPublic(BaseModel):
@@ -36,7 +46,9 @@ async def get_plan(svc: ServiceDep) -> PlanPublic:
 async def post_plan(body: PlanCreate, svc: ServiceDep) -> dict[str, Any]:
     outcome = await handlers.schedule_plan(svc, body.plan, body.activate_now)
     if not outcome.accepted:
-        status = 422 if (outcome.reason or "").startswith("plan:") else 409
-        raise HTTPException(status, outcome.reason)
+        reason = outcome.reason or "refused"
+        if reason.startswith("plan:"):
+            raise ApiError(422, reason, field="body.plan")
+        raise ApiError(409, reason, field="body.activate_now" if body.activate_now else None)
     engine = host_of(svc).engine
     return {"accepted": True, "effective_day": engine.day if body.activate_now else engine.day + 1}

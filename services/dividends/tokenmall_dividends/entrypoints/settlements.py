@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from sqlalchemy import select
 
+from tokenmall.http_errors import ApiError
+from tokenmall.ids import DayPath
 from tokenmall.money import format_cents
 from tokenmall_dividends.adapters.tables import settlements
 from tokenmall_dividends.entrypoints.deps import ServiceDep
@@ -17,13 +19,11 @@ router = APIRouter(prefix="/v1/settlements", tags=["settlements"])
 
 
 @router.post("/{day}")
-async def settle_day(day: int, svc: ServiceDep) -> dict[str, Any]:
+async def settle_day(day: DayPath, svc: ServiceDep) -> dict[str, Any]:
     """Settle ``day``; settling a settled day changes nothing and says so."""
-    if day < 1:
-        raise HTTPException(422, "day must be >= 1")
     outcome = await handlers.settle(svc, day)
     if not outcome.accepted:
-        raise HTTPException(409, outcome.reason)
+        raise ApiError(409, outcome.reason or "refused", field="day")
     report = outcome.result
     return {
         "day": day,
@@ -39,12 +39,12 @@ async def settle_day(day: int, svc: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/{day}")
-async def get_settlement(day: int, svc: ServiceDep) -> dict[str, Any]:
+async def get_settlement(day: DayPath, svc: ServiceDep) -> dict[str, Any]:
     assert svc.sessions is not None
     async with svc.sessions() as session:
         row = (await session.execute(select(settlements).where(settlements.c.day == day))).first()
     if row is None:
-        raise HTTPException(404, f"day {day} is not settled")
+        raise ApiError(404, f"day {day} is not settled", field="day")
     return {
         "day": day,
         "status": "completed",

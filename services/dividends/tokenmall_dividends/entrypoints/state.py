@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from tokenmall.http_errors import ApiError
+from tokenmall.ids import InputIdPath, MemberPath, Offset
 from tokenmall.views import equity_view, member_views
 from tokenmall_dividends.adapters.tables import inputs
 from tokenmall_dividends.entrypoints.deps import ServiceDep
@@ -29,7 +31,7 @@ async def state(svc: ServiceDep) -> dict[str, Any]:
 @router.get("/members")
 async def members(
     svc: ServiceDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> dict[str, Any]:
     engine = host_of(svc).engine
@@ -37,11 +39,11 @@ async def members(
 
 
 @router.get("/members/{member}")
-async def member(member: str, svc: ServiceDep) -> dict[str, Any]:
+async def member(member: MemberPath, svc: ServiceDep) -> dict[str, Any]:
     engine = host_of(svc).engine
     m = engine.index.get(member)
     if m is None:
-        raise HTTPException(404, f"unknown member {member!r}")
+        raise ApiError(404, f"unknown member {member!r}", field="member")
     view: dict[str, Any] = member_views(engine, m, m + 1)[member]
     view["grants"] = [
         {"grant": g, "quota": engine.grant_quota[g], "remaining": engine.grant_remaining[g]}
@@ -51,12 +53,12 @@ async def member(member: str, svc: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/inputs/{input_id}")
-async def input_status(input_id: str, svc: ServiceDep) -> dict[str, Any]:
+async def input_status(input_id: InputIdPath, svc: ServiceDep) -> dict[str, Any]:
     assert svc.sessions is not None
     async with svc.sessions() as session:
         row = (await session.execute(select(inputs).where(inputs.c.input_id == input_id))).first()
     if row is None:
-        raise HTTPException(404, f"input {input_id!r} not applied (yet)")
+        raise ApiError(404, f"input {input_id!r} not applied (yet)", field="input_id")
     return {
         "input_id": input_id,
         "seq": row.seq,

@@ -16,7 +16,7 @@ import numpy as np
 from aiokafka.partitioner import murmur2
 
 from tokenmall import contracts
-from tokenmall.engine import Engine, Plan, Refused
+from tokenmall.engine import Engine, Plan, PlanError, Refused
 from tokenmall.engine.ledger import BatchPosting, Posting, ReleaseBatch
 from tokenmall.money import cents_to_decimal, to_cents, to_units, units_to_decimal
 
@@ -49,7 +49,12 @@ class EngineHost:
         if kind == "initial_plan":
             if len(engine.names) or engine.day != 1:
                 raise Refused("the first plan can only be set before anything happened")
-            self.engine = Engine(Plan.from_mapping(p["plan"]), record=True)
+            # merged into the newest version, like any plan (a pending one is folded in)
+            try:
+                plan = (engine.pending_plan or engine.plan).merged(p["plan"])
+            except PlanError as exc:
+                raise Refused(f"plan: {exc}") from None
+            self.engine = Engine(plan, record=True)
             return self.engine.plan
         if kind == "join":
             return engine.join(p["member"], p.get("sponsor"), bool(p.get("merchant")))

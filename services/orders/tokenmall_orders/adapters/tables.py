@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 
 from tokenmall import messaging
+from tokenmall.ids import ID_MAX_LENGTH
 
 metadata = MetaData()
 
@@ -31,7 +32,7 @@ members = Table(
 orders = Table(
     "orders",
     metadata,
-    Column("order_id", String(64), primary_key=True),
+    Column("order_id", String(ID_MAX_LENGTH), primary_key=True),
     Column("member", String(200), nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("stable_cents", BigInteger, nullable=False),

@@ -106,6 +106,6 @@ def _detail(response: httpx.Response) -> str:
         data = response.json()
     except ValueError:
         return response.text[:500]
-    if isinstance(data, dict) and "detail" in data:
-        return str(data["detail"])[:500]
+    if isinstance(data, dict) and "message" in data:  # the error body (tokenmall.http_errors)
+        return str(data["message"])[:500]
     return str(data)[:500]

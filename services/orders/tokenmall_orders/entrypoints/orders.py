@@ -3,7 +3,8 @@
 Amounts are decimal strings in responses.  In requests they may be strings or JSON
 numbers: the body is parsed with JSON numbers read as ``Decimal`` (never float), so
 ``10.123`` is refused for its 3 decimals instead of being rounded somewhere.
-Errors answer ``{"detail": message}`` and change nothing.
+Errors answer the error body ``{"code", "message", "field"}`` (``tokenmall.http_errors``)
+and change nothing.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar, cast
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenmall.http_errors import ApiError, ErrorBody
+from tokenmall.ids import ID_DOC, KEY_PATTERN, MEMBER_DOC, Id, IdPath, MemberId, MemberPath, Offset
 from tokenmall.servicekit import Service
 from tokenmall_orders.adapters.wallet import Wallet, WalletError, WalletUnavailable
 from tokenmall_orders.service_layer import handlers
@@ -33,9 +36,6 @@ from tokenmall_orders.service_layer.handlers import (
     RefundOrder,
     Reply,
 )
-
-# any 1–64 characters (the wallet's hold id limit) that can stand in a URL path segment as they are
-ORDER_ID_PATTERN = r"^[^/?#%\\\s\x00-\x1f\x7f]{1,64}$"
 
 
 class DecimalRequest(Request):
@@ -63,10 +63,10 @@ router = APIRouter(prefix="/v1", tags=["orders"], route_class=DecimalJSONRoute)
 class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    member: str = Field(min_length=1, max_length=200)
+    member: MemberId = Field(description=MEMBER_DOC)
     amount: Decimal = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
     stable: Decimal = Field(Decimal(0), description="the part paid in stable points, ≤ amount")
-    order_id: str | None = Field(None, pattern=ORDER_ID_PATTERN, description="default: a uuid4")
+    order_id: Id | None = Field(None, description=f"{ID_DOC}; default: a uuid4")
 
 
 class OrderPublic(BaseModel):
@@ -83,17 +83,14 @@ class SalesPublic(BaseModel):
     sales: Decimal
 
 
-class ErrorPublic(BaseModel):
-    detail: str
-
-
 def get_service(request: Request) -> Service:
     return cast(Service, request.app.state.svc)
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=KEY_PATTERN),
 ]
 
 T = TypeVar("T")
@@ -101,15 +98,24 @@ STATUS: dict[type[OrderError], int] = {NotFound: 404, Conflict: 409, Invalid: 42
 
 
 async def _run(call: Awaitable[T]) -> T:
-    """Run a handler; its refusals become HTTP errors ``{"detail": message}``."""
+    """Run a handler; its refusals become HTTP errors (the error body)."""
     try:
         return await call
     except OrderError as exc:
-        raise HTTPException(STATUS.get(type(exc), 400), str(exc)) from None
+        raise ApiError(STATUS.get(type(exc), 400), str(exc), field=_field(exc)) from None
     except WalletUnavailable as exc:
-        raise HTTPException(503, f"the wallet is unavailable, try again: {exc}") from None
+        raise ApiError(503, f"the wallet is unavailable, try again: {exc}") from None
     except WalletError as exc:
-        raise HTTPException(502, str(exc)) from None
+        raise ApiError(502, str(exc)) from None
+
+
+# the handlers' refusals of one field start with its name
+FIELDS = {"amount": "body.amount", "stable": "body.stable", "Idempotency-Key": "Idempotency-Key"}
+
+
+def _field(exc: OrderError) -> str | None:
+    first = str(exc).split(" ", 1)[0]
+    return FIELDS.get(first) if isinstance(exc, Invalid) else None
 
 
 def _idempotency(key: str | None, request: Request) -> Idempotency | None:
@@ -122,7 +128,7 @@ def _answer(reply: Reply, svc: Service) -> JSONResponse:
     return JSONResponse(reply.body, status_code=reply.status_code)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorPublic} for code in (404, 409, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 409, 422)}
 
 
 @router.post("/orders", status_code=201, response_model=OrderPublic, responses=ERRORS)
@@ -141,17 +147,17 @@ async def create_order(
 
 
 @router.get("/orders/{order_id}", response_model=OrderPublic, responses=ERRORS)
-async def get_order(order_id: str, svc: ServiceDep) -> JSONResponse:
+async def get_order(order_id: IdPath, svc: ServiceDep) -> JSONResponse:
     return JSONResponse(await _run(handlers.get_order(order_id, svc.uow())))
 
 
 @router.post(
     "/orders/{order_id}/pay",
     response_model=OrderPublic,
-    responses={**ERRORS, 502: {"model": ErrorPublic}, 503: {"model": ErrorPublic}},
+    responses={**ERRORS, 502: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def pay_order(
-    order_id: str, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
+    order_id: IdPath, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Pay: hold the stable part in the wallet (if any), mark paid, publish OrderPaid."""
     wallet = cast(Wallet, svc.state["wallet"])
@@ -161,7 +167,7 @@ async def pay_order(
 
 @router.post("/orders/{order_id}/refund", response_model=OrderPublic, responses=ERRORS)
 async def refund_order(
-    order_id: str, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
+    order_id: IdPath, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
     """Refund a paid order, publish OrderRefunded."""
     cmd = RefundOrder(order_id, _idempotency(idempotency_key, request))
@@ -169,7 +175,7 @@ async def refund_order(
 
 
 @router.delete("/orders/{order_id}", status_code=204, responses=ERRORS)
-async def delete_order(order_id: str, svc: ServiceDep) -> Response:
+async def delete_order(order_id: IdPath, svc: ServiceDep) -> Response:
     """Delete an order that was never paid (e.g. after a refused pay); its id is free again."""
     wallet = cast(Wallet, svc.state["wallet"])
     await _run(handlers.delete_order(DeleteOrder(order_id), svc.uow(), wallet))
@@ -184,10 +190,10 @@ async def sales(svc: ServiceDep) -> JSONResponse:
 
 @router.get("/members/{member}/orders", response_model=list[OrderPublic], responses=ERRORS)
 async def member_orders(
-    member: str,
+    member: MemberPath,
     svc: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> JSONResponse:
     """A member's orders, oldest first."""
     views = await _run(handlers.member_orders(member, svc.uow(), limit=limit, offset=offset))

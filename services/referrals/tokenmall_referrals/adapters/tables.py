@@ -20,8 +20,9 @@ from sqlalchemy import (
 )
 
 from tokenmall import messaging
+from tokenmall.ids import MEMBER_ID_MAX_LENGTH
 
-MEMBER_ID_LENGTH = 64
+MEMBER_ID_LENGTH = MEMBER_ID_MAX_LENGTH  # "+" and 64 characters (tokenmall.ids)
 PLAN_ROW_ID = 1  # plan_state holds a single row
 
 metadata = MetaData()

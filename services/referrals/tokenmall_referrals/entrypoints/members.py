@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from fastapi import APIRouter, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
+from tokenmall.http_errors import ApiError, ErrorBody
+from tokenmall.ids import MEMBER_DOC, MemberId, MemberPath, Offset
 from tokenmall.money import format_cents
 from tokenmall.servicekit import Service
-from tokenmall_referrals.adapters.tables import MEMBER_ID_LENGTH
 from tokenmall_referrals.service_layer import handlers
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 
-MemberId = Annotated[
-    str, StringConstraints(min_length=1, max_length=MEMBER_ID_LENGTH, pattern=r"^\S+$")
-]
 MAX_PAGE = 10_000
 REGISTER_ATTEMPTS = 3  # a concurrent registration can take our seq: try again
 
@@ -25,8 +23,8 @@ REGISTER_ATTEMPTS = 3  # a concurrent registration can take our seq: try again
 class MemberCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    member: MemberId = Field(description="phone number / account id: 1-64 chars, no whitespace")
-    sponsor: str | None = None
+    member: MemberId = Field(description=MEMBER_DOC)
+    sponsor: MemberId | None = Field(None, description="a registered member, fixed for good")
     merchant: bool = False
 
 
@@ -86,8 +84,8 @@ def _detail(view: handlers.MemberDetail) -> MemberPublic:
     status_code=status.HTTP_201_CREATED,
     response_model=MemberPublic,
     responses={
-        409: {"description": "member already exists"},
-        422: {"description": "unknown sponsor, self-sponsoring, bad body"},
+        409: {"model": ErrorBody, "description": "member already exists"},
+        422: {"model": ErrorBody, "description": "unknown sponsor, self-sponsoring, bad body"},
     },
 )
 async def register(body: MemberCreate, request: Request) -> MemberPublic:
@@ -96,29 +94,33 @@ async def register(body: MemberCreate, request: Request) -> MemberPublic:
     try:
         view = await _register(svc, cmd)
     except handlers.MemberExists as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        raise ApiError(status.HTTP_409_CONFLICT, str(exc), field="body.member") from None
     except handlers.ReferralError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), field="body.sponsor"
+        ) from None
     svc.committed()
     return _detail(view)
 
 
 @router.get(
-    "/{member}", response_model=MemberPublic, responses={404: {"description": "unknown member"}}
+    "/{member}",
+    response_model=MemberPublic,
+    responses={404: {"model": ErrorBody, "description": "unknown member"}},
 )
-async def get_member(member: str, request: Request) -> MemberPublic:
+async def get_member(member: MemberPath, request: Request) -> MemberPublic:
     async with _service(request).uow() as uow:
         try:
             view = await handlers.get_member(uow, member)
         except handlers.UnknownMember as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+            raise ApiError(status.HTTP_404_NOT_FOUND, str(exc), field="member") from None
     return _detail(view)
 
 
 @router.get("", response_model=MemberList)
 async def list_members(
     request: Request,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
 ) -> MemberList:
     async with _service(request).uow() as uow:

@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
+from tokenmall.ids import ID_MAX_LENGTH
 from tokenmall.messaging import define
 from tokenmall.messaging.tables import SEQUENCE_ID
 
@@ -90,7 +91,7 @@ release_lines = Table(
 holds = Table(
     "holds",
     metadata,
-    Column("hold_id", String(64), primary_key=True),
+    Column("hold_id", String(ID_MAX_LENGTH), primary_key=True),
     Column("member", Text, nullable=False),
     Column("asset", String(16), nullable=False),
     Column("amount", BigInteger, nullable=False),
@@ -101,7 +102,7 @@ Index("holds_member", holds.c.member, holds.c.asset, holds.c.status)
 requests = Table(
     "requests",
     metadata,
-    Column("request_id", String(64), primary_key=True),
+    Column("request_id", String(ID_MAX_LENGTH), primary_key=True),
     Column("member", Text, nullable=False),
     Column("kind", String(32), nullable=False),  # sell | exchange | merchant_exchange | adjust
     Column("body", Text, nullable=False),  # JSON

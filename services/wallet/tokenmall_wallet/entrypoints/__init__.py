@@ -6,22 +6,18 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Request
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BeforeValidator
 
 from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS
-from tokenmall.money import AmountError, to_decimal
+from tokenmall.http_errors import ErrorBody, FieldError
+from tokenmall.money import AmountError, to_cents, to_decimal, to_units
 from tokenmall.servicekit import Service
-from tokenmall_wallet.service_layer.handlers import to_minor
-
-
-class ErrorPublic(BaseModel):
-    detail: str
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the refusals a route answers with ``{"detail": "..."}``."""
-    text = {404: "unknown member, hold or request", 409: "refused: see detail"}
-    return {code: {"model": ErrorPublic, "description": text[code]} for code in codes}
+    """OpenAPI entries for the refusals a route answers with (the error body)."""
+    text = {404: "unknown member, hold or request", 409: "refused: see message"}
+    return {code: {"model": ErrorBody, "description": text[code]} for code in codes}
 
 
 def get_service(request: Request) -> Service:
@@ -41,11 +37,12 @@ ExactDecimal = Annotated[Decimal, BeforeValidator(_exact)]
 
 
 def minor_amount(asset: str, value: Decimal, what: str) -> int:
-    """``value`` in the asset's minor units, within the engine's limits (ValueError: 422)."""
+    """``value`` in the asset's minor units, within the engine's limits (FieldError: 422
+    naming the field ``what``)."""
     try:
-        minor = to_minor(asset, value)
+        minor = to_units(value, what) if asset == "equity" else to_cents(value, what)
     except AmountError as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        raise FieldError(what, str(exc)) from None
     if abs(minor) > (MAX_POINT_UNITS if asset == "equity" else MAX_CASH_CENTS):
-        raise ValueError(f"{what} is above the limit")
+        raise FieldError(what, f"{what} is above the limit")
     return minor

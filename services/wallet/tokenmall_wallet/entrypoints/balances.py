@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
+from tokenmall.ids import MemberPath, Offset
 from tokenmall.servicekit import Service
 from tokenmall_wallet.entrypoints import errors, get_service
 from tokenmall_wallet.service_layer import handlers
@@ -60,7 +61,7 @@ Svc = Annotated[Service, Depends(get_service)]
 
 
 @router.get("/v1/members/{member}/balances", response_model=BalancesPublic, responses=errors(404))
-async def member_balances(member: str, svc: Svc) -> BalancesPublic:
+async def member_balances(member: MemberPath, svc: Svc) -> BalancesPublic:
     async with svc.uow() as uow:
         return BalancesPublic(**await handlers.member_balances(uow.session, member))
 
@@ -68,7 +69,7 @@ async def member_balances(member: str, svc: Svc) -> BalancesPublic:
 @router.get("/v1/balances", response_model=BalancePagePublic)
 async def all_balances(
     svc: Svc,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> BalancePagePublic:
     """Members in registration order with their balances."""
@@ -85,7 +86,7 @@ async def platform_accounts(svc: Svc) -> dict[str, dict[str, str]]:
 
 @router.get("/v1/members/{member}/statement", response_model=StatementPublic, responses=errors(404))
 async def statement(
-    member: str, svc: Svc, limit: Annotated[int, Query(ge=1, le=10000)] = 100
+    member: MemberPath, svc: Svc, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> StatementPublic:
     async with svc.uow() as uow:
         return StatementPublic(**await handlers.statement(uow.session, member, limit))

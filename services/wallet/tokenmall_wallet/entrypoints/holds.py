@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokenmall.http_errors import FieldError
+from tokenmall.ids import ID_DOC, MEMBER_DOC, Id, IdPath, MemberId
 from tokenmall.servicekit import Service
 from tokenmall_wallet.entrypoints import ExactDecimal, errors, get_service, minor_amount
 from tokenmall_wallet.service_layer import handlers
@@ -17,15 +19,15 @@ router = APIRouter(prefix="/v1/holds", tags=["holds"])
 class HoldCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hold_id: Annotated[str, Field(min_length=1, max_length=64)]
-    member: Annotated[str, Field(min_length=1, max_length=200)]
+    hold_id: Id = Field(description=ID_DOC)
+    member: MemberId = Field(description=MEMBER_DOC)
     asset: Literal["cny", "stable", "equity"]
     amount: ExactDecimal
 
     @model_validator(mode="after")
     def _positive(self) -> HoldCreate:
         if minor_amount(self.asset, self.amount, "amount") <= 0:
-            raise ValueError("amount must be > 0")
+            raise FieldError("amount", "amount must be > 0")
         return self
 
     def command(self) -> handlers.PlaceHold:
@@ -53,7 +55,9 @@ async def place_hold(
 
 
 @router.post("/{hold_id}/release", response_model=HoldPublic, responses=errors(404, 409))
-async def release_hold(hold_id: str, svc: Annotated[Service, Depends(get_service)]) -> HoldPublic:
+async def release_hold(
+    hold_id: IdPath, svc: Annotated[Service, Depends(get_service)]
+) -> HoldPublic:
     """200 released (also when it already was); 404 unknown; 409 captured or a request's hold."""
     async with svc.uow() as uow:
         outcome = await handlers.release_hold(uow, hold_id)

@@ -9,21 +9,25 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokenmall.http_errors import FieldError
+from tokenmall.ids import ID_DOC, MEMBER_DOC, Id, IdPath, MemberId, MemberPath, Text200, Text1000
 from tokenmall.servicekit import Service
 from tokenmall_wallet.entrypoints import ExactDecimal, errors, get_service, minor_amount
 from tokenmall_wallet.service_layer import handlers
 
 router = APIRouter(tags=["requests"])
 
-RequestId = Annotated[str, Field(min_length=1, max_length=64, default_factory=lambda: str(uuid4()))]
+RequestId = Annotated[
+    Id, Field(default_factory=lambda: str(uuid4()), description=f"{ID_DOC}; default: a uuid4")
+]
 
 
 class RequestCreate(BaseModel):
     """sell / exchange: ``points`` (a decimal, or "all" = the whole available balance;
-    omitted with sell = all); merchant_exchange: ``stable``."""
+    required); merchant_exchange: ``stable``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,18 +40,18 @@ class RequestCreate(BaseModel):
     def _fields(self) -> RequestCreate:
         if self.kind == "merchant_exchange":
             if self.points is not None:
-                raise ValueError("a merchant exchange takes stable, not points")
+                raise FieldError("points", "a merchant exchange takes stable, not points")
             if self.stable is None:
-                raise ValueError("a merchant exchange needs stable")
+                raise FieldError("stable", "a merchant exchange needs stable")
             if minor_amount("stable", self.stable, "stable") <= 0:
-                raise ValueError("stable must be > 0")
+                raise FieldError("stable", "stable must be > 0")
         else:
             if self.stable is not None:
-                raise ValueError(f"{self.kind} takes points, not stable")
-            if self.points is None and self.kind == "exchange":
-                raise ValueError('exchange needs points (a decimal or "all")')
-            if self.points not in (None, "all") and self._units() <= 0:
-                raise ValueError("points must be > 0")
+                raise FieldError("stable", f"{self.kind} takes points, not stable")
+            if self.points is None:
+                raise FieldError("points", f'{self.kind} needs points (a decimal or "all")')
+            if self.points != "all" and self._units() <= 0:
+                raise FieldError("points", "points must be > 0")
         return self
 
     def _units(self) -> int:
@@ -71,20 +75,20 @@ class AdjustmentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: RequestId
-    member: Annotated[str, Field(min_length=1, max_length=200)]
+    member: MemberId = Field(description=MEMBER_DOC)
     asset: Literal["cny", "stable", "equity"]
     amount: ExactDecimal  # signed, != 0
-    reason: Annotated[str, Field(max_length=1000)]
-    operator: Annotated[str, Field(max_length=200)]
+    reason: Text1000
+    operator: Text200
 
     @model_validator(mode="after")
     def _fields(self) -> AdjustmentCreate:
         if minor_amount(self.asset, self.amount, "amount") == 0:
-            raise ValueError("adjustment amount must not be zero")
+            raise FieldError("amount", "adjustment amount must not be zero")
         if not self.reason.strip():
-            raise ValueError("an adjustment needs a reason")
+            raise FieldError("reason", "an adjustment needs a reason")
         if not self.operator.strip():
-            raise ValueError("an adjustment needs an operator")
+            raise FieldError("operator", "an adjustment needs an operator")
         return self
 
     def command(self) -> handlers.SubmitAdjustment:
@@ -127,7 +131,7 @@ def _answer(outcome: handlers.Outcome, response: Response) -> RequestPublic:
 async def submit_request(
     body: RequestCreate,
     response: Response,
-    member: Annotated[str, Path(min_length=1, max_length=200)],
+    member: MemberPath,
     svc: Annotated[Service, Depends(get_service)],
 ) -> RequestPublic:
     """202 pending (points or stable held, WalletRequest sent); 200 with the stored status
@@ -160,7 +164,7 @@ async def submit_adjustment(
 
 @router.get("/v1/requests/{request_id}", response_model=RequestDetailPublic, responses=errors(404))
 async def get_request(
-    request_id: str, svc: Annotated[Service, Depends(get_service)]
+    request_id: IdPath, svc: Annotated[Service, Depends(get_service)]
 ) -> RequestDetailPublic:
     async with svc.uow() as uow:
         view = await handlers.request_view(uow.session, request_id)
