@@ -27,7 +27,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import get_route_path
 
 CODES: dict[int, str] = {
     400: "bad_request",
@@ -185,7 +184,8 @@ async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
 def _allowed(request: Request) -> str:
     """Every method the path supports: Starlette's 405 names only the first route's."""
     methods: set[str] = set()
-    path = get_route_path(request.scope)
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = path.removeprefix(root) if root and path.startswith(root) else path
     for route in request.app.router.routes:
         regex = getattr(route, "path_regex", None)
         if regex is not None and regex.match(path):
