@@ -464,6 +464,49 @@ def events_command(
         out.print(f"  {name}: {', '.join(fields)}")
 
 
+@app.command("parked")
+def parked_command(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the parked events as JSON")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="at most this many per service")
+    ] = 100,
+) -> None:
+    """Events parked in each service until what they depend on arrives (oldest first).
+
+    Exit 0 when nothing is parked, 1 when something is, 3 when a service cannot be asked.
+    """
+    import httpx
+
+    from tokenmall.devenv import service_urls
+
+    items: list[dict[str, Any]] = []
+    totals: dict[str, int] = {}
+    for name, url in service_urls().items():
+        try:
+            response = httpx.get(f"{url}/v1/parked", params={"limit": limit}, timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            err.print(f"{name} at {url}: {exc}")
+            raise typer.Exit(3) from None
+        page = response.json()
+        totals[name] = int(page["total"])
+        items.extend(page["items"])
+    if as_json:
+        sys.stdout.write(json.dumps({"totals": totals, "items": items}, indent=2) + "\n")
+    else:
+        for name, total in totals.items():
+            out.print(f"[bold]{name}[/bold]: {total} parked")
+        for item in items:
+            out.print(
+                f"  #{item['id']} {item['service']} {item['consumer']} {item['event_type']} "
+                f"key={escape(item['key'])} waiting for {escape(item['waiting_for'])} "
+                f"since {item['parked_at']} (attempts {item['attempts']})"
+            )
+    raise typer.Exit(1 if any(totals.values()) else 0)
+
+
 @app.command("replay")
 def replay_command(
     files: Annotated[list[Path], typer.Argument(help="scenario YAML file(s)")],

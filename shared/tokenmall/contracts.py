@@ -59,6 +59,9 @@ class MemberRegistered(Event):
     member: str
     sponsor: str | None = None
     merchant: bool = False
+    # registration order as referrals assigned it (ascending, gaps allowed): consumers
+    # order members by it, never by when the event happened to arrive
+    seq: int = Field(ge=1, le=2**62)
 
 
 class OrderPaid(Event):

@@ -70,7 +70,10 @@ class Platform:
         while quiet_rounds < 2:
             states = await asyncio.gather(*(self.json(s, "/v1/sync") for s in SERVICES))
             quiet = all(
-                s["outbox_backlog"] == 0 and s.get("consumer_lag", 0) == 0 and s.get("ready", True)
+                s["outbox_backlog"] == 0
+                and s.get("consumer_lag", 0) == 0
+                and s.get("parked", 0) == 0  # a step's effects wait for nothing
+                and s.get("ready", True)
                 for s in states
             )
             quiet_rounds = quiet_rounds + 1 if quiet else 0

@@ -62,7 +62,7 @@ def load_yaml(text: str) -> Any:
 
 # step kind -> (required fields, optional fields)
 STEP_FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "join": (frozenset({"member"}), frozenset({"sponsor", "merchant"})),
+    "join": (frozenset({"member"}), frozenset({"sponsor", "merchant", "seq"})),
     "order": (frozenset({"member", "amount"}), frozenset({"id", "stable"})),
     "refund": (frozenset({"order"}), frozenset()),
     "settle": (frozenset(), frozenset()),
@@ -186,6 +186,9 @@ def _check_numbers(kind: str, fields: dict[str, Any], where: str) -> None:
         raise ScenarioError(f"{where}: sell needs points (a number or all) or all: true")
     if kind == "join" and not isinstance(fields.get("merchant", False), bool):
         raise ScenarioError(f"{where}: merchant must be true or false")
+    seq = fields.get("seq")
+    if kind == "join" and seq is not None and (type(seq) is not int or not 0 < seq < 2**62):
+        raise ScenarioError(f"{where}: seq (registration order) must be a positive integer")
 
 
 def _parse_check(raw: Any, index: int) -> Check:
@@ -284,6 +287,7 @@ def apply_step(engine: Engine, step: Step) -> Any:
             _name(f["member"]),
             None if sponsor is None else _name(sponsor),
             bool(f.get("merchant", False)),
+            f.get("seq"),
         )
     if kind == "order":
         oid = f.get("id")

@@ -12,24 +12,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import MetaData
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tokenmall import contracts, http_errors
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
-from tokenmall.messaging import KafkaPublisher, MessagingTables, OutboxRelay, Publisher, UnitOfWork
+from tokenmall.messaging import (
+    KafkaPublisher,
+    MessagingTables,
+    Missing,
+    OutboxRelay,
+    ParkedEvent,
+    ParkingLot,
+    Publisher,
+    UnitOfWork,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +65,30 @@ class ServiceSettings(BaseSettings):
     # (exit 70) right after the n-th message of that consumer committed its effect and
     # before its offset is acknowledged, so Kafka redelivers it on restart.  Empty: off.
     fault_exit_after_commit: str = ""
+    # A handler that raises is tried this many times in all (backoff doubling from
+    # handler_backoff_seconds), then its message is dead-lettered with the exception
+    # and the partition moves on.  Database and network outages are not the message's
+    # fault: those are retried until they pass (capped backoff) and never dead-lettered.
+    handler_attempts: int = Field(default=5, ge=1, le=100)
+    handler_backoff_seconds: float = Field(default=0.1, ge=0, le=60)
+    # Parked events (tokenmall.messaging.parking) are applied as soon as what they wait
+    # for arrives; every this many seconds the ones due for a retry are tried as well.
+    parked_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
 
 
 class Rejected(ValueError):
     """An event the rules cannot apply: dead-lettered with this reason, then acknowledged."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A failure of the database or the network, not of the message: retried until it
+    passes instead of dead-lettering a good event.  (A statement the database refused —
+    an integrity error, a value out of range — is the message's doing.)"""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
 class ServiceMetrics:
@@ -99,6 +132,36 @@ class ServiceMetrics:
             ["service"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "tokenmall_handler_retries_total",
+            "Handler failures retried (backoff), per consumer",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
+        self.parked_total = Counter(
+            "tokenmall_events_parked_total",
+            "Events parked because what they depend on had not arrived, per consumer",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
+        self.unparked = Counter(
+            "tokenmall_events_unparked_total",
+            "Parked events applied once their dependency arrived, per consumer",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
+        self.parked = Gauge(
+            "tokenmall_parked_events",
+            "Events parked now, per consumer",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
+        self.parked_oldest = Gauge(
+            "tokenmall_parked_oldest_seconds",
+            "Age of the oldest parked event, per consumer (0: none)",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
         self.fanout = Gauge(
             "tokenmall_release_fanout_members_per_second",
             "Members released per second in the last settlement step",
@@ -113,6 +176,10 @@ class ServiceMetrics:
 
 
 Handler = Callable[[Event, UnitOfWork], Awaitable[None]]
+
+
+def _failure(exc: BaseException, attempt: int) -> str:
+    return f"handler failed after {attempt} attempt(s): {type(exc).__name__}: {exc}"
 
 
 def parse_fault(spec: str) -> tuple[str, int] | None:
@@ -151,8 +218,13 @@ class Service:
     # always locks in one order — this lock, then the database — and never deadlocks.
     exclusive: asyncio.Lock | None = None
 
+    # by consumer name: where a parked event goes when it is applied
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
+        self.parking = ParkingLot(self.tables)
+        self._unparking = asyncio.Lock()
         self._fault = parse_fault(self.settings.fault_exit_after_commit)
         self._commits: dict[str, int] = {}  # per consumer, for the fault point
 
@@ -174,32 +246,198 @@ class Service:
         if self.relay is not None:
             self.relay.wake()
 
+    # ------------------------------------------------------------ consuming
+
     async def handle(self, sub: Subscription, body: bytes) -> None:
-        """Decode, apply once (inbox), dead-letter what cannot be parsed or applied."""
+        """Decode and apply once (inbox); park what waits for a dependency; retry a failing
+        handler with backoff and dead-letter it in the end — the partition always moves on."""
         try:
             event = decode(body)
         except ContractError as exc:
             await self.dead_letter(sub.topic, body, f"unparseable: {exc}")
             return
         started = time.perf_counter()
+        if await self._has_parked(sub.consumer, event.key):
+            # earlier events of this key wait: those that can go now go first
+            await self.unpark(set(), [(sub.consumer, event.key)])
+        for attempt in itertools.count(1):
+            try:
+                provided = await self._apply(sub, event, body)
+                break
+            except Rejected as exc:
+                await self.dead_letter(sub.topic, body, str(exc))
+                return
+            except Exception as exc:
+                if not is_outage(exc) and attempt >= self.settings.handler_attempts:
+                    await self.dead_letter(sub.topic, body, _failure(exc, attempt))
+                    return
+                self.metrics.retries.labels(self.name, sub.consumer).inc()
+                log.warning(
+                    "%s: %s failed (attempt %d), retrying: %s",
+                    sub.consumer,
+                    event.type,
+                    attempt,
+                    _failure(exc, attempt),
+                )
+                await asyncio.sleep(self._backoff(attempt))  # never under a lock
+        self.metrics.consumed.labels(self.name, event.type).inc()
+        self.metrics.latency.labels(self.name, event.type).observe(time.perf_counter() - started)
+        if provided:
+            await self.unpark(provided)
+
+    async def _has_parked(self, consumer: str, key: str) -> bool:
+        async with self.uow() as uow:
+            return await self.parking.head_of(uow.session, consumer, key) is not None
+
+    def _backoff(self, attempt: int) -> float:
+        return min(30.0, float(self.settings.handler_backoff_seconds) * 2.0 ** (attempt - 1))
+
+    async def _apply(self, sub: Subscription, event: Event, body: bytes) -> set[str]:
+        """One transaction: the inbox claim and either the effect or the parked row.
+        Returns the dependencies the effect provided."""
+        async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
+            if not await uow.claim(sub.consumer, event.event_id):
+                self.metrics.duplicates.labels(self.name, sub.consumer).inc()
+                return set()  # delivered twice: applied once
+            waiting_for: str | None = None
+            try:
+                await sub.handler(event, uow)
+            except Missing as missing:
+                waiting_for = missing.dependency
+                # whatever the handler wrote goes; the claim and the parked row stay
+                await uow.session.rollback()
+                uow.events, uow.provided = [], set()
+                await uow.claim(sub.consumer, event.event_id)
+            if waiting_for is not None:
+                await self.parking.park(
+                    uow.session,
+                    consumer=sub.consumer,
+                    key=event.key,
+                    waiting_for=waiting_for,
+                    topic=sub.topic,
+                    event_id=event.event_id,
+                    event_type=event.type,
+                    body=body,
+                )
+                self.metrics.parked_total.labels(self.name, sub.consumer).inc()
+                log.info("%s: parked %s (%s)", sub.consumer, event.type, waiting_for)
+            emitted = bool(uow.events) or uow.committed
+            await uow.commit()
+        self._fault_point(sub.consumer)
+        if emitted:
+            self.committed()
+        return uow.provided
+
+    async def unpark(
+        self, dependencies: set[str], groups: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Apply the events parked on ``dependencies`` (and those due for a retry, and every
+        event of ``groups``: (consumer, key)), with everything their effects provide in
+        turn; per key in arrival order."""
+        pending = set(dependencies)
+        async with self._unparking:  # one pass at a time in this process
+            while True:
+                if groups is None:
+                    async with self.uow() as uow:
+                        groups = await self.parking.groups(uow.session, pending)
+                pending = set()
+                for consumer, key in groups:
+                    pending |= await self._unpark_group(consumer, key)
+                if not pending:
+                    return
+                groups = None
+
+    async def _unpark_group(self, consumer: str, key: str) -> set[str]:
+        sub = self.subscriptions.get(consumer)
+        provided: set[str] = set()
+        if sub is None:  # a consumer this version no longer has
+            return provided
+        async with self.uow() as uow:
+            waiting = await self.parking.of_group(uow.session, consumer, key)
+        for parked in waiting:
+            outcome = await self._apply_parked(sub, parked)
+            if outcome is None:
+                break  # it still waits: the rest of its key waits behind it
+            provided |= outcome
+        return provided
+
+    async def discard_parked(self, parked_id: int) -> ParkedEvent | None:
+        """Operator: dead-letter a parked event that will never be applicable (its
+        dependency will not come), so that the later events of its key go on."""
+        async with self.uow() as uow:
+            parked = await self.parking.get(uow.session, parked_id)
+        if parked is None:
+            return None
+        await self._drop_parked(
+            parked, "discarded by an operator while parked: " + parked.waiting_for
+        )
+        await self.unpark(set(), [(parked.consumer, parked.key)])
+        return parked
+
+    async def _apply_parked(self, sub: Subscription, parked: ParkedEvent) -> set[str] | None:
+        """Apply one parked event in a transaction that also deletes its row; None when it
+        must wait longer (its dependency is still missing, or it failed and has tries left)."""
+        event = decode(parked.body.encode())
         try:
             async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
-                if not await uow.claim(sub.consumer, event.event_id):
-                    self.metrics.duplicates.labels(self.name, sub.consumer).inc()
-                    return  # delivered twice: applied once
+                uow.causation_id = event.event_id
+                if not await self.parking.take(uow.session, parked.id):
+                    return set()  # another process applied it
                 await sub.handler(event, uow)
                 emitted = bool(uow.events) or uow.committed
                 await uow.commit()
-            self._fault_point(sub.consumer)
+        except Missing as missing:
+            await self._still_parked(parked, missing.dependency, None)
+            return None
         except Rejected as exc:
-            await self.dead_letter(sub.topic, body, str(exc))
-            return
-        self.metrics.consumed.labels(self.name, event.type).inc()
-        self.metrics.latency.labels(self.name, event.type).observe(time.perf_counter() - started)
+            await self._drop_parked(parked, str(exc))
+            return set()
+        except Exception as exc:
+            if not is_outage(exc) and parked.attempts + 1 >= self.settings.handler_attempts:
+                await self._drop_parked(parked, _failure(exc, parked.attempts + 1))
+                return set()
+            self.metrics.retries.labels(self.name, sub.consumer).inc()
+            await self._still_parked(parked, parked.waiting_for, _failure(exc, parked.attempts + 1))
+            return None
+        self.metrics.unparked.labels(self.name, sub.consumer).inc()
         if emitted:
             self.committed()
+        return uow.provided
+
+    async def _still_parked(self, parked: ParkedEvent, waiting_for: str, error: str | None) -> None:
+        async with self.uow() as uow:
+            await self.parking.still_waiting(uow.session, parked, waiting_for, error)
+            await uow.commit()
+
+    async def _drop_parked(self, parked: ParkedEvent, reason: str) -> None:
+        """Dead-letter first, then delete: a crash in between dead-letters it twice, never
+        loses it."""
+        await self.dead_letter(parked.topic, parked.body.encode(), reason)
+        async with self.uow() as uow:
+            await self.parking.take(uow.session, parked.id)
+            await uow.commit()
+
+    async def sweep_parked_forever(self) -> None:
+        """Retry parked events that are due (a dependency another process provided)."""
+        while True:
+            await asyncio.sleep(self.settings.parked_sweep_seconds)
+            try:
+                await self.unpark(set())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retrying parked events failed; trying again later")
+
+    async def parked_stats(self) -> dict[str, tuple[int, float]]:
+        """Per consumer: (parked events, seconds since the oldest was parked)."""
+        async with self.uow() as uow:
+            stats = await self.parking.stats(uow.session)
+        now = datetime.now(UTC)
+        return {c: (n, (now - oldest).total_seconds()) for c, (n, oldest) in stats.items()}
 
     async def dead_letter(self, topic: str, body: bytes, reason: str) -> None:
+        """To ``<topic>.dlq`` with the reason; raises if the broker does not take it (the
+        message is then delivered again: dead letters are at least once too)."""
         log.warning("dead-lettering a message from %s: %s", topic, reason)
         self.metrics.dead_lettered.labels(self.name, topic).inc()
         await self.broker.publish(
@@ -207,6 +445,46 @@ class Service:
             self.settings.topic_prefix + dead_letter_topic(topic),
             headers={"reason": reason[:1000], "consumer": self.name},
         )
+
+
+MAX_OFFSET = 2**31 - 1
+
+
+class ParkedItem(BaseModel):
+    id: int
+    service: str
+    consumer: str
+    key: str = Field(description="the Kafka key (per-key order is kept)")
+    waiting_for: str = Field(description='what it waits for, e.g. "member:A"')
+    topic: str
+    event_id: str
+    event_type: str
+    parked_at: datetime
+    attempts: int
+    last_error: str | None
+
+    @classmethod
+    def of(cls, service: str, row: ParkedEvent) -> ParkedItem:
+        return cls(
+            id=row.id,
+            service=service,
+            consumer=row.consumer,
+            key=row.key,
+            waiting_for=row.waiting_for,
+            topic=row.topic,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            parked_at=row.parked_at,
+            attempts=row.attempts,
+            last_error=row.last_error,
+        )
+
+
+class ParkedList(BaseModel):
+    items: list[ParkedItem]
+    total: int
+    offset: int
+    limit: int
 
 
 def consumers_ready(broker: Any) -> bool:
@@ -344,6 +622,7 @@ def create_app(
                 [prefix + t for t in logical] + [prefix + dead_letter_topic(t) for t in logical],
                 contracts.PARTITIONS,
             )
+        service.subscriptions = {sub.consumer: sub for sub in subscriptions}
         for sub in subscriptions:
 
             def make(sub: Subscription) -> Callable[..., Awaitable[None]]:
@@ -379,6 +658,7 @@ def create_app(
             on_published=service.metrics.published_events,
         )
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
+        sweeper = asyncio.create_task(service.sweep_parked_forever(), name=f"{service.name}-parked")
         probe = None
         if real_kafka and subscriptions:
             groups = {f"{prefix}tokenmall-{s.consumer}": prefix + s.topic for s in subscriptions}
@@ -388,9 +668,10 @@ def create_app(
         try:
             yield
         finally:
-            relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay_task
+            for task in (relay_task, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if probe is not None:
                 await probe.stop()
             if hasattr(producer, "stop"):
@@ -411,6 +692,11 @@ def create_app(
     async def metrics() -> Response:
         if service.relay is not None:
             service.metrics.outbox_backlog.labels(service.name).set(await service.relay.backlog())
+        stats = await service.parked_stats()
+        for consumer in service.subscriptions:
+            count, age = stats.get(consumer, (0, 0.0))
+            service.metrics.parked.labels(service.name, consumer).set(count)
+            service.metrics.parked_oldest.labels(service.name, consumer).set(age)
         return Response(
             generate_latest(service.metrics.registry), media_type="text/plain; version=0.0.4"
         )
@@ -427,13 +713,44 @@ def create_app(
         probe = service.state.get("lag_probe")
         lag = await probe.lag() if probe is not None else 0
         ready = consumers_ready(service.broker)
+        parked = sum(n for n, _ in (await service.parked_stats()).values())
         return {
             "service": service.name,
             "pid": os.getpid(),  # who answers on this port (dev up checks it is its process)
             "outbox_backlog": backlog,
             "consumer_lag": lag,
+            "parked": parked,
             "ready": ready,
         }
+
+    @app.delete(
+        "/v1/parked/{parked_id}",
+        response_model=ParkedItem,
+        tags=["operations"],
+        responses={404: {"description": "no such parked event"}},
+    )
+    async def discard_parked(parked_id: Annotated[int, Path(ge=1, le=2**63 - 1)]) -> ParkedItem:
+        """Operator: dead-letter one parked event (reason "discarded by an operator");
+        the later events of its key are then applied."""
+        gone = await service.discard_parked(parked_id)
+        if gone is None:
+            raise HTTPException(404, f"no parked event {parked_id}")
+        return ParkedItem.of(service.name, gone)
+
+    @app.get("/v1/parked", response_model=ParkedList, tags=["operations"])
+    async def parked(
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> ParkedList:
+        """Operator view: events parked until what they depend on arrives, oldest first."""
+        async with service.uow() as uow:
+            rows, total = await service.parking.listing(uow.session, offset, limit)
+        return ParkedList(
+            items=[ParkedItem.of(service.name, row) for row in rows],
+            total=total,
+            offset=offset,
+            limit=limit,
+        )
 
     for router in routers:
         app.include_router(router)

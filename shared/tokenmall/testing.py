@@ -6,14 +6,29 @@ Integration tests use the real Kafka broker instead (tests/integration).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
-from tokenmall.contracts import Event, decode
+from tokenmall.contracts import Event, MemberRegistered, decode
 from tokenmall.messaging import OutboxRelay
+
+_registrations = itertools.count(1)
+
+
+def member_registered(
+    member: str, sponsor: str | None = None, merchant: bool = False, seq: int | None = None
+) -> MemberRegistered:
+    """A registration as referrals publishes it; ``seq`` defaults to the next number."""
+    return MemberRegistered(
+        member=member,
+        sponsor=sponsor,
+        merchant=merchant,
+        seq=next(_registrations) if seq is None else seq,
+    )
 
 
 class MemoryPublisher:

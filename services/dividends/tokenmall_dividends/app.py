@@ -14,7 +14,7 @@ from tokenmall import contracts
 from tokenmall.messaging import Publisher
 from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
 from tokenmall_dividends.adapters import tables
-from tokenmall_dividends.entrypoints import plans, settlements, state
+from tokenmall_dividends.entrypoints import input_log, plans, settlements, state
 from tokenmall_dividends.service_layer import handlers
 from tokenmall_dividends.service_layer.host import EngineHost
 
@@ -23,9 +23,6 @@ DEFAULT_PORT = 8103
 
 class DividendsSettings(ServiceSettings):
     plan_file: str = ""  # TOKENMALL_PLAN_FILE: the first plan (YAML/JSON), base plan if empty
-    # TOKENMALL_MEMBER_WAIT_SECONDS: how long an order or request may wait for its
-    # member's registration before it is dead-lettered
-    member_wait_seconds: float = 30.0
 
 
 def load_plan(path: str) -> dict[str, Any]:
@@ -65,7 +62,7 @@ def build_app(
 
     return create_app(
         svc,
-        [plans.router, settlements.router, state.router],
+        [plans.router, settlements.router, state.router, input_log.router],
         subscriptions,
         on_startup=on_startup,
         broker_factory=broker_factory,

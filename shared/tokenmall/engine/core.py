@@ -149,6 +149,10 @@ class Engine:
         # per-member and per-grant values are IntColumns: list-like for one input,
         # a no-copy array for settlement
         self.parent = IntColumn()
+        # registration order as the registry assigned it (RULES §3's exit tie-break):
+        # members may join here in another order when their events arrive out of order
+        self.seq = IntColumn()
+        self._last_seq = 0
         self.depth = IntColumn()
         self.merchant = IntColumn()  # 1 = merchant (never forced out)
         self.spend = IntColumn()
@@ -260,17 +264,25 @@ class Engine:
 
     # ------------------------------------------------------------ members
 
-    def join(self, name: str, sponsor: str | None = None, merchant: bool = False) -> int:
+    def join(
+        self, name: str, sponsor: str | None = None, merchant: bool = False, seq: int | None = None
+    ) -> int:
+        """Add a member; ``seq`` is its registration order (default: after everyone)."""
         if not isinstance(name, str) or not name:
             raise Refused("member must be a non-empty string")
         if name in self.index:
             raise Refused(f"member {name!r} already exists")
         if sponsor == name:
             raise Refused(f"member {name!r} cannot sponsor themselves (the tree has no cycles)")
+        if seq is not None and not (isinstance(seq, int) and 0 < seq < 2**62):
+            raise Refused(f"registration order must be a positive integer, got {seq!r}")
         parent = self.member(sponsor) if sponsor is not None else -1
+        seq = self._last_seq + 1 if seq is None else seq
+        self._last_seq = max(self._last_seq, seq)
         m = len(self.names)
         self.names.append(name)
         self.index[name] = m
+        self.seq.append(seq)
         self.parent.append(parent)
         self.depth.append(self.depth[parent] + 1 if parent >= 0 else 0)
         self.merchant.append(int(bool(merchant)))
@@ -310,6 +322,8 @@ class Engine:
         if len(self.index) != n:
             raise ValueError("member names must be unique")
         self.parent = IntColumn(parent)
+        self.seq = IntColumn(range(1, n + 1))
+        self._last_seq = n
         depth = [0] * n
         for i, p in enumerate(parent):
             if p >= 0:
@@ -748,13 +762,13 @@ class Engine:
                 self._force_exit(m, eq.sell_fee_rate)
 
     def _exact_exit_order(self, due: set[int]) -> list[int]:
-        """Ascending exact ``quota / points``, then registration order.
+        """Ascending exact ``quota / points``, then registration order (``seq``).
 
         Sorting by the correctly rounded float first is already right except among
         equal floats, which are re-sorted by the exact ratio.
         """
-        quota, points = self.quota, self.points
-        ordered = sorted(due, key=lambda m: (quota[m] / points[m], m))
+        quota, points, seq = self.quota, self.points, self.seq
+        ordered = sorted(due, key=lambda m: (quota[m] / points[m], seq[m]))
         result: list[int] = []
         i = 0
         while i < len(ordered):
@@ -764,7 +778,7 @@ class Engine:
                 j += 1
             group = ordered[i:j]
             if len(group) > 1:
-                group.sort(key=lambda m: (Fraction(quota[m], points[m]), m))
+                group.sort(key=lambda m: (Fraction(quota[m], points[m]), seq[m]))
             result.extend(group)
             i = j
         return result

@@ -3,11 +3,23 @@
 - ``tables.define(metadata)`` adds the ``outbox`` and ``inbox`` tables to a service's schema.
 - ``UnitOfWork`` wraps one local transaction: the effect, the inbox row of the message
   that caused it and the outbox rows of the events it raised commit together or not at all.
+- ``ParkingLot`` keeps events that arrived before their dependency (``Missing``).
 - ``OutboxRelay`` publishes unpublished outbox rows in id order and marks them.
 """
 
+from tokenmall.messaging.parking import Missing, ParkedEvent, ParkingLot
 from tokenmall.messaging.relay import KafkaPublisher, OutboxRelay, Publisher
 from tokenmall.messaging.tables import MessagingTables, define
 from tokenmall.messaging.uow import UnitOfWork
 
-__all__ = ["KafkaPublisher", "MessagingTables", "OutboxRelay", "Publisher", "UnitOfWork", "define"]
+__all__ = [
+    "KafkaPublisher",
+    "MessagingTables",
+    "Missing",
+    "OutboxRelay",
+    "ParkedEvent",
+    "ParkingLot",
+    "Publisher",
+    "UnitOfWork",
+    "define",
+]

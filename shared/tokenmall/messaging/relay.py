@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenmall.messaging.tables import MessagingTables
+from tokenmall.messaging.uow import begin_write
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class OutboxRelay:
             return await self._publish_batch()
 
     async def _publish_batch(self) -> int:
-        async with self.sessions() as session, session.begin():
+        async with self.sessions() as session:
             stmt = (
                 select(
                     self.outbox.c.id,
@@ -108,17 +109,25 @@ class OutboxRelay:
                 .order_by(self.outbox.c.id)
                 .limit(self.batch_size)
             )
-            if session.get_bind().dialect.name == "postgresql":
+            postgres = session.get_bind().dialect.name == "postgresql"
+            if postgres:  # rows stay locked until marked: other relays skip them
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = (await session.execute(stmt)).all()
+            if not postgres:
+                # SQLite: no lock held while publishing (writers would wait on it); the
+                # mark below takes the write lock first, so it cannot fail on a snapshot
+                await session.rollback()
             if not rows:
+                await session.rollback()
                 return 0
             await self.publisher.publish_many([(r.topic, r.key, r.payload.encode()) for r in rows])
+            await begin_write(session)
             await session.execute(
                 update(self.outbox)
                 .where(self.outbox.c.id.in_([r.id for r in rows]))
                 .values(published_at=datetime.now(UTC))
             )
+            await session.commit()
         if self.on_published is not None:
             self.on_published([r.event_type for r in rows])
         return len(rows)

@@ -25,6 +25,7 @@ SEQUENCE_ID = BigInteger().with_variant(Integer(), "sqlite")
 class MessagingTables:
     outbox: Table
     inbox: Table
+    parked: Table
 
 
 def define(metadata: MetaData) -> MessagingTables:
@@ -48,4 +49,26 @@ def define(metadata: MetaData) -> MessagingTables:
         Column("event_id", String(64), primary_key=True),
         Column("processed_at", DateTime(timezone=True), nullable=False),
     )
-    return MessagingTables(outbox, inbox)
+    # Events that arrived before what they depend on (a referral before its sponsor, an
+    # order before its member): kept here, in the same transaction as their inbox row,
+    # and applied the moment the dependency arrives (tokenmall.messaging.parking).
+    parked = Table(
+        "parked",
+        metadata,
+        Column("id", SEQUENCE_ID, primary_key=True, autoincrement=True),
+        Column("consumer", String(100), nullable=False),
+        Column("key", String(200), nullable=False),  # the Kafka key: per-key order is kept
+        Column("waiting_for", String(300), nullable=False),  # e.g. "member:A", "order:o-1"
+        Column("topic", String(200), nullable=False),
+        Column("event_id", String(64), nullable=False),
+        Column("event_type", String(100), nullable=False),
+        Column("body", Text, nullable=False),  # the message as received
+        Column("parked_at", DateTime(timezone=True), nullable=False),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("next_try_at", DateTime(timezone=True), nullable=False),
+        Column("last_error", Text, nullable=True),
+    )
+    Index("parked_waiting", parked.c.waiting_for)
+    Index("parked_key", parked.c.consumer, parked.c.key, parked.c.id)
+    Index("parked_due", parked.c.next_try_at)
+    return MessagingTables(outbox, inbox, parked)

@@ -7,12 +7,18 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenmall.contracts import Event, encode
 from tokenmall.messaging.tables import MessagingTables
+
+
+async def begin_write(session: AsyncSession) -> None:
+    """``BEGIN IMMEDIATE`` on SQLite when no transaction is open yet (see UnitOfWork)."""
+    if session.get_bind().dialect.name == "sqlite" and not session.in_transaction():
+        await session.execute(text("BEGIN IMMEDIATE"))
 
 
 class UnitOfWork:
@@ -33,11 +39,13 @@ class UnitOfWork:
         self.session: AsyncSession
         self.events: list[tuple[str, Event]] = []
         self.causation_id: str | None = None
+        self.provided: set[str] = set()  # dependencies this work brought into being
         self._committed = False
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self._sessions()
         self.events = []
+        self.provided = set()
         self._committed = False
         return self
 
@@ -50,6 +58,13 @@ class UnitOfWork:
         if not self._committed:
             await self.session.rollback()
         await self.session.close()
+
+    async def begin_write(self) -> None:
+        """Start a transaction that will write (call first).  On SQLite this takes the
+        write lock now (``BEGIN IMMEDIATE``): a transaction that read first and writes
+        later fails at once ("database is locked") when another writer committed in
+        between, whatever the busy timeout.  PostgreSQL needs nothing."""
+        await begin_write(self.session)
 
     async def claim(self, consumer: str, event_id: str) -> bool:
         """Insert (consumer, event_id) into the inbox; False if it is already there."""
@@ -65,6 +80,11 @@ class UnitOfWork:
             raise RuntimeError(f"unsupported database {dialect}")
         result = await self.session.execute(stmt)
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def provide(self, dependency: str) -> None:
+        """This work brings ``dependency`` (e.g. "member:A") into being: events parked on
+        it are applied once the transaction has committed."""
+        self.provided.add(dependency)
 
     def emit(self, topic: str, event: Event) -> Event:
         stamped = event.model_copy(

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenmall import contracts
 from tokenmall.scenario import load_scenario, simulate
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, running
+from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
 from tokenmall_dividends.app import DividendsSettings, build_app
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -42,7 +42,7 @@ async def feed(app: Any, client: Any, scenario_path: Path) -> None:
         if step.kind == "join":
             await broker.deliver(
                 contracts.MEMBERS,
-                contracts.MemberRegistered(
+                member_registered(
                     member=str(f["member"]),
                     sponsor=f.get("sponsor"),
                     merchant=bool(f.get("merchant")),
@@ -132,7 +132,7 @@ def test_events_out_duplicates_and_dead_letters(tmp_path: Path) -> None:
         async with running(app) as client:
             broker: FakeBroker = app.state.svc.broker
             await client.post("/v1/plan", json={"plan": {"preset": "equity"}, "activate_now": True})
-            await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
+            await broker.deliver(contracts.MEMBERS, member_registered(member="A"))
             paid = contracts.OrderPaid(order_id="o1", member="A", amount="100")
             await broker.deliver(contracts.ORDERS, paid)
             await broker.deliver(contracts.ORDERS, paid)  # delivered twice: applied once
@@ -195,7 +195,7 @@ async def one_paid_order(
     """A fresh dividends on ``preset`` with member A and one paid order of A."""
     broker: FakeBroker = app.state.svc.broker
     await client.post("/v1/plan", json={"plan": {"preset": preset}, "activate_now": True})
-    await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member="A"))
+    await broker.deliver(contracts.MEMBERS, member_registered(member="A"))
     await broker.deliver(
         contracts.ORDERS, contracts.OrderPaid(order_id=order_id, member="A", amount=amount)
     )
@@ -238,7 +238,7 @@ def test_a_settlement_while_a_consumer_is_busy_neither_deadlocks_nor_loses_the_d
             broker: FakeBroker = app.state.svc.broker
             await client.post("/v1/plan", json={"plan": {"preset": "points"}, "activate_now": True})
             for i in range(20):
-                await broker.deliver(contracts.MEMBERS, contracts.MemberRegistered(member=f"M{i}"))
+                await broker.deliver(contracts.MEMBERS, member_registered(member=f"M{i}"))
                 order = contracts.OrderPaid(order_id=f"o{i}", member=f"M{i}", amount="3000")
                 await broker.deliver(contracts.ORDERS, order)
 

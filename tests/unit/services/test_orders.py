@@ -14,8 +14,8 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from tokenmall import contracts
-from tokenmall.contracts import Event, MemberRegistered, OrderPaid, OrderRefunded
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, running
+from tokenmall.contracts import Event, OrderPaid, OrderRefunded
+from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
 from tokenmall_orders.adapters import tables
 from tokenmall_orders.adapters.wallet import (
     HttpWallet,
@@ -72,7 +72,7 @@ def run(
         async with running(app) as client:
             for member in members:
                 await app.state.svc.broker.deliver(
-                    contracts.MEMBERS, MemberRegistered(member=member)
+                    contracts.MEMBERS, member_registered(member=member)
                 )
             try:
                 await scenario(app, client)
@@ -404,10 +404,10 @@ def test_sales_totals_and_member_orders(tmp_path: Path) -> None:
 def test_member_registered_is_applied_once(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: Client) -> None:
         broker = app.state.svc.broker
-        event = MemberRegistered(member="B")
+        event = member_registered(member="B")
         await broker.deliver(contracts.MEMBERS, event)
         await broker.deliver(contracts.MEMBERS, event)  # redelivered
-        await broker.deliver(contracts.MEMBERS, MemberRegistered(member="B"))  # registered again
+        await broker.deliver(contracts.MEMBERS, member_registered(member="B"))  # registered again
         await broker.deliver(contracts.MEMBERS, b"not an event")
         assert (await create(client, member="B")).status_code == 201
         assert [topic for topic, _, _ in broker.dead_letters] == [

@@ -375,8 +375,6 @@ def test_what_cannot_be_parsed_or_applied_is_dead_lettered(tmp_path: Path) -> No
     async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
         await register(client, "a")
         await deliver(app, contracts.ORDERS, b"{not an event")
-        await deliver(app, contracts.ORDERS, paid("o1", "ghost", "10.00"))
-        await deliver(app, contracts.ORDERS, refunded("o9", "a", "10.00"))
         await deliver(app, contracts.ORDERS, paid("o2", "a", "0.001"))
         await deliver(
             app,
@@ -387,20 +385,62 @@ def test_what_cannot_be_parsed_or_applied_is_dead_lettered(tmp_path: Path) -> No
         letters = broker(app).dead_letters
         assert [topic for topic, _, _ in letters] == [
             contracts.dead_letter_topic(contracts.ORDERS)
-        ] * 4 + [contracts.dead_letter_topic(contracts.DIVIDENDS)]
+        ] * 2 + [contracts.dead_letter_topic(contracts.DIVIDENDS)]
         reasons = [headers["reason"] for _, _, headers in letters]
         assert reasons[0].startswith("unparseable")
-        assert "unknown member 'ghost'" in reasons[1]
-        assert "unknown order 'o9'" in reasons[2]
-        assert "more than 2 decimal places" in reasons[3]
-        assert "unusable plan" in reasons[4]
+        assert "more than 2 decimal places" in reasons[1]
+        assert "unusable plan" in reasons[2]
         assert all(headers["consumer"] == "referrals" for _, _, headers in letters)
         assert letters[0][1] == b"{not an event"
 
         assert (await member(client, "a"))["spend"] == "0.00"
-        assert (await client.get("/v1/members/ghost")).status_code == 404
         # a rejected message was not recorded as applied: fixed, it goes through
-        await deliver(app, contracts.ORDERS, paid("o1", "a", "10.00"))
+        await deliver(app, contracts.ORDERS, paid("o2", "a", "10.00"))
         assert (await member(client, "a"))["spend"] == "10.00"
+
+    run(tmp_path, scenario)
+
+
+def test_an_order_of_an_unknown_member_and_a_refund_of_an_unknown_order_are_parked(
+    tmp_path: Path,
+) -> None:
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        await register(client, "a")
+        await deliver(app, contracts.ORDERS, refunded("o1", "a", "10.00"))  # before its order
+        await deliver(app, contracts.ORDERS, paid("o2", "a", "5.00"))  # needs nothing parked
+        await deliver(app, contracts.ORDERS, paid("g1", "ghost", "7.00"))
+        assert broker(app).dead_letters == []
+        parked = (await client.get("/v1/parked")).json()
+        assert parked["total"] == 2
+        assert [(p["key"], p["waiting_for"]) for p in parked["items"]] == [
+            ("a", "order:o1"),
+            ("ghost", "member:ghost"),
+        ]
+        assert (await member(client, "a"))["spend"] == "5.00"
+
+        # the order arrives: the refund follows at once
+        await deliver(app, contracts.ORDERS, paid("o1", "a", "10.00"))
+        assert (await member(client, "a"))["spend"] == "5.00"  # 5 + 10 − 10
+        assert (await client.get("/v1/parked")).json()["total"] == 1
+
+        # an operator discards the one that can never apply: dead-lettered with a reason
+        [ghost] = (await client.get("/v1/parked")).json()["items"]
+        gone = await client.delete(f"/v1/parked/{ghost['id']}")
+        assert gone.status_code == 200, gone.text
+        assert (await client.get("/v1/parked")).json()["total"] == 0
+        [(topic, _, headers)] = broker(app).dead_letters
+        assert topic == contracts.dead_letter_topic(contracts.ORDERS)
+        assert "discarded by an operator" in headers["reason"]
+        assert (await client.delete(f"/v1/parked/{ghost['id']}")).status_code == 404
+
+        metrics = (await client.get("/metrics")).text
+        assert (
+            'tokenmall_events_parked_total{consumer="referrals-orders",service="referrals"} 2.0'
+            in metrics
+        )
+        assert (
+            'tokenmall_parked_events{consumer="referrals-orders",service="referrals"} 0.0'
+            in metrics
+        )
 
     run(tmp_path, scenario)

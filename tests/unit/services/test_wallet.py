@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from tokenmall import contracts
 from tokenmall.contracts import InputApplied, PostingLine
 from tokenmall.servicekit import ServiceSettings
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, running
+from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
 from tokenmall_wallet.adapters.tables import balances, holds, journal, release_lines, requests
 from tokenmall_wallet.app import build_app
 
@@ -51,9 +51,7 @@ async def deliver(
 
 async def register(app: FastAPI, *names: str, merchant: bool = False) -> None:
     for name in names:
-        await deliver(
-            app, contracts.MemberRegistered(member=name, merchant=merchant), contracts.MEMBERS
-        )
+        await deliver(app, member_registered(member=name, merchant=merchant), contracts.MEMBERS)
 
 
 def line(asset: str, debit: str, credit: str, amount: str, kind: str) -> PostingLine:

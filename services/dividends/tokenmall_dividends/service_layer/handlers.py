@@ -9,7 +9,6 @@ propagates (the message is then redelivered).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from sqlalchemy import CursorResult, insert, select
 
 from tokenmall import contracts
 from tokenmall.engine import Engine, Plan
-from tokenmall.messaging import UnitOfWork
+from tokenmall.messaging import Missing, UnitOfWork
+from tokenmall.money import AmountError
 from tokenmall.servicekit import Rejected, Service
 from tokenmall_dividends.adapters.tables import inputs, settlements, snapshots
 from tokenmall_dividends.service_layer.host import EngineHost
@@ -33,10 +33,6 @@ class Outcome:
     reason: str | None
     result: Any
     seconds: float = 0.0
-
-
-class MemberNotYetKnown(RuntimeError):
-    """An order for a member whose registration has not arrived yet: retried later."""
 
 
 def host_of(svc: Service) -> EngineHost:
@@ -61,13 +57,17 @@ async def apply(
     so a consumer and an HTTP command never wait on each other's locks in turn)."""
     host = host_of(svc)
     assert host.lock.locked(), "apply() runs under the host's lock"
+    await uow.begin_write()
     if kind in EVENT_INPUTS and await _logged(uow, input_id):
         raise Rejected(f"input {input_id!r} was already applied (a new event with an old id)")
     engine_before = host.engine
     plan_before = engine_before.plan
     day = engine_before.day
     started = time.perf_counter()
-    accepted, reason, result = host.call(kind, payload)
+    try:
+        accepted, reason, result = host.call(kind, payload)
+    except AmountError as exc:  # read before the engine changed: a malformed event
+        raise Rejected(f"{input_id}: {exc}") from None
     seconds = time.perf_counter() - started
     try:
         return await _record(
@@ -223,51 +223,51 @@ async def start(svc: Service, default_plan: dict[str, Any]) -> None:
 
 
 async def on_member_registered(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
+    """Referrals validated the registration: it is applied, never judged again here.  A
+    referral that overtook its sponsor waits (parked) until the sponsor has joined."""
     assert isinstance(event, contracts.MemberRegistered)
+    engine = host_of(svc).engine
+    if event.member in engine.index:
+        return  # joined already (the same registration under another event id)
+    if event.sponsor is not None and event.sponsor not in engine.index:
+        raise Missing(f"member:{event.sponsor}", f"sponsor {event.sponsor!r} has not joined yet")
     await apply(
         svc,
         uow,
         "join",
         f"join:{event.member}",
-        {"member": event.member, "sponsor": event.sponsor, "merchant": event.merchant},
+        {
+            "member": event.member,
+            "sponsor": event.sponsor,
+            "merchant": event.merchant,
+            "seq": event.seq,
+        },
         event.member,
     )
+    uow.provide(f"member:{event.member}")
 
 
-async def _require_member(svc: Service, event: contracts.Event, member: str) -> None:
-    """Orders and requests may overtake the member's registration (another topic): retry
-    them (the subscriber redelivers) until it arrives, and dead-letter the event if it has
-    not arrived within ``member_wait_seconds`` — it would otherwise block its partition."""
-    waiting: dict[str, float] = svc.state.setdefault("waiting_for_member", {})
-    if member in host_of(svc).engine.index:
-        waiting.pop(event.event_id, None)  # it waited and its member arrived
-        return
-    first_seen = waiting.setdefault(event.event_id, time.monotonic())
-    limit = float(getattr(svc.settings, "member_wait_seconds", 30.0))
-    if time.monotonic() - first_seen >= limit:
-        del waiting[event.event_id]
-        raise Rejected(f"member {member!r} is not registered (waited {limit:g} s)")
-    await asyncio.sleep(min(0.2, limit))  # let the registration arrive
-    raise MemberNotYetKnown(f"member {member!r} not registered here yet")
+def _require_member(svc: Service, member: str) -> None:
+    """Orders and requests may overtake their member's registration (another topic): they
+    are parked until it arrives — however long that takes."""
+    if member not in host_of(svc).engine.index:
+        raise Missing(f"member:{member}", f"member {member!r} has not joined yet")
 
 
 async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
     if isinstance(event, contracts.OrderPaid):
-        await _require_member(svc, event, event.member)
-        await apply(
-            svc,
-            uow,
-            "order",
-            f"order:{event.order_id}",
-            {
-                "order_id": event.order_id,
-                "member": event.member,
-                "amount": str(event.amount),
-                "stable": str(event.stable),
-            },
-            event.member,
-        )
+        _require_member(svc, event.member)
+        payload = {
+            "order_id": event.order_id,
+            "member": event.member,
+            "amount": str(event.amount),
+            "stable": str(event.stable),
+        }
+        await apply(svc, uow, "order", f"order:{event.order_id}", payload, event.member)
+        uow.provide(f"order:{event.order_id}")
     elif isinstance(event, contracts.OrderRefunded):
+        if not await _logged(uow, f"order:{event.order_id}"):
+            raise Missing(f"order:{event.order_id}", f"order {event.order_id!r} has not arrived")
         await apply(
             svc,
             uow,
@@ -280,7 +280,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
 
 async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
     assert isinstance(event, contracts.WalletRequest)
-    await _require_member(svc, event, event.member)
+    _require_member(svc, event.member)
     payload = event.model_dump(
         mode="json", include={"member", "kind", "points", "stable", "asset", "amount", "reason"}
     )

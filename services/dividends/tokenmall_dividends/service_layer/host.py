@@ -57,7 +57,13 @@ class EngineHost:
             self.engine = Engine(plan, record=True)
             return self.engine.plan
         if kind == "join":
-            return engine.join(p["member"], p.get("sponsor"), bool(p.get("merchant")))
+            seq = p.get("seq")
+            return engine.join(
+                p["member"],
+                p.get("sponsor"),
+                bool(p.get("merchant")),
+                None if seq is None else int(seq),
+            )
         if kind == "order":
             return engine.order(
                 p["member"], to_cents(p["amount"]), p["order_id"], to_cents(p.get("stable") or 0)

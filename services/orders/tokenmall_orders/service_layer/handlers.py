@@ -144,6 +144,7 @@ async def create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
     fingerprint = _fingerprint("create", cmd.member, amount, stable, cmd.order_id)
     order = Order(cmd.order_id or str(uuid4()), cmd.member, amount, stable, CREATED)
     async with uow:
+        await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         known = await uow.session.execute(
@@ -202,6 +203,7 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
                 f"{format_cents(order.stable_cents)}"
             ) from None
     async with uow:
+        await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         if not await _transition(uow, order, CREATED, PAID, paid_at=_now()):
@@ -237,6 +239,7 @@ async def refund_order(cmd: RefundOrder, uow: UnitOfWork) -> Reply:
     """Refund a paid order: mark refunded and emit OrderRefunded (consumers reverse it)."""
     fingerprint = _fingerprint("refund", cmd.order_id)
     async with uow:
+        await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         order = await _existing(uow, cmd.order_id)
@@ -277,6 +280,7 @@ async def delete_order(cmd: DeleteOrder, uow: UnitOfWork, wallet: Wallet) -> Non
     a concurrent pay that wins keeps its hold); a failed release is only logged.
     """
     async with uow:
+        await uow.begin_write()
         order = await _existing(uow, cmd.order_id)
         result = await uow.session.execute(
             delete(orders).where(
@@ -316,6 +320,7 @@ async def member_registered(event: Event, uow: UnitOfWork) -> None:
     else:
         stmt = sqlite.insert(members).values(member=event.member).on_conflict_do_nothing()
     await uow.session.execute(stmt)
+    uow.provide(f"member:{event.member}")
 
 
 # --- queries --------------------------------------------------------------------------

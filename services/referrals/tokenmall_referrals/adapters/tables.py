@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Sequence,
     String,
     Table,
     Text,
@@ -26,6 +27,12 @@ MEMBER_ID_LENGTH = MEMBER_ID_MAX_LENGTH  # "+" and 64 characters (tokenmall.ids)
 PLAN_ROW_ID = 1  # plan_state holds a single row
 
 metadata = MetaData()
+
+# Registration order on PostgreSQL: a sequence never hands one number out twice, whatever
+# the concurrency (a rolled-back registration leaves a gap, which is allowed).  SQLite has
+# no sequences, but it runs one writer at a time, so ``max(seq) + 1`` inside the INSERT is
+# atomic there.
+member_seq = Sequence("member_registration_seq", metadata=metadata, start=1)
 
 members = Table(
     "members",

@@ -32,10 +32,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenmall import contracts
 from tokenmall.engine.plan import MAX_CASH_CENTS, Plan
 from tokenmall.engine.settlement import I64, star_levels, team_performance
-from tokenmall.messaging import UnitOfWork
+from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, to_cents
 from tokenmall.servicekit import Rejected
-from tokenmall_referrals.adapters.tables import PLAN_ROW_ID, member_orders, members, plan_state
+from tokenmall_referrals.adapters.tables import (
+    PLAN_ROW_ID,
+    member_orders,
+    member_seq,
+    members,
+    plan_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,7 @@ class MemberDetail(MemberSummary):
 async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
     """Add a member under its sponsor and emit ``MemberRegistered`` in the same transaction."""
     session = uow.session
+    await uow.begin_write()
     if await _member_row(session, cmd.member) is not None:
         raise MemberExists(cmd.member)
     if cmd.sponsor is not None and cmd.sponsor == cmd.member:
@@ -110,28 +117,37 @@ async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
         if sponsor_depth is None:
             raise UnknownSponsor(cmd.sponsor)
         depth = int(sponsor_depth) + 1
-    # Registration order inside the INSERT itself (one statement: no read-then-write gap
-    # on SQLite; a concurrent insert elsewhere fails the unique seq and is retried).
-    next_seq = select(func.coalesce(func.max(members.c.seq), 0) + 1).scalar_subquery()
-    await session.execute(
-        insert(members).values(
+    inserted = await session.execute(
+        insert(members)
+        .values(
             member=cmd.member,
             sponsor=cmd.sponsor,
             merchant=cmd.merchant,
-            seq=next_seq,
+            seq=_next_seq(session),
             depth=depth,
             spend_cents=0,
             registered_at=datetime.now(UTC),
         )
+        .returning(members.c.seq)
     )
+    seq = int(inserted.scalar_one())
     plan = await current_plan(session)
     star = int(star_levels(np.zeros(1, dtype=np.int64), plan.team if plan else None)[0])
     uow.emit(
         contracts.MEMBERS,
-        contracts.MemberRegistered(member=cmd.member, sponsor=cmd.sponsor, merchant=cmd.merchant),
+        contracts.MemberRegistered(
+            member=cmd.member, sponsor=cmd.sponsor, merchant=cmd.merchant, seq=seq
+        ),
     )
     await uow.commit()
     return MemberDetail(cmd.member, cmd.sponsor, cmd.merchant, 0, 0, star, [])
+
+
+def _next_seq(session: AsyncSession) -> Any:
+    """The registration order of a new member (see ``tables.member_seq``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return member_seq.next_value()
+    return select(func.coalesce(func.max(members.c.seq), 0) + 1).scalar_subquery()
 
 
 # ------------------------------------------------------------------ subscriptions
@@ -156,8 +172,8 @@ async def on_dividends_event(event: contracts.Event, uow: UnitOfWork) -> None:
 async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
     session = uow.session
     amount = _order_cents(event)
-    if await _member_row(session, event.member) is None:
-        raise Rejected(f"unknown member '{event.member}' (order '{event.order_id}')")
+    if await _member_row(session, event.member) is None:  # not committed yet: it will be
+        raise Missing(f"member:{event.member}", f"unknown member '{event.member}'")
     recorded = await _insert_ignore(
         session,
         member_orders,
@@ -168,6 +184,7 @@ async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
             "refunded": False,
         },
     )
+    uow.provide(f"order:{event.order_id}")
     if not recorded:
         log.info("order '%s' already counted; ignoring %s", event.order_id, event.event_id)
         return
@@ -188,10 +205,8 @@ async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> Non
             ).where(member_orders.c.order_id == event.order_id)
         )
     ).one_or_none()
-    if order is None:
-        if await _member_row(session, event.member) is None:
-            raise Rejected(f"unknown member '{event.member}' (refund of '{event.order_id}')")
-        raise Rejected(f"unknown order '{event.order_id}' of member '{event.member}'")
+    if order is None:  # the order's event has not been applied yet
+        raise Missing(f"order:{event.order_id}", f"unknown order '{event.order_id}'")
     if order.member != event.member:
         raise Rejected(
             f"order '{event.order_id}' belongs to '{order.member}', not to '{event.member}'"

@@ -130,12 +130,12 @@ def _dialect_insert(session: AsyncSession, table: Table) -> Any:
     return sqlite.insert(table)
 
 
-async def add_member(session: AsyncSession, member: str, merchant: bool) -> None:
-    """Register a member once (a repeated registration changes nothing)."""
-    seq = (await session.execute(select(func.coalesce(func.max(members.c.seq), 0)))).scalar_one()
+async def add_member(session: AsyncSession, member: str, merchant: bool, seq: int) -> None:
+    """Register a member once (a repeated registration changes nothing); ``seq`` is the
+    registration order referrals assigned."""
     stmt = (
         _dialect_insert(session, members)
-        .values(member=member, merchant=merchant, seq=int(seq) + 1)
+        .values(member=member, merchant=merchant, seq=seq)
         .on_conflict_do_nothing()
     )
     await session.execute(stmt)

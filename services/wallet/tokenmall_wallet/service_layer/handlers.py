@@ -156,7 +156,8 @@ async def book_postings(
 
 async def on_members(event: Event, uow: UnitOfWork) -> None:
     if isinstance(event, MemberRegistered):
-        await tables.add_member(uow.session, event.member, event.merchant)
+        await tables.add_member(uow.session, event.member, event.merchant, event.seq)
+        uow.provide(f"member:{event.member}")
 
 
 async def on_dividends(event: Event, uow: UnitOfWork) -> None:
