@@ -36,10 +36,14 @@ orders = Table(
     Column("member", String(200), nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("stable_cents", BigInteger, nullable=False),
-    Column("status", String(16), nullable=False),  # created | paid | refunded
+    # created → pending (paid, OrderPaid published) → paid | refused (the engine's verdict,
+    # InputApplied) ; paid → refunded
+    Column("status", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("paid_at", DateTime(timezone=True), nullable=True),
     Column("refunded_at", DateTime(timezone=True), nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),  # the engine's verdict
+    Column("reason", Text, nullable=True),  # why the engine refused it
 )
 Index("orders_member", orders.c.member, orders.c.created_at)
 Index("orders_status", orders.c.status, orders.c.amount_cents)
