@@ -240,8 +240,10 @@ while True:
 def _start_keeper(ports: list[int]) -> tuple[int, list[int]]:
     """A process holding ``ports`` bound; returns its pid and the ports it could bind
     (not those another socket listens on or holds without ``SO_REUSEADDR``)."""
+    dev_dir().mkdir(parents=True, exist_ok=True)
     keeper = subprocess.Popen(
         [sys.executable, "-c", _KEEPER, KEEPER_MARK, *map(str, ports)],
+        cwd=dev_dir(),  # which platform it belongs to (every process of one runs in its folder)
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

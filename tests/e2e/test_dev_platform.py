@@ -34,8 +34,10 @@ def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
     try:
         up = tokenmall(*up_args, env=env)
         assert up.returncode == 0, up.stdout + up.stderr
-        status = json.loads(tokenmall("dev", "status", env=env).stdout)
-        assert all(s["alive"] for s in status["services"].values())
+        shown = tokenmall("dev", "status", "--json", env=env)
+        status = json.loads(shown.stdout)
+        assert shown.returncode == 0 and status["ok"]
+        assert len(status["processes"]) == 4 and all(p["alive"] for p in status["processes"])
         assert status["run"]["postgres"] is (database == "postgres")
 
         replayed = tokenmall("replay", "--compare", *map(str, SEEDS), env=env)
@@ -49,5 +51,7 @@ def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
     finally:
         down = tokenmall("dev", "down", env=env)
     assert down.returncode == 0, down.stderr
-    status = json.loads(tokenmall("dev", "status", env=env).stdout)
-    assert status["services"] == {} and status["kafka"] is None
+    shown = tokenmall("dev", "status", "--json", env=env)
+    status = json.loads(shown.stdout)
+    assert shown.returncode == 1 and status["stopped"] and not status["kafka"]["alive"]
+    assert not any(p["alive"] for p in status["processes"])
