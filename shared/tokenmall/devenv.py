@@ -23,6 +23,7 @@ and a service that answers with another pid than the one started is refused.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -58,6 +59,15 @@ def dev_dir() -> Path:
 
 def state_path() -> Path:
     return dev_dir() / "state.json"
+
+
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    """One changing ``dev`` command at a time per dev folder (``status`` only reads)."""
+    dev_dir().mkdir(parents=True, exist_ok=True)
+    with (dev_dir() / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def load_state() -> dict[str, Any]:
@@ -754,31 +764,34 @@ def up(postgres: bool | None = None) -> dict[str, Any]:
     """Start the platform: the last run resumed when its databases exist, else a fresh
     one.  ``postgres`` None: the last run's database kind (SQLite without one).
     The returned state has ``notes`` (what was not as asked)."""
-    state = _platform(load_state())
-    if postgres is None:
-        postgres = bool(state.get("run", {}).get("postgres"))
-    notes: list[str] = []
-    _start(state, postgres, fresh=False, notes=notes)
-    return {**state, "notes": notes}
+    with _exclusive():
+        state = _platform(load_state())
+        if postgres is None:
+            postgres = bool(state.get("run", {}).get("postgres"))
+        notes: list[str] = []
+        _start(state, postgres, fresh=False, notes=notes)
+        return {**state, "notes": notes}
 
 
 def reset(postgres: bool | None = None) -> dict[str, Any]:
     """A fresh run (new databases and topic prefix) on the run's ports, each service
     scaled as it was; Kafka (and PostgreSQL) keep running, or are started."""
-    state = _platform(load_state())
-    if postgres is None:
-        postgres = bool(state.get("run", {}).get("postgres"))
-    notes: list[str] = []
-    _start(state, postgres, fresh=True, notes=notes)
-    return {**state, "notes": notes}
+    with _exclusive():
+        state = _platform(load_state())
+        if postgres is None:
+            postgres = bool(state.get("run", {}).get("postgres"))
+        notes: list[str] = []
+        _start(state, postgres, fresh=True, notes=notes)
+        return {**state, "notes": notes}
 
 
 def down() -> None:
     """Stop everything; the run is kept for the next ``up``."""
-    state = _platform(load_state())
-    _teardown(state)
-    state.pop("stopped", None)
-    save_state({"stopped": state} if state.get("run") else {})
+    with _exclusive():
+        state = _platform(load_state())
+        _teardown(state)
+        state.pop("stopped", None)
+        save_state({"stopped": state} if state.get("run") else {})
 
 
 def _running(state: dict[str, Any], name: str) -> dict[str, Any]:
@@ -800,72 +813,77 @@ def _select(state: dict[str, Any], name: str, index: int | None) -> list[int]:
 def restart(name: str, index: int | None = None) -> list[dict[str, Any]]:
     """Restart the processes of one service (or only #``index``) on the same database,
     topics and ports; returns them once they are ready."""
-    state = load_state()
-    _running(state, name)
-    if not _kafka_running(state.get("kafka")):
-        raise DevError("kafka is not running: tokenmall dev up")
-    selected = _respawn(state, name, _select(state, name, index))
-    save_state(state)
-    wait_healthy(state, only=[p["pid"] for p in selected])
-    return selected
+    with _exclusive():
+        state = load_state()
+        _running(state, name)
+        if not _kafka_running(state.get("kafka")):
+            raise DevError("kafka is not running: tokenmall dev up")
+        selected = _respawn(state, name, _select(state, name, index))
+        save_state(state)
+        wait_healthy(state, only=[p["pid"] for p in selected])
+        return selected
 
 
 def kill(name: str, index: int | None = None) -> list[int]:
     """SIGKILL to the processes of one service (or only #``index``), for fault tests;
     returns once they are dead (``status`` then reports them dead)."""
-    state = load_state()
-    _running(state, name)
-    every = [p for _, _, p in processes(state, name)]
-    pids = [
-        every[i]["pid"]
-        for i in _select(state, name, index)
-        if _service_alive(name, every[i].get("pid"))
-    ]
-    for pid in pids:
-        _signal_group(pid, signal.SIGKILL)
-    _wait_dead(pids, 10)
-    return pids
+    with _exclusive():
+        state = load_state()
+        _running(state, name)
+        every = [p for _, _, p in processes(state, name)]
+        pids = [
+            every[i]["pid"]
+            for i in _select(state, name, index)
+            if _service_alive(name, every[i].get("pid"))
+        ]
+        for pid in pids:
+            _signal_group(pid, signal.SIGKILL)
+        _wait_dead(pids, 10)
+        return pids
 
 
 def scale(name: str, count: int) -> list[dict[str, Any]]:
     """``count`` processes of one service on the same database, topics and broker, each
     on its own port: new ones are started (and waited for), extra ones stopped (their
     ports stay the run's for a later scale-up).  Returns the service's processes."""
-    if not 1 <= count <= MAX_PROCESSES:
-        raise DevError(f"the number of processes must be 1 to {MAX_PROCESSES}")
-    state = load_state()
-    _running(state, name)
-    info = state["services"][name]
-    replicas: list[dict[str, Any]] = info.setdefault("replicas", [])
-    if count - 1 < len(replicas):
-        extra = replicas[count - 1 :]
-        _stop_pids([p.get("pid") for p in reversed(extra) if _service_alive(name, p.get("pid"))])
-        del replicas[count - 1 :]
-        save_state(state)
-    elif count - 1 > len(replicas):
-        counts = {**_counts(state), name: count}
-        _claim_ports(state, counts)
-        run_dir = Path(state["run"]["dir"])
-        new = []
-        for index in range(len(replicas) + 1, count):
-            port = state["ports"][name][index]
-            process = {
-                "url": f"http://127.0.0.1:{port}",
-                "port": port,
-                "log": str(run_dir / f"{name}.{index}.log"),
-            }
-            process["pid"] = _spawn(name, _process_env(info, process), process["log"], run_dir)
-            replicas.append(process)
-            new.append(process)
-        save_state(state)
-        try:
-            wait_healthy(state, only=[p["pid"] for p in new])
-        except BaseException:
-            _stop_pids([p["pid"] for p in new])
-            del replicas[len(replicas) - len(new) :]
+    with _exclusive():
+        if not 1 <= count <= MAX_PROCESSES:
+            raise DevError(f"the number of processes must be 1 to {MAX_PROCESSES}")
+        state = load_state()
+        _running(state, name)
+        info = state["services"][name]
+        replicas: list[dict[str, Any]] = info.setdefault("replicas", [])
+        if count - 1 < len(replicas):
+            extra = replicas[count - 1 :]
+            _stop_pids(
+                [p.get("pid") for p in reversed(extra) if _service_alive(name, p.get("pid"))]
+            )
+            del replicas[count - 1 :]
             save_state(state)
-            raise
-    return [p for _, _, p in processes(state, name)]
+        elif count - 1 > len(replicas):
+            counts = {**_counts(state), name: count}
+            _claim_ports(state, counts)
+            run_dir = Path(state["run"]["dir"])
+            new = []
+            for index in range(len(replicas) + 1, count):
+                port = state["ports"][name][index]
+                process = {
+                    "url": f"http://127.0.0.1:{port}",
+                    "port": port,
+                    "log": str(run_dir / f"{name}.{index}.log"),
+                }
+                process["pid"] = _spawn(name, _process_env(info, process), process["log"], run_dir)
+                replicas.append(process)
+                new.append(process)
+            save_state(state)
+            try:
+                wait_healthy(state, only=[p["pid"] for p in new])
+            except BaseException:
+                _stop_pids([p["pid"] for p in new])
+                del replicas[len(replicas) - len(new) :]
+                save_state(state)
+                raise
+        return [p for _, _, p in processes(state, name)]
 
 
 def status() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from tokenmall import devenv
 from tokenmall.cli import app
+from tokenmall.replay import SERVICES
 
 FAKE_SERVICE = r"""
 import json, os, sys
@@ -95,7 +96,7 @@ class Fakes:
 @pytest.fixture
 def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
     monkeypatch.setenv("TOKENMALL_DEV_DIR", str(tmp_path / "dev"))
-    for name in devenv.SERVICES:
+    for name in SERVICES:
         monkeypatch.delenv(f"TOKENMALL_{name.upper()}_URL", raising=False)
     factory = Fakes(tmp_path)
     try:
@@ -107,10 +108,12 @@ def fakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
 def platform(fakes: Fakes, **roles: list[str]) -> dict[str, Any]:
     """A dev state with one stand-in per service (several, or other roles, by name)."""
     services = {}
-    for name in devenv.SERVICES:
+    for name in SERVICES:
         first, *more = [fakes.start(name, role) for role in roles.get(name, ["-"])]
         services[name] = {**first, "env": {}, "database": "sqlite:///x.db", "replicas": more}
-    state = {"run": {"id": "r1", "dir": str(fakes.tmp_path), "prefix": "r1.", "postgres": False}}
+    state: dict[str, Any] = {
+        "run": {"id": "r1", "dir": str(fakes.tmp_path), "prefix": "r1.", "postgres": False}
+    }
     state["kafka"] = {"dir": str(fakes.tmp_path / "kafka"), "bootstrap": "127.0.0.1:1"}
     state["services"] = services
     devenv.save_state(state)
@@ -137,9 +140,9 @@ def test_the_run_holds_its_ports_and_its_services_can_still_listen_on_them(
     fakes: Fakes,
 ) -> None:
     state: dict[str, Any] = {}
-    counts = {name: 1 for name in devenv.SERVICES} | {"referrals": 3}
+    counts = {name: 1 for name in SERVICES} | {"referrals": 3}
     assert devenv._claim_ports(state, counts) == []
-    ports = [p for name in devenv.SERVICES for p in state["ports"][name]]
+    ports = [p for name in SERVICES for p in state["ports"][name]]
     assert len(ports) == len(set(ports)) == 6
     try:
         for port in ports:
@@ -160,7 +163,7 @@ def test_a_port_someone_took_while_nobody_held_it_is_replaced(fakes: Fakes) -> N
         taken = stranger.getsockname()[1]
         state: dict[str, Any] = {"ports": {"orders": [taken]}}
         try:
-            notes = devenv._claim_ports(state, {name: 1 for name in devenv.SERVICES})
+            notes = devenv._claim_ports(state, {name: 1 for name in SERVICES})
             assert notes == [f"orders: port {taken} is taken, now on {state['ports']['orders'][0]}"]
             assert state["ports"]["orders"][0] != taken
             assert not bindable(state["ports"]["orders"][0])
