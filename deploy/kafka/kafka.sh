@@ -26,7 +26,7 @@ JAVA="${JAVA:-${JAVA_HOME:+$JAVA_HOME/bin/}java}"
 PYTHON="${PYTHON:-python3}"
 HEAP="${TOKENMALL_KAFKA_HEAP:--Xmx512m}"
 LOG_LEVEL="${TOKENMALL_KAFKA_LOG_LEVEL:-INFO}"   # broker log level in DIR/kafka.log
-START_TIMEOUT=60                 # seconds until the port must accept connections
+START_TIMEOUT="${TOKENMALL_KAFKA_START_TIMEOUT:-120}"  # seconds until the port accepts connections
 STOP_TIMEOUT=20                  # seconds between TERM and KILL
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }

@@ -477,6 +477,9 @@ def _new_run(
                 "TOKENMALL_KAFKA_BOOTSTRAP": bootstrap,
                 "TOKENMALL_TOPIC_PREFIX": f"{run_id}.",
                 "TOKENMALL_WALLET_URL": wallet_url,
+                # a new run's databases are empty, a resumed one's may predate the code:
+                # the services upgrade them when they start (tokenmall.migrations)
+                "TOKENMALL_MIGRATE_ON_START": "true",
                 **(extra_env or {}).get(name, {}),
             }
             info: dict[str, Any] = {
@@ -530,7 +533,10 @@ def launch_run(
 
 
 def _spawn(name: str, env: dict[str, str], log: str, run_dir: Path) -> int:
-    """Start one service process (its output appended to its log); returns its pid."""
+    """Start one service process (its output appended to its log); returns its pid.
+    Its database is migrated to head first (services refuse an unmigrated one)."""
+    if env.get("TOKENMALL_DATABASE_URL"):
+        _migrate(name, env["TOKENMALL_DATABASE_URL"], log)
     with Path(log).open("a") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", f"tokenmall_{name}"],
@@ -542,6 +548,18 @@ def _spawn(name: str, env: dict[str, str], log: str, run_dir: Path) -> int:
             cwd=run_dir,
         )
     return process.pid
+
+
+def _migrate(name: str, url: str, log: str) -> None:
+    """``tokenmall migrate`` for one service's database; what it did goes to the log."""
+    from tokenmall import migrations
+
+    try:
+        outcome = migrations.upgrade(name, url)
+    except Exception as exc:
+        raise DevError(f"{name}: migrating its database failed: {exc}") from exc
+    with Path(log).open("a") as handle:
+        handle.write(f"tokenmall migrate {name}: {outcome.describe()}\n")
 
 
 def _respawn(run: dict[str, Any], name: str, indices: list[int]) -> list[dict[str, Any]]:
@@ -579,12 +597,14 @@ def restart_service(
 
 
 def wait_healthy(
-    state: dict[str, Any], timeout: float = 90.0, only: list[int] | None = None
+    state: dict[str, Any], timeout: float | None = None, only: list[int] | None = None
 ) -> None:
     """Until every process of the run (or those with a pid in ``only``) is ready: its
     ``/v1/sync`` answers from that very pid with ``ready``, or its ``/health`` says it is
     a ``standby``.  Raises when one exits, when another process answers on its port, or
-    after ``timeout`` seconds."""
+    after ``timeout`` seconds (``TOKENMALL_DEV_START_TIMEOUT``, 120)."""
+    if timeout is None:
+        timeout = float(os.environ.get("TOKENMALL_DEV_START_TIMEOUT", "120"))
     deadline = time.monotonic() + timeout
     pending = {
         (name, index): process
@@ -743,6 +763,7 @@ def _resume(state: dict[str, Any], bootstrap: str, postgres: bool) -> None:
         env = dict(info["env"])
         env["TOKENMALL_KAFKA_BOOTSTRAP"] = bootstrap
         env["TOKENMALL_WALLET_URL"] = f"http://127.0.0.1:{wallet_port}"
+        env.setdefault("TOKENMALL_MIGRATE_ON_START", "true")
         if server is not None:  # the socket folder may differ after a server restart
             info["database"] = env["TOKENMALL_DATABASE_URL"] = str(
                 server.get_uri(_database_name(run_id, name))
