@@ -30,7 +30,7 @@ from sqlalchemy import MetaData
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tokenmall import contracts, http_errors
+from tokenmall import contracts, http_errors, migrations
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
 from tokenmall.messaging import (
@@ -74,6 +74,9 @@ class ServiceSettings(BaseSettings):
     # Parked events (tokenmall.messaging.parking) are applied as soon as what they wait
     # for arrives; every this many seconds the ones due for a retry are tried as well.
     parked_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # Off: a service refuses to start on a database not at its migrations' head (run
+    # `tokenmall migrate` first, as dev up and docker compose do).  On: it upgrades itself.
+    migrate_on_start: bool = False
 
 
 class Rejected(ValueError):
@@ -603,10 +606,14 @@ def create_app(
             import pathlib
 
             pathlib.Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # tables change only through migrations: at head, or upgraded first when asked
+        try:
+            await migrations.prepare(service.name, url, migrate=settings.migrate_on_start)
+        except migrations.NotMigrated as exc:
+            log.error("%s refuses to start: %s", service.name, exc)
+            raise
         service.engine = make_engine(url)
         service.sessions = make_sessions(service.engine)
-        async with service.engine.begin() as conn:
-            await conn.run_sync(service.metadata.create_all)
         broker = (
             broker_factory(service)
             if broker_factory
