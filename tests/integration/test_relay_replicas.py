@@ -8,11 +8,13 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import MetaData, func, insert, select
+from sqlalchemy import func, insert, select
 
+from tokenmall import migrations
 from tokenmall.db import make_engine, make_sessions
-from tokenmall.messaging import OutboxRelay, define
+from tokenmall.messaging import OutboxRelay
 from tokenmall.testing import MemoryPublisher
+from tokenmall_orders.adapters.tables import messaging_tables
 
 ROWS = 3000
 
@@ -33,12 +35,11 @@ def test_two_relays_on_postgres_publish_every_row_once(postgres_data: Path) -> N
     url = str(server.get_uri("relay_replicas"))
 
     async def go() -> None:
-        metadata = MetaData()
-        tables = define(metadata)
+        tables = messaging_tables  # the outbox of a service's schema
+        await migrations.upgrade_async("orders", url)
         engine = make_engine(url)
         try:
             async with engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
                 now = datetime.now(UTC)
                 await conn.execute(
                     insert(tables.outbox),

@@ -8,11 +8,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import MetaData, insert
+from sqlalchemy import insert
 
+from tokenmall import migrations
 from tokenmall.db import make_engine, make_sessions
-from tokenmall.messaging import MessagingTables, OutboxRelay, define
+from tokenmall.messaging import MessagingTables, OutboxRelay
 from tokenmall.testing import MemoryPublisher
+from tokenmall_orders.adapters.tables import messaging_tables
 
 
 def row(i: int) -> dict[str, object]:
@@ -44,11 +46,11 @@ class CommitsWhilePublishing(MemoryPublisher):
 
 def test_rows_go_in_id_order_and_a_wake_during_a_batch_is_not_lost(tmp_path: Path) -> None:
     async def go() -> None:
-        metadata = MetaData()
-        tables: MessagingTables = define(metadata)
-        engine = make_engine(f"sqlite:///{tmp_path}/outbox.db")
+        tables: MessagingTables = messaging_tables  # the outbox of a service's schema
+        url = f"sqlite:///{tmp_path}/outbox.db"
+        await migrations.upgrade_async("orders", url)
+        engine = make_engine(url)
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
             await conn.execute(insert(tables.outbox), [row(i) for i in range(5)])
         sessions = make_sessions(engine)
         relay: OutboxRelay

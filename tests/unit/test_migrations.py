@@ -1,0 +1,299 @@
+"""Schema migrations on SQLite (tokenmall.migrations, ``tokenmall migrate``): each
+service's migrations build exactly the tables its ``adapters/tables.py`` declares; a
+service refuses an unmigrated database; ``migrate`` upgrades, checks, adopts a database
+``create_all`` made before migrations, and writes new revisions.  PostgreSQL:
+tests/integration/test_migrations_postgres.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, inspect, text
+from typer.testing import CliRunner
+
+from tests.schemas import differences, revisions, schema_of
+from tokenmall import migrations
+from tokenmall.cli import app
+from tokenmall.testing import running
+from tokenmall_orders.app import OrdersSettings, build_app
+
+SERVICES = migrations.SERVICES
+runner = CliRunner()
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def reflect(url: str) -> dict[str, object]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return schema_of(conn)
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------ the schema itself
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_migrated_schema_is_exactly_what_the_tables_declare(service: str, tmp_path: Path) -> None:
+    migrated = sqlite_url(tmp_path / "migrated.db")
+    outcome = migrations.upgrade(service, migrated)
+    assert outcome.applied == revisions(service)
+    engine = create_engine(migrated)
+    with engine.connect() as conn:
+        diff = differences(conn, migrations.metadata(service))
+    engine.dispose()
+    assert diff == [], (
+        f"{service}: its tables.py and its migrations differ; write the revision with "
+        f'`tokenmall migrate --new "what changed" {service}` (README: Schema migrations)'
+    )
+    # and what the database reports is what create_all makes (the only create_all left)
+    created = sqlite_url(tmp_path / "created.db")
+    engine = create_engine(created)
+    migrations.metadata(service).create_all(engine)
+    engine.dispose()
+    assert reflect(migrated) == reflect(created)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_has_one_line_of_numbered_revisions(service: str) -> None:
+    scripts = migrations.scripts(service)
+    assert len(scripts.get_heads()) == 1, "two revisions branched: merge them"
+    assert len(scripts.get_bases()) == 1
+    revisions = list(reversed(list(scripts.walk_revisions())))
+    assert [r.revision for r in revisions] == [f"{i:04d}" for i in range(1, len(revisions) + 1)]
+    for revision in revisions:
+        assert Path(str(revision.path)).name.startswith(revision.revision + "_")
+
+
+def test_the_service_name_must_have_migrations() -> None:
+    with pytest.raises(migrations.MigrationError, match="no such service"):
+        migrations.heads("nosuch")
+
+
+# ------------------------------------------------------------------ start-up
+
+
+def orders_app(url: str, migrate_on_start: bool) -> object:
+    from tokenmall.testing import FakeBroker, MemoryPublisher
+
+    settings = OrdersSettings(database_url=url, migrate_on_start=migrate_on_start)
+    return build_app(
+        settings,
+        broker_factory=lambda svc: FakeBroker(),
+        publisher_factory=lambda svc: MemoryPublisher(),
+        wallet=object(),  # type: ignore[arg-type]
+    )
+
+
+def start(url: str, migrate_on_start: bool) -> None:
+    async def go() -> None:
+        async with running(orders_app(url, migrate_on_start)) as client:  # type: ignore[arg-type]
+            assert (await client.get("/health")).status_code == 200
+
+    asyncio.run(go())
+
+
+def test_a_service_refuses_an_empty_database_and_says_what_to_run(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "orders.db")
+    with pytest.raises(migrations.NotMigrated) as refused:
+        start(url, migrate_on_start=False)
+    message = str(refused.value)
+    assert f"database at {url} is not migrated (empty, code needs 0001)" in message
+    assert f"tokenmall migrate orders --database-url '{url}'" in message
+    assert inspect(create_engine(url)).get_table_names() == []  # it created nothing
+
+    migrations.upgrade("orders", url)
+    start(url, migrate_on_start=False)  # at head: starts
+
+
+def test_migrate_on_start_upgrades_first(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "orders.db")
+    start(url, migrate_on_start=True)
+    assert migrations.status("orders", url).at_head
+
+
+def test_a_database_from_newer_code_is_refused(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "orders.db")
+    migrations.upgrade("orders", url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    with pytest.raises(migrations.NotMigrated, match="at revision 0099, which this code"):
+        start(url, migrate_on_start=False)
+    with pytest.raises(migrations.MigrationError, match="does not know"):
+        migrations.upgrade("orders", url)
+
+
+# ------------------------------------------------------------------ upgrading
+
+
+def test_upgrade_is_idempotent_and_concurrent_upgrades_apply_once(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "wallet.db")
+    outcomes: list[migrations.Outcome] = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(migrations.upgrade("wallet", url)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 4
+    assert sorted(len(o.applied) for o in outcomes) == [0, 0, 0, 1]
+    assert migrations.upgrade("wallet", url).describe() == "at head 0001, nothing to do"
+
+
+def test_a_create_all_database_is_adopted(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "referrals.db")
+    engine = create_engine(url)
+    migrations.metadata("referrals").create_all(engine)
+    engine.dispose()
+    state = migrations.status("referrals", url)
+    assert state.legacy and not state.at_head
+    assert "tables without a revision (create_all)" in migrations.refusal(state)
+    outcome = migrations.upgrade("referrals", url)
+    assert outcome.adopted and outcome.applied == ["0001"]
+    assert migrations.status("referrals", url).at_head
+
+
+def test_tables_that_are_not_the_first_revision_are_not_adopted(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "orders.db")
+    engine = create_engine(url)
+    other = MetaData()
+    Table("orders", other, Column("order_id", String(10), primary_key=True))
+    other.create_all(engine)
+    engine.dispose()
+    with pytest.raises(migrations.MigrationError, match="not the first revision's schema"):
+        migrations.upgrade("orders", url)
+
+
+# ------------------------------------------------------------------ new revisions
+
+
+@pytest.fixture
+def scratch_dividends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MetaData]:
+    """The dividends migrations copied aside, and a copy of its tables with one more —
+    as an engineer adding a lease table would have them."""
+    folder = tmp_path / "migrations"
+    shutil.copytree(migrations.script_location("dividends"), folder)
+    monkeypatch.setattr(migrations, "script_location", lambda service: folder)
+    declared = MetaData()
+    for table in migrations.metadata("dividends").tables.values():
+        table.to_metadata(declared)
+    Table(
+        "engine_lease",
+        declared,
+        Column("name", String(40), primary_key=True),
+        Column("holder", String(100), nullable=False),
+        Column("token", Integer, nullable=False),
+    )
+    monkeypatch.setattr(migrations, "metadata", lambda service: declared)
+    yield declared
+
+
+def test_new_revision_autogenerates_the_change_and_older_databases_are_refused(
+    scratch_dividends: MetaData, tmp_path: Path
+) -> None:
+    old = sqlite_url(tmp_path / "old.db")
+    migrations.upgrade("dividends", old)  # at 0001
+
+    result = runner.invoke(app, ["migrate", "dividends", "--new", "lease table"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "migrations" / "versions" / "0002_lease_table.py"
+    assert f"wrote {written}" in result.output.replace("\n", "")
+    source = written.read_text()
+    assert "down_revision: str | Sequence[str] | None = '0001'" in source or (
+        'down_revision: str | Sequence[str] | None = "0001"' in source
+    )
+    assert 'op.create_table(\n        "engine_lease"' in source
+
+    state = migrations.status("dividends", old)
+    assert (state.current, state.heads) == (("0001",), ("0002",))
+    assert migrations.refusal(state).startswith(
+        f"database at {old} is not migrated (at 0001, code needs 0002)"
+    )
+    outcome = migrations.upgrade("dividends", old)
+    assert outcome.describe() == "0001 → 0002 (applied 0002)"
+    engine = create_engine(old)
+    with engine.connect() as conn:
+        assert differences(conn, scratch_dividends) == []
+    engine.dispose()
+
+    again = runner.invoke(app, ["migrate", "dividends", "--new", "nothing"])
+    assert again.exit_code == 0  # an empty revision (nothing changed) is allowed
+    assert (tmp_path / "migrations" / "versions" / "0003_nothing.py").exists()
+
+
+def test_new_needs_one_service_and_a_message(scratch_dividends: MetaData) -> None:
+    assert runner.invoke(app, ["migrate", "--new", "x"]).exit_code == 2
+    assert runner.invoke(app, ["migrate", "orders", "wallet", "--new", "x"]).exit_code == 2
+    assert runner.invoke(app, ["migrate", "dividends", "--new", " "]).exit_code == 1
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_migrate_one_database_by_url_and_check(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "orders.db")
+    checked = runner.invoke(app, ["migrate", "orders", "--database-url", url, "--check"])
+    assert checked.exit_code == 1
+    assert "empty, code needs 0001: not at head" in checked.output
+    assert not (tmp_path / "orders.db").exists()  # --check changes nothing
+
+    done = runner.invoke(app, ["migrate", "orders", "--database-url", url])
+    assert done.exit_code == 0, done.output
+    assert "empty → 0001 (applied 0001)" in done.output
+    again = runner.invoke(app, ["migrate", "orders", "--database-url", url])
+    assert "at head 0001, nothing to do" in again.output
+
+    checked = runner.invoke(app, ["migrate", "orders", "--database-url", url, "--check"])
+    assert checked.exit_code == 0
+    assert "at 0001, code needs 0001: ok" in checked.output
+
+
+def test_migrate_defaults_to_every_database_of_the_dev_platform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENMALL_DEV_DIR", str(tmp_path / "dev"))
+    monkeypatch.delenv("TOKENMALL_DATABASE_URL", raising=False)
+    assert runner.invoke(app, ["migrate"]).exit_code == 2  # no platform: say so
+    databases = {name: sqlite_url(tmp_path / f"{name}.db") for name in SERVICES}
+    services = {name: {"database": url} for name, url in databases.items()}
+    state = {"stopped": {"run": {"id": "r1"}, "services": services}}  # as dev down keeps it
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "state.json").write_text(json.dumps(state))
+
+    assert runner.invoke(app, ["migrate", "--check"]).exit_code == 1
+    done = runner.invoke(app, ["migrate"])
+    assert done.exit_code == 0, done.output
+    assert [line.split()[0] for line in done.output.splitlines()] == list(SERVICES)
+    assert runner.invoke(app, ["migrate", "--check"]).exit_code == 0
+    only = runner.invoke(app, ["migrate", "wallet", "--check"])
+    assert only.exit_code == 0 and only.output.split()[0] == "wallet"
+
+    # a database that cannot be migrated: the others still are, exit 1
+    Path(databases["orders"].removeprefix("sqlite:///")).write_text("not a database")
+    failed = runner.invoke(app, ["migrate"])
+    assert failed.exit_code == 1
+
+
+def test_migrate_takes_the_service_environment_for_one_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = sqlite_url(tmp_path / "referrals.db")
+    monkeypatch.setenv("TOKENMALL_DATABASE_URL", url)  # as docker compose passes it
+    assert runner.invoke(app, ["migrate", "referrals"]).exit_code == 0
+    assert migrations.status("referrals", url).at_head
+    assert runner.invoke(app, ["migrate", "orders", "wallet"]).exit_code == 2
+    assert runner.invoke(app, ["migrate", "nosuch"]).exit_code == 2
