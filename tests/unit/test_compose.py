@@ -90,3 +90,17 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     base = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in used}
     assert base <= exported | {n.removesuffix("_total") for n in exported}, base - exported
     assert len(dashboard["panels"]) >= 5
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_starts_after_its_database_is_migrated(service: str) -> None:
+    migrate = COMPOSE["services"][f"{service}-migrate"]
+    assert migrate["command"] == ["tokenmall", "migrate", service]
+    spec = COMPOSE["services"][service]
+    assert spec["depends_on"][f"{service}-migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    url = spec["environment"]["TOKENMALL_DATABASE_URL"]
+    assert migrate["environment"]["TOKENMALL_DATABASE_URL"] == url
+    assert migrate["depends_on"][f"postgres-{service}"] == {"condition": "service_healthy"}
+    assert "TOKENMALL_MIGRATE_ON_START" not in spec["environment"]  # the default: refuse
