@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 SCHEMA_VERSION = 1
 
@@ -194,8 +194,22 @@ def decode(raw: bytes | str | dict[str, Any]) -> Event:
         if isinstance(raw, dict):
             return _ADAPTER.validate_python(raw)  # type: ignore[no-any-return]
         return _ADAPTER.validate_json(raw)  # type: ignore[no-any-return]
-    except Exception as exc:  # pydantic.ValidationError, JSON errors
+    except ValidationError as exc:  # also JSON errors (json_invalid)
+        raise ContractError(_problems(exc)) from None
+    except Exception as exc:
         raise ContractError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """What is wrong, e.g. ``OrderPaid.member: Field required`` or ``Input tag 'X' found
+    using 'type' does not match …`` (the first line of ``str(exc)`` names only the union)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else str(e["msg"])
+        for e in errors[:3]
+    ]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more
 
 
 EVENT_TYPES: tuple[type[Event], ...] = (

