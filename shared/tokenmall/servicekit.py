@@ -65,6 +65,10 @@ class ServiceSettings(BaseSettings):
     # (exit 70) right after the n-th message of that consumer committed its effect and
     # before its offset is acknowledged, so Kafka redelivers it on restart.  Empty: off.
     fault_exit_after_commit: str = ""
+    # Fault injection for the poison tests, "<consumer>:<event type>": that consumer's
+    # handler raises RuntimeError on every event of that type (retried, then
+    # dead-lettered like any failing handler).  Empty: off.
+    fault_raise_on: str = ""
     # A handler that raises is tried this many times in all (backoff doubling from
     # handler_backoff_seconds), then its message is dead-lettered with the exception
     # and the partition moves on.  Database and network outages are not the message's
@@ -185,6 +189,16 @@ def _failure(exc: BaseException, attempt: int) -> str:
     return f"handler failed after {attempt} attempt(s): {type(exc).__name__}: {exc}"
 
 
+def parse_raise_on(spec: str) -> tuple[str, str] | None:
+    """``"<consumer>:<event type>"`` (TOKENMALL_FAULT_RAISE_ON) → the pair; "" → None."""
+    if not spec:
+        return None
+    consumer, _, event_type = spec.rpartition(":")
+    if not consumer or not event_type:
+        raise ValueError(f"fault_raise_on must be '<consumer>:<event type>': {spec!r}")
+    return consumer, event_type
+
+
 def parse_fault(spec: str) -> tuple[str, int] | None:
     """``"<consumer>:<n>"`` (TOKENMALL_FAULT_EXIT_AFTER_COMMIT) → (consumer, n); "" → None."""
     if not spec:
@@ -230,6 +244,7 @@ class Service:
         self._unparking = asyncio.Lock()
         self._fault = parse_fault(self.settings.fault_exit_after_commit)
         self._commits: dict[str, int] = {}  # per consumer, for the fault point
+        self._raise_on = parse_raise_on(self.settings.fault_raise_on)
 
     def _fault_point(self, consumer: str) -> None:
         if self._fault is None or self._fault[0] != consumer:
@@ -303,6 +318,8 @@ class Service:
                 self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                 return set()  # delivered twice: applied once
             waiting_for: str | None = None
+            if self._raise_on == (sub.consumer, event.type):
+                raise RuntimeError(f"fault injection: {sub.consumer} raises on {event.type}")
             try:
                 await sub.handler(event, uow)
             except Missing as missing:
