@@ -24,7 +24,7 @@ TOPICS: dict[str, str] = {
     "tokenmall.members": "referrals → all: members registered (key: member)",
     "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member)",
     "tokenmall.wallet-requests": "wallet → dividends: trades, adjustments (key: member)",
-    "tokenmall.dividends": "dividends → wallet, referrals: engine results, release batches "
+    "tokenmall.dividends": "dividends → wallet, referrals, orders: engine results, release batches "
     "(key: member; a batch: a member of its partition)",
 }
 MEMBERS, ORDERS, WALLET_REQUESTS, DIVIDENDS = TOPICS

@@ -133,6 +133,11 @@ class _Driver:
     def __init__(self, platform: Platform) -> None:
         self.p = platform
         self.accepted_orders = 0
+        # An order the rules refused keeps its id on the platform (its verdict is on
+        # record), while simulate forgets it: a later order of the scenario with that id
+        # gets a fresh platform id, and refunds follow the map.
+        self.platform_ids: dict[str, str] = {}
+        self.burned: set[str] = set()
 
     async def apply(self, step: Step) -> tuple[bool, str | None]:
         handler = getattr(self, f"_{step.kind}")
@@ -165,7 +170,13 @@ class _Driver:
 
     async def _order(self, step: Step) -> tuple[bool, str | None]:
         f = step.fields
-        order_id = str(f["id"]) if f.get("id") is not None else f"order-{self.accepted_orders + 1}"
+        scenario_id = (
+            str(f["id"]) if f.get("id") is not None else f"order-{self.accepted_orders + 1}"
+        )
+        order_id, n = scenario_id, 0
+        while order_id in self.burned:
+            n += 1
+            order_id = f"{scenario_id}.r{n}"
         body = {
             "order_id": order_id,
             "member": str(f["member"]),
@@ -178,22 +189,26 @@ class _Driver:
         if not accepted:
             return accepted, reason
         paid = await self.p.call("orders", "POST", f"/v1/orders/{order_id}/pay")
-        accepted, reason = await self._answer(paid, (200,))
+        accepted, reason = await self._answer(paid, (200, 202))
         if not accepted:  # a refused step leaves nothing behind, its order id included
             deleted = await self.p.call("orders", "DELETE", f"/v1/orders/{order_id}")
             if deleted.status_code != 204:
                 raise PlatformError(f"could not withdraw unpaid order {order_id}: {deleted.text}")
-        else:
-            applied = await self.p.json("dividends", f"/v1/inputs/order:{order_id}")
-            if not applied["accepted"]:
-                raise PlatformError(
-                    f"orders accepted {order_id} but the engine refused it: {applied['reason']}"
-                )
-            self.accepted_orders += 1
+            return accepted, reason
+        # quiet: the rules' verdict has reached the order
+        order = await self.p.json("orders", f"/v1/orders/{order_id}")
+        if order["status"] == "refused":
+            self.burned.add(order_id)
+            return False, order["reason"]
+        if order["status"] != "paid":
+            raise PlatformError(f"order {order_id} is still {order['status']} after quiet")
+        self.platform_ids[scenario_id] = order_id
+        self.accepted_orders += 1
         return accepted, reason
 
     async def _refund(self, step: Step) -> tuple[bool, str | None]:
         order_id = str(step.fields["order"])
+        order_id = self.platform_ids.get(order_id, order_id)
         return await self._answer(
             await self.p.call("orders", "POST", f"/v1/orders/{order_id}/refund"), (200,)
         )

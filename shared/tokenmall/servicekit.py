@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -35,6 +35,8 @@ from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
 from tokenmall.messaging import (
     KafkaPublisher,
+    Lease,
+    LeaseLost,
     MessagingTables,
     Missing,
     OutboxRelay,
@@ -78,6 +80,10 @@ class ServiceSettings(BaseSettings):
     # Parked events (tokenmall.messaging.parking) are applied as soon as what they wait
     # for arrives; every this many seconds the ones due for a retry are tried as well.
     parked_sweep_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # Leases (tokenmall.messaging.lease): the outbox relay of each service, and the
+    # dividends engine, run in one process at a time; a standby takes over this many
+    # seconds after the holder stopped renewing (died or hung).
+    lease_seconds: float = Field(default=5.0, gt=0.1, le=600)
     # Off: a service refuses to start on a database not at its migrations' head (run
     # `tokenmall migrate` first, as dev up and docker compose do).  On: it upgrades itself.
     migrate_on_start: bool = False
@@ -237,6 +243,12 @@ class Service:
 
     # by consumer name: where a parked event goes when it is applied
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    # one active process at a time (dividends: the engine's single writer); the others
+    # are hot standbys that take over when its lease expires
+    singleton: bool = False
+    active: bool = False
+    lease: Lease | None = None
+    relay_lease: Lease | None = None
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
@@ -245,6 +257,64 @@ class Service:
         self._fault = parse_fault(self.settings.fault_exit_after_commit)
         self._commits: dict[str, int] = {}  # per consumer, for the fault point
         self._raise_on = parse_raise_on(self.settings.fault_raise_on)
+
+    @property
+    def role(self) -> str:
+        return "active" if self.active else "standby"
+
+    async def lead_forever(
+        self, broker: Any, on_active: Callable[[Service], Awaitable[None]] | None
+    ) -> None:
+        """Wait for the lease, become active (load, consume), keep renewing it; a lost
+        lease ends the process (``on_lease_lost``) before it can commit anything more."""
+        assert self.lease is not None
+        interval = self.settings.lease_seconds / 3
+        if not self.active:
+            while not await self._hold(self.lease):
+                await asyncio.sleep(interval)
+            await self.become_active(broker, on_active)
+        while True:
+            await asyncio.sleep(interval)
+            if not await self._hold(self.lease):
+                self.on_lease_lost(self.lease.name)
+
+    async def become_active(
+        self, broker: Any, on_active: Callable[[Service], Awaitable[None]] | None
+    ) -> None:
+        """Holding the lease: load (``on_active``), then start consuming."""
+        if on_active is not None:
+            await on_active(self)
+        await broker.start()
+        self.active = True
+        assert self.lease is not None
+        log.info("%s: active (lease %s, fence %s)", self.name, self.lease.name, self.lease.fence)
+
+    async def _hold(self, lease: Lease) -> bool:
+        try:
+            return await lease.acquire()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: renewing lease %s failed", self.name, lease.name)
+            return False
+
+    def on_lease_lost(self, name: str) -> None:
+        """Fail fast: another process is active now; whatever this one holds in memory is
+        stale.  Its supervisor (docker, systemd, ``tokenmall dev``) starts it again as a
+        standby."""
+        log.critical("%s: lease %s lost; exiting", self.name, name)
+        logging.shutdown()
+        os._exit(75)
+
+    async def check_lease(self, session: AsyncSession) -> None:
+        """Fencing, in a transaction of the single writer: commit only while still active."""
+        if self.lease is None:
+            return
+        try:
+            await self.lease.check(session)
+        except LeaseLost:
+            self.on_lease_lost(self.lease.name)
+            raise
 
     def _fault_point(self, consumer: str) -> None:
         if self._fault is None or self._fault[0] != consumer:
@@ -441,6 +511,8 @@ class Service:
         """Retry parked events that are due (a dependency another process provided)."""
         while True:
             await asyncio.sleep(self.settings.parked_sweep_seconds)
+            if not self.active:
+                continue  # a standby applies nothing
             try:
                 await self.unpark(set())
             except asyncio.CancelledError:
@@ -468,6 +540,8 @@ class Service:
 
 
 MAX_OFFSET = 2**31 - 1
+# what a standby still answers: who it is, its metrics, and that it is not the one to ask
+STANDBY_PATHS = frozenset({"/health", "/metrics", "/v1/sync"})
 
 
 class ParkedItem(BaseModel):
@@ -663,9 +737,25 @@ def create_app(
                 auto_offset_reset="earliest",
                 max_records=500,
             )(make(sub))
-        if on_startup is not None:
-            await on_startup(service)
-        await broker.start()
+        service.relay_lease = Lease(
+            service.sessions, service.tables, "relay", settings.lease_seconds
+        )
+        leading: asyncio.Task[None] | None = None
+        if service.singleton:
+            # a single writer: active only while it holds the lease, a hot standby until then
+            service.lease = Lease(
+                service.sessions, service.tables, "engine", settings.lease_seconds
+            )
+            if await service._hold(service.lease):  # the usual case: nobody else is running
+                await service.become_active(broker, on_startup)
+            leading = asyncio.create_task(
+                service.lead_forever(broker, on_startup), name=f"{service.name}-lease"
+            )
+        else:
+            if on_startup is not None:
+                await on_startup(service)
+            await broker.start()
+            service.active = True
         producer: Any = (
             publisher_factory(service)
             if publisher_factory
@@ -680,6 +770,7 @@ def create_app(
             publisher,
             batch_size=settings.relay_batch,
             on_published=service.metrics.published_events,
+            lease=service.relay_lease,
         )
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
         sweeper = asyncio.create_task(service.sweep_parked_forever(), name=f"{service.name}-parked")
@@ -692,10 +783,17 @@ def create_app(
         try:
             yield
         finally:
-            for task in (relay_task, sweeper):
+            for task in (relay_task, sweeper, leading):
+                if task is None:
+                    continue
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # a clean stop hands over at once instead of after the lease's expiry
+            for lease in (service.lease, service.relay_lease):
+                if lease is not None:
+                    with contextlib.suppress(Exception):
+                        await lease.release()
             if probe is not None:
                 await probe.stop()
             if hasattr(producer, "stop"):
@@ -708,9 +806,24 @@ def create_app(
 
     http_errors.install(app, text_paths=("/metrics",))  # one error body, documented
 
+    @app.middleware("http")
+    async def standby_is_unavailable(request: Request, call_next: Any) -> Response:
+        """A standby (not holding the engine's lease) serves no API: 503, try again (the
+        active process answers, or this one once it has taken over)."""
+        if service.active or request.url.path in STANDBY_PATHS:
+            response: Response = await call_next(request)
+            return response
+        return http_errors.error_response(
+            503,
+            f"this {service.name} process is a standby; the active one answers",
+            code="standby",
+            headers={"Retry-After": "1"},
+        )
+
     @app.get("/health")
     async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service.name}
+        """``role``: "active", or "standby" (a hot standby waiting for the lease)."""
+        return {"status": "ok", "service": service.name, "role": service.role}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -744,7 +857,8 @@ def create_app(
             "outbox_backlog": backlog,
             "consumer_lag": lag,
             "parked": parked,
-            "ready": ready,
+            "ready": ready and service.active,
+            "role": service.role,
         }
 
     @app.delete(

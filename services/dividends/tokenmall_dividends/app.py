@@ -42,7 +42,8 @@ def build_app(
     publisher_factory: Callable[[Service], Publisher] | None = None,
 ) -> FastAPI:
     settings = settings or DividendsSettings()
-    svc = Service("dividends", settings, tables.metadata, tables.messaging)
+    # the engine has one writer: one active process, the others hot standbys (lease)
+    svc = Service("dividends", settings, tables.metadata, tables.messaging, singleton=True)
     host = svc.state["host"] = EngineHost()
     svc.exclusive = host.lock  # consumers take the engine's lock before any database write
 

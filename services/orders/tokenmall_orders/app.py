@@ -42,6 +42,7 @@ def build_app(
     svc.state["wallet"] = wallet if wallet is not None else own_wallet
     subscriptions = [
         Subscription(contracts.MEMBERS, handlers.member_registered, consumer=f"{NAME}-members"),
+        Subscription(contracts.DIVIDENDS, handlers.order_verdict, consumer=f"{NAME}-verdicts"),
     ]
     app = create_app(
         svc,

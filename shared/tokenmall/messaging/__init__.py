@@ -7,6 +7,7 @@
 - ``OutboxRelay`` publishes unpublished outbox rows in id order and marks them.
 """
 
+from tokenmall.messaging.lease import Lease, LeaseLost
 from tokenmall.messaging.parking import Missing, ParkedEvent, ParkingLot
 from tokenmall.messaging.relay import KafkaPublisher, OutboxRelay, Publisher
 from tokenmall.messaging.tables import MessagingTables, define
@@ -14,6 +15,8 @@ from tokenmall.messaging.uow import UnitOfWork
 
 __all__ = [
     "KafkaPublisher",
+    "Lease",
+    "LeaseLost",
     "MessagingTables",
     "Missing",
     "OutboxRelay",

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tokenmall.messaging.lease import Lease
 from tokenmall.messaging.tables import MessagingTables
 from tokenmall.messaging.uow import begin_write
 
@@ -67,6 +68,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         idle_seconds: float = 0.02,
         on_published: Any = None,
+        lease: Lease | None = None,
     ) -> None:
         self.sessions = sessions
         self.outbox = tables.outbox
@@ -74,6 +76,8 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.idle_seconds = idle_seconds
         self.on_published = on_published  # callback(list of event types), for metrics
+        # one relay per service publishes (per-key order); the others wait for the lease
+        self.lease = lease
         self._wake = asyncio.Event()
         self._one_at_a_time = asyncio.Lock()  # the loop and an explicit drain never overlap
 
@@ -91,8 +95,11 @@ class OutboxRelay:
             return int((await session.execute(stmt)).scalar_one())
 
     async def run_once(self) -> int:
-        """Publish one batch; returns how many rows were published."""
+        """Publish one batch; returns how many rows were published (0 while another
+        process's relay holds the lease)."""
         async with self._one_at_a_time:
+            if self.lease is not None and not await self.lease.hold():
+                return 0
             return await self._publish_batch()
 
     async def _publish_batch(self) -> int:

@@ -26,6 +26,7 @@ class MessagingTables:
     outbox: Table
     inbox: Table
     parked: Table
+    leases: Table
 
 
 def define(metadata: MetaData) -> MessagingTables:
@@ -71,4 +72,13 @@ def define(metadata: MetaData) -> MessagingTables:
     Index("parked_waiting", parked.c.waiting_for)
     Index("parked_key", parked.c.consumer, parked.c.key, parked.c.id)
     Index("parked_due", parked.c.next_try_at)
-    return MessagingTables(outbox, inbox, parked)
+    # One row per lease (tokenmall.messaging.lease): who may act alone, until when.
+    leases = Table(
+        "leases",
+        metadata,
+        Column("name", String(100), primary_key=True),
+        Column("holder", String(200), nullable=False),
+        Column("fence", BigInteger, nullable=False),  # +1 at every takeover
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+    )
+    return MessagingTables(outbox, inbox, parked, leases)

@@ -184,7 +184,7 @@ def test_orders_refuses_bad_ids_in_bodies(tmp_path: Path) -> None:
             "/v1/orders", json={"member": "A", "amount": "10", "order_id": longest}
         )
         assert resp.status_code == 201, resp.text
-        assert (await client.post(f"/v1/orders/{longest}/pay")).status_code == 200
+        assert (await client.post(f"/v1/orders/{longest}/pay")).status_code == 202
         resp = await client.post(
             "/v1/orders",
             json={"member": "A", "amount": "10"},

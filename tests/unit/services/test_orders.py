@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from tokenmall import contracts
-from tokenmall.contracts import Event, OrderPaid, OrderRefunded
+from tokenmall.contracts import Event, InputApplied, OrderPaid, OrderRefunded
 from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
 from tokenmall_orders.adapters import tables
 from tokenmall_orders.adapters.wallet import (
@@ -115,6 +115,24 @@ async def count_rows(app: FastAPI) -> dict[str, int]:
     return counts
 
 
+async def verdict(app: FastAPI, order_id: str, reason: str | None = None) -> None:
+    """The rules' answer to the order as dividends publishes it: accepted unless a reason."""
+    await app.state.svc.broker.deliver(
+        contracts.DIVIDENDS,
+        InputApplied(
+            input_id=f"order:{order_id}", member="A", accepted=reason is None, reason=reason
+        ),
+    )
+
+
+async def pay(app: FastAPI, client: Client, order_id: str) -> httpx.Response:
+    """Pay and let the rules accept it."""
+    r = await client.post(f"/v1/orders/{order_id}/pay")
+    assert r.status_code == 202, r.text
+    await verdict(app, order_id)
+    return r
+
+
 async def create(client: Client, **body: Any) -> httpx.Response:
     return await client.post("/v1/orders", json={"member": "A", "amount": "10", **body})
 
@@ -129,13 +147,18 @@ def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
             "amount": "123.45",
             "stable": "0.00",
             "status": "created",
+            "reason": None,
         }
         assert await published(app) == []
 
         r = await client.post("/v1/orders/o-1/pay")
-        assert r.status_code == 200, r.text
-        assert r.json()["status"] == "paid"
+        assert r.status_code == 202, r.text  # accepted; the rules decide
+        assert r.json()["status"] == "pending"
+        assert (await client.get("/v1/orders/o-1")).json()["status"] == "pending"
+        assert (await client.get("/v1/sales")).json()["sales"] == "0.00"
+        await verdict(app, "o-1")
         assert (await client.get("/v1/orders/o-1")).json()["status"] == "paid"
+        assert (await client.get("/v1/sales")).json()["sales"] == "123.45"
 
         [event] = await published(app)
         assert isinstance(event, OrderPaid)
@@ -192,8 +215,8 @@ def test_idempotent_create_and_pay(tmp_path: Path) -> None:
         pay = {"Idempotency-Key": "k-pay"}
         first = await client.post(f"/v1/orders/{order_id}/pay", headers=pay)
         again = await client.post(f"/v1/orders/{order_id}/pay", headers=pay)
-        assert first.status_code == again.status_code == 200
-        assert first.json() == again.json() and first.json()["status"] == "paid"
+        assert first.status_code == again.status_code == 202
+        assert first.json() == again.json() and first.json()["status"] == "pending"
         assert len(await published(app)) == 1
 
         r = await client.post(f"/v1/orders/{order_id}/pay", headers=headers)  # a create key
@@ -209,7 +232,12 @@ def test_paying_twice_and_refunding_unpaid_are_conflicts(tmp_path: Path) -> None
         await create(client, order_id="o-1")
         r = await client.post("/v1/orders/o-1/refund")
         assert r.status_code == 409 and r.json()["message"] == "order 'o-1' is not paid"
-        assert (await client.post("/v1/orders/o-1/pay")).status_code == 200
+        assert (await client.post("/v1/orders/o-1/pay")).status_code == 202
+        r = await client.post("/v1/orders/o-1/pay")
+        assert r.status_code == 409 and r.json()["message"] == "order 'o-1' is already paid"
+        r = await client.post("/v1/orders/o-1/refund")  # before the verdict
+        assert r.status_code == 409 and "awaits the rules' verdict" in r.json()["message"]
+        await verdict(app, "o-1")
         r = await client.post("/v1/orders/o-1/pay")
         assert r.status_code == 409 and r.json()["message"] == "order 'o-1' is already paid"
         assert len(await published(app)) == 1
@@ -225,7 +253,7 @@ def test_paying_twice_and_refunding_unpaid_are_conflicts(tmp_path: Path) -> None
 def test_refund_emits_order_refunded_once(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: Client) -> None:
         await create(client, order_id="o-1", amount="99.99")
-        await client.post("/v1/orders/o-1/pay")
+        await pay(app, client, "o-1")
         r = await client.post("/v1/orders/o-1/refund")
         assert r.status_code == 200 and r.json()["status"] == "refunded"
         r = await client.post("/v1/orders/o-1/refund")
@@ -257,11 +285,11 @@ def test_stable_part_is_held_in_the_wallet(tmp_path: Path) -> None:
         r = await create(client, order_id="ok", amount="10", stable="5")
         assert r.json()["stable"] == "5.00"
         r = await client.post("/v1/orders/ok/pay", headers={"Idempotency-Key": "pay-ok"})
-        assert r.status_code == 200 and r.json()["stable"] == "5.00"
+        assert r.status_code == 202 and r.json()["stable"] == "5.00"
         assert wallet.holds == {"ok": ("A", "stable", 500)} and wallet.stable == {"A": 0}
         calls = wallet.calls
         again = await client.post("/v1/orders/ok/pay", headers={"Idempotency-Key": "pay-ok"})
-        assert (again.status_code, again.json()) == (200, r.json())
+        assert (again.status_code, again.json()) == (202, r.json())
         assert wallet.calls == calls  # a replay does not ask the wallet again
         [event] = await published(app)
         assert isinstance(event, OrderPaid)
@@ -285,11 +313,11 @@ def test_an_unpaid_order_can_be_deleted_and_its_id_reused(tmp_path: Path) -> Non
         assert (await client.get("/v1/orders/order-4")).status_code == 404
         assert (await client.delete("/v1/orders/order-4")).status_code == 404
         assert (await create(client, order_id="order-4", amount="2000")).status_code == 201
-        assert (await client.post("/v1/orders/order-4/pay")).status_code == 200
+        assert (await client.post("/v1/orders/order-4/pay")).status_code == 202
         r = await client.delete("/v1/orders/order-4")
         assert (
             r.status_code == 409
-            and r.json()["message"] == "order 'order-4' is paid: it cannot be deleted"
+            and r.json()["message"] == "order 'order-4' is pending: it cannot be deleted"
         )
         [event] = await published(app)
         assert isinstance(event, OrderPaid) and (event.member, event.amount) == (
@@ -388,7 +416,7 @@ def test_sales_totals_and_member_orders(tmp_path: Path) -> None:
                 await create(client, order_id=order_id, amount=amount, member=member)
             ).status_code == 201
         for order_id in ("o1", "o2", "o3"):
-            await client.post(f"/v1/orders/{order_id}/pay")
+            await pay(app, client, order_id)
         await client.post("/v1/orders/o2/refund")
         r = await client.get("/v1/sales")
         assert r.json() == {"paid": "150.11", "refunded": "50.00", "sales": "100.11"}
@@ -477,3 +505,38 @@ def test_pay_answers_503_when_the_wallet_is_down(tmp_path: Path) -> None:
         assert await count_rows(app) == {"orders": 1, "idempotency": 0, "outbox": 0}
 
     run(tmp_path, scenario, wallet=wallet)
+
+
+def test_an_order_the_rules_refuse_ends_refused_and_never_counts(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: Client) -> None:
+        await create(client, order_id="o-1", amount="40")
+        await create(client, order_id="o-2", amount="60")
+        assert (await client.post("/v1/orders/o-1/pay")).status_code == 202
+        assert (await client.post("/v1/orders/o-2/pay")).status_code == 202
+        # other answers on the dividends topic are not the orders service's
+        await app.state.svc.broker.deliver(
+            contracts.DIVIDENDS,
+            InputApplied(input_id="request:o-2", member="A", accepted=False, reason="no"),
+        )
+        await verdict(app, "o-1")
+        await verdict(app, "o-2", reason="member 'A' holds fewer stable points than 60.00")
+        await verdict(app, "o-2")  # a late, contradicting answer changes nothing
+        refused = (await client.get("/v1/orders/o-2")).json()
+        assert refused["status"] == "refused"
+        assert refused["reason"] == "member 'A' holds fewer stable points than 60.00"
+        assert (await client.get("/v1/sales")).json() == {
+            "paid": "40.00",
+            "refunded": "0.00",
+            "sales": "40.00",
+        }
+        r = await client.post("/v1/orders/o-2/refund")
+        assert r.status_code == 409 and "refused by the rules" in r.json()["message"]
+        r = await client.post("/v1/orders/o-2/pay")
+        assert r.status_code == 409 and "was refused" in r.json()["message"]
+        assert (await client.delete("/v1/orders/o-2")).status_code == 409
+        statuses = [
+            (o["order_id"], o["status"]) for o in (await client.get("/v1/members/A/orders")).json()
+        ]
+        assert statuses == [("o-1", "paid"), ("o-2", "refused")]
+
+    run(tmp_path, scenario)

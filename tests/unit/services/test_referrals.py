@@ -444,3 +444,27 @@ def test_an_order_of_an_unknown_member_and_a_refund_of_an_unknown_order_are_park
         )
 
     run(tmp_path, scenario)
+
+
+def test_an_order_the_rules_refuse_leaves_the_spend(tmp_path: Path) -> None:
+    def refused(order_id: str) -> contracts.InputApplied:
+        return contracts.InputApplied(
+            input_id=f"order:{order_id}", member="a", accepted=False, reason="no stable points"
+        )
+
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        await register(client, "a")
+        await deliver(app, contracts.ORDERS, paid("o1", "a", "10.00"))
+        await deliver(app, contracts.ORDERS, paid("o2", "a", "5.00"))
+        assert (await member(client, "a"))["spend"] == "15.00"
+        await deliver(app, contracts.DIVIDENDS, refused("o1"))
+        await deliver(app, contracts.DIVIDENDS, refused("o1"))  # the same answer again
+        assert (await member(client, "a"))["spend"] == "5.00"
+        # the verdict may overtake the order (another topic): it waits for it
+        await deliver(app, contracts.DIVIDENDS, refused("o3"))
+        assert (await client.get("/v1/parked")).json()["total"] == 1
+        await deliver(app, contracts.ORDERS, paid("o3", "a", "7.00"))
+        assert (await member(client, "a"))["spend"] == "5.00"
+        assert (await client.get("/v1/parked")).json()["total"] == 0
+
+    run(tmp_path, scenario)

@@ -170,6 +170,7 @@ async def _record(
         )
         if seconds > 0:
             svc.metrics.fanout.labels(svc.name).set(result.members_released / seconds)
+    await svc.check_lease(uow.session)  # fencing: only the active process commits
     await uow.commit()
     svc.committed()
     return Outcome(accepted, reason, result, seconds)

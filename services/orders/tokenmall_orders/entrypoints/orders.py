@@ -74,7 +74,11 @@ class OrderPublic(BaseModel):
     member: str
     amount: Decimal
     stable: Decimal
-    status: Literal["created", "paid", "refunded"]
+    status: Literal["created", "pending", "paid", "refused", "refunded"] = Field(
+        description="created → pending (paid, awaiting the rules' verdict) → paid | refused; "
+        "paid → refunded"
+    )
+    reason: str | None = Field(None, description="why the rules refused the order")
 
 
 class SalesPublic(BaseModel):
@@ -153,13 +157,16 @@ async def get_order(order_id: IdPath, svc: ServiceDep) -> JSONResponse:
 
 @router.post(
     "/orders/{order_id}/pay",
+    status_code=202,
     response_model=OrderPublic,
     responses={**ERRORS, 502: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
 async def pay_order(
     order_id: IdPath, request: Request, svc: ServiceDep, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:
-    """Pay: hold the stable part in the wallet (if any), mark paid, publish OrderPaid."""
+    """Pay: hold the stable part in the wallet (if any), publish OrderPaid; 202 with status
+    ``pending``.  The order becomes ``paid`` (or ``refused``, with the reason, its stable
+    hold released) once the rules decided — poll ``GET /v1/orders/{id}``."""
     wallet = cast(Wallet, svc.state["wallet"])
     cmd = PayOrder(order_id, _idempotency(idempotency_key, request))
     return _answer(await _run(handlers.pay_order(cmd, svc.uow(), wallet)), svc)

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from tokenmall import contracts
-from tokenmall.contracts import Event, MemberRegistered, OrderPaid, OrderRefunded
+from tokenmall.contracts import Event, InputApplied, MemberRegistered, OrderPaid, OrderRefunded
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
@@ -35,7 +35,9 @@ from tokenmall.servicekit import Rejected
 from tokenmall_orders.adapters.tables import idempotency, members, orders
 from tokenmall_orders.adapters.wallet import InsufficientFunds, Wallet, WalletError
 
-CREATED, PAID, REFUNDED = "created", "paid", "refunded"
+# created → pending (paid by the mall; OrderPaid published) → paid | refused (the rules'
+# verdict, InputApplied from dividends); paid → refunded
+CREATED, PENDING, PAID, REFUSED, REFUNDED = "created", "pending", "paid", "refused", "refunded"
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class Order:
     amount_cents: int
     stable_cents: int
     status: str
+    reason: str | None = None  # why the rules refused it
 
     def view(self, status: str | None = None) -> dict[str, Any]:
         return {
@@ -120,6 +123,7 @@ class Order:
             "amount": format_cents(self.amount_cents),
             "stable": format_cents(self.stable_cents),
             "status": status or self.status,
+            "reason": self.reason,
         }
 
 
@@ -178,7 +182,8 @@ async def create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
 
 
 async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
-    """Hold the stable part in the wallet (if any), then mark paid and emit OrderPaid.
+    """Hold the stable part in the wallet (if any), then mark pending and emit OrderPaid;
+    the order is ``paid`` once the rules accepted it (:func:`order_verdict`).
 
     The wallet call happens outside any database transaction; the hold id is the
     order id, so a retried pay asks the wallet for the same hold again.
@@ -206,12 +211,13 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
         await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
-        if not await _transition(uow, order, CREATED, PAID, paid_at=_now()):
+        if not await _transition(uow, order, CREATED, PENDING, paid_at=_now()):
             if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
                 return replay
             _check_payable(await _existing(uow, cmd.order_id))
             raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
-        reply = Reply(200, order.view(PAID), emitted=True)
+        # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
+        reply = Reply(202, order.view(PENDING), emitted=True)
         uow.emit(
             contracts.ORDERS,
             OrderPaid(
@@ -323,6 +329,26 @@ async def member_registered(event: Event, uow: UnitOfWork) -> None:
     uow.provide(f"member:{event.member}")
 
 
+async def order_verdict(event: Event, uow: UnitOfWork) -> None:
+    """``tokenmall.dividends``: the rules' answer to an order (``InputApplied`` of
+    ``order:<id>``) makes a pending order paid, or refused with the engine's reason (the
+    wallet releases its stable hold on the same event).  Other events are not ours."""
+    if not isinstance(event, InputApplied):
+        return
+    kind, _, order_id = event.input_id.partition(":")
+    if kind != "order":
+        return
+    await uow.session.execute(
+        update(orders)
+        .where(orders.c.order_id == order_id, orders.c.status == PENDING)
+        .values(
+            status=PAID if event.accepted else REFUSED,
+            reason=None if event.accepted else (event.reason or "refused by the rules"),
+            decided_at=_now(),
+        )
+    )
+
+
 # --- queries --------------------------------------------------------------------------
 
 
@@ -393,6 +419,7 @@ def _select_orders() -> Any:
         orders.c.amount_cents,
         orders.c.stable_cents,
         orders.c.status,
+        orders.c.reason,
     )
 
 
@@ -428,8 +455,10 @@ async def _transition(
 
 
 def _check_payable(order: Order) -> None:
-    if order.status == PAID:
+    if order.status in (PENDING, PAID):
         raise Conflict(f"order {order.order_id!r} is already paid")
+    if order.status == REFUSED:
+        raise Conflict(f"order {order.order_id!r} was refused: {order.reason}")
     if order.status == REFUNDED:
         raise Conflict(f"order {order.order_id!r} is already paid and refunded")
 
@@ -437,6 +466,10 @@ def _check_payable(order: Order) -> None:
 def _check_refundable(order: Order) -> None:
     if order.status == CREATED:
         raise Conflict(f"order {order.order_id!r} is not paid")
+    if order.status == PENDING:
+        raise Conflict(f"order {order.order_id!r} awaits the rules' verdict; try again shortly")
+    if order.status == REFUSED:
+        raise Conflict(f"order {order.order_id!r} was refused by the rules: {order.reason}")
     if order.status == REFUNDED:
         raise Conflict(f"order {order.order_id!r} is already refunded")
 

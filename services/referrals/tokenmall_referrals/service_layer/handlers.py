@@ -164,9 +164,41 @@ async def on_order_event(event: contracts.Event, uow: UnitOfWork) -> None:
 
 
 async def on_dividends_event(event: contracts.Event, uow: UnitOfWork) -> None:
-    """``tokenmall.dividends``: only the plan in force matters here."""
+    """``tokenmall.dividends``: the plan in force, and the rules' refusal of an order."""
     if isinstance(event, contracts.PlanActivated):
         await plan_activated(event, uow)
+    elif isinstance(event, contracts.InputApplied) and not event.accepted:
+        kind, _, order_id = event.input_id.partition(":")
+        if kind == "order":
+            await order_refused(order_id, uow)
+
+
+async def order_refused(order_id: str, uow: UnitOfWork) -> None:
+    """The rules refused a paid order: it never counted (RULES §2: only paid orders
+    count), so its amount leaves the member's spend again."""
+    session = uow.session
+    order = (
+        await session.execute(
+            select(member_orders.c.member, member_orders.c.amount_cents).where(
+                member_orders.c.order_id == order_id, member_orders.c.refunded.is_(False)
+            )
+        )
+    ).one_or_none()
+    if order is None:
+        exists = await session.execute(
+            select(member_orders.c.order_id).where(member_orders.c.order_id == order_id)
+        )
+        if exists.first() is None:  # the verdict overtook the order
+            raise Missing(f"order:{order_id}", f"unknown order '{order_id}'")
+        return  # already taken out
+    await session.execute(
+        update(member_orders).where(member_orders.c.order_id == order_id).values(refunded=True)
+    )
+    await session.execute(
+        update(members)
+        .where(members.c.member == order.member)
+        .values(spend_cents=members.c.spend_cents - order.amount_cents)
+    )
 
 
 async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
