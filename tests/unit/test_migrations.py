@@ -24,6 +24,7 @@ from tokenmall.testing import running
 from tokenmall_orders.app import OrdersSettings, build_app
 
 SERVICES = migrations.SERVICES
+HEAD = migrations.heads("orders")[0]  # the services' revisions are numbered alike
 runner = CliRunner()
 
 
@@ -108,7 +109,7 @@ def test_a_service_refuses_an_empty_database_and_says_what_to_run(tmp_path: Path
     with pytest.raises(migrations.NotMigrated) as refused:
         start(url, migrate_on_start=False)
     message = str(refused.value)
-    assert f"database at {url} is not migrated (empty, code needs 0001)" in message
+    assert f"database at {url} is not migrated (empty, code needs {HEAD})" in message
     assert f"tokenmall migrate orders --database-url '{url}'" in message
     assert inspect(create_engine(url)).get_table_names() == []  # it created nothing
 
@@ -150,20 +151,24 @@ def test_upgrade_is_idempotent_and_concurrent_upgrades_apply_once(tmp_path: Path
     for thread in threads:
         thread.join()
     assert len(outcomes) == 4
-    assert sorted(len(o.applied) for o in outcomes) == [0, 0, 0, 1]
-    assert migrations.upgrade("wallet", url).describe() == "at head 0001, nothing to do"
+    assert sorted(len(o.applied) for o in outcomes) == [0, 0, 0, len(revisions("wallet"))]
+    assert migrations.upgrade("wallet", url).describe() == f"at head {HEAD}, nothing to do"
 
 
 def test_a_create_all_database_is_adopted(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "referrals.db")
     engine = create_engine(url)
-    migrations.metadata("referrals").create_all(engine)
+    # the tables as create_all made them before migrations: revision 0001's
+    first = migrations._baseline_tables("referrals")
+    tables = [t for t in migrations.metadata("referrals").sorted_tables if t.name in first]
+    migrations.metadata("referrals").create_all(engine, tables=tables)
     engine.dispose()
     state = migrations.status("referrals", url)
     assert state.legacy and not state.at_head
     assert "tables without a revision (create_all)" in migrations.refusal(state)
     outcome = migrations.upgrade("referrals", url)
-    assert outcome.adopted and outcome.applied == ["0001"]
+    assert outcome.adopted and outcome.applied == revisions("referrals")
+    assert outcome.describe().startswith("adopted (create_all tables stamped 0001)")
     assert migrations.status("referrals", url).at_head
 
 
@@ -206,25 +211,24 @@ def test_new_revision_autogenerates_the_change_and_older_databases_are_refused(
     scratch_dividends: MetaData, tmp_path: Path
 ) -> None:
     old = sqlite_url(tmp_path / "old.db")
-    migrations.upgrade("dividends", old)  # at 0001
+    migrations.upgrade("dividends", old)  # at head
+    new = f"{int(HEAD) + 1:04d}"
 
     result = runner.invoke(app, ["migrate", "dividends", "--new", "lease table"])
     assert result.exit_code == 0, result.output
-    written = tmp_path / "migrations" / "versions" / "0002_lease_table.py"
+    written = tmp_path / "migrations" / "versions" / f"{new}_lease_table.py"
     assert f"wrote {written}" in result.output.replace("\n", "")
     source = written.read_text()
-    assert "down_revision: str | Sequence[str] | None = '0001'" in source or (
-        'down_revision: str | Sequence[str] | None = "0001"' in source
-    )
+    assert f'down_revision: str | Sequence[str] | None = "{HEAD}"' in source
     assert 'op.create_table(\n        "engine_lease"' in source
 
     state = migrations.status("dividends", old)
-    assert (state.current, state.heads) == (("0001",), ("0002",))
+    assert (state.current, state.heads) == ((HEAD,), (new,))
     assert migrations.refusal(state).startswith(
-        f"database at {old} is not migrated (at 0001, code needs 0002)"
+        f"database at {old} is not migrated (at {HEAD}, code needs {new})"
     )
     outcome = migrations.upgrade("dividends", old)
-    assert outcome.describe() == "0001 → 0002 (applied 0002)"
+    assert outcome.describe() == f"{HEAD} → {new} (applied {new})"
     engine = create_engine(old)
     with engine.connect() as conn:
         assert differences(conn, scratch_dividends) == []
@@ -232,7 +236,7 @@ def test_new_revision_autogenerates_the_change_and_older_databases_are_refused(
 
     again = runner.invoke(app, ["migrate", "dividends", "--new", "nothing"])
     assert again.exit_code == 0  # an empty revision (nothing changed) is allowed
-    assert (tmp_path / "migrations" / "versions" / "0003_nothing.py").exists()
+    assert (tmp_path / "migrations" / "versions" / f"{int(new) + 1:04d}_nothing.py").exists()
 
 
 def test_new_needs_one_service_and_a_message(scratch_dividends: MetaData) -> None:
@@ -248,18 +252,18 @@ def test_migrate_one_database_by_url_and_check(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "orders.db")
     checked = runner.invoke(app, ["migrate", "orders", "--database-url", url, "--check"])
     assert checked.exit_code == 1
-    assert "empty, code needs 0001: not at head" in checked.output
+    assert f"empty, code needs {HEAD}: not at head" in checked.output
     assert not (tmp_path / "orders.db").exists()  # --check changes nothing
 
     done = runner.invoke(app, ["migrate", "orders", "--database-url", url])
     assert done.exit_code == 0, done.output
-    assert "empty → 0001 (applied 0001)" in done.output
+    assert f"empty → {HEAD} (applied {', '.join(revisions('orders'))})" in done.output
     again = runner.invoke(app, ["migrate", "orders", "--database-url", url])
-    assert "at head 0001, nothing to do" in again.output
+    assert f"at head {HEAD}, nothing to do" in again.output
 
     checked = runner.invoke(app, ["migrate", "orders", "--database-url", url, "--check"])
     assert checked.exit_code == 0
-    assert "at 0001, code needs 0001: ok" in checked.output
+    assert f"at {HEAD}, code needs {HEAD}: ok" in checked.output
 
 
 def test_migrate_defaults_to_every_database_of_the_dev_platform(
@@ -297,3 +301,21 @@ def test_migrate_takes_the_service_environment_for_one_service(
     assert migrations.status("referrals", url).at_head
     assert runner.invoke(app, ["migrate", "orders", "wallet"]).exit_code == 2
     assert runner.invoke(app, ["migrate", "nosuch"]).exit_code == 2
+
+
+def test_a_database_whose_0001_made_the_leases_table_gets_0002_as_a_number(tmp_path: Path) -> None:
+    """For a few minutes revision 0001 created ``leases`` itself (7514e8f): such a database
+    upgrades to head without creating it twice."""
+    from alembic import command
+
+    url = sqlite_url(tmp_path / "orders.db")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config("orders", conn), "0001")
+        migrations.metadata("orders").tables["leases"].create(conn)
+    engine.dispose()
+    assert migrations.upgrade("orders", url).applied == ["0002"]
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        assert differences(conn, migrations.metadata("orders")) == []
+    engine.dispose()

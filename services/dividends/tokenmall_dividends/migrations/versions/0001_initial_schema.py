@@ -88,14 +88,6 @@ def upgrade() -> None:
     op.create_index("parked_key", "parked", ["consumer", "key", "id"], unique=False)
     op.create_index("parked_waiting", "parked", ["waiting_for"], unique=False)
     op.create_table(
-        "leases",
-        sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("holder", sa.String(length=200), nullable=False),
-        sa.Column("fence", sa.BigInteger(), nullable=False),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("name"),
-    )
-    op.create_table(
         "settlements",
         sa.Column("day", sa.Integer(), nullable=False),
         sa.Column("members_released", sa.Integer(), nullable=False),
@@ -115,7 +107,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("leases")
     op.drop_table("snapshots")
     op.drop_table("settlements")
     op.drop_index("parked_waiting", table_name="parked")

@@ -101,18 +101,9 @@ def upgrade() -> None:
     op.create_index("parked_due", "parked", ["next_try_at"], unique=False)
     op.create_index("parked_key", "parked", ["consumer", "key", "id"], unique=False)
     op.create_index("parked_waiting", "parked", ["waiting_for"], unique=False)
-    op.create_table(
-        "leases",
-        sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("holder", sa.String(length=200), nullable=False),
-        sa.Column("fence", sa.BigInteger(), nullable=False),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("name"),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("leases")
     op.drop_index("parked_waiting", table_name="parked")
     op.drop_index("parked_key", table_name="parked")
     op.drop_index("parked_due", table_name="parked")

@@ -93,14 +93,6 @@ def upgrade() -> None:
     op.create_index("parked_key", "parked", ["consumer", "key", "id"], unique=False)
     op.create_index("parked_waiting", "parked", ["waiting_for"], unique=False)
     op.create_table(
-        "leases",
-        sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("holder", sa.String(length=200), nullable=False),
-        sa.Column("fence", sa.BigInteger(), nullable=False),
-        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("name"),
-    )
-    op.create_table(
         "plan_state",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("day", sa.Integer(), nullable=False),
@@ -122,7 +114,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("leases")
     op.drop_table("member_orders")
     op.drop_table("plan_state")
     op.drop_index("parked_waiting", table_name="parked")
