@@ -473,6 +473,7 @@ def _new_run(
     run_dir = runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     wallet_url = f"http://127.0.0.1:{ports['wallet'][0]}"
+    referrals_url = f"http://127.0.0.1:{ports['referrals'][0]}"
     run: dict[str, Any] = {
         "run": {
             "id": run_id,
@@ -495,6 +496,7 @@ def _new_run(
                 "TOKENMALL_KAFKA_BOOTSTRAP": bootstrap,
                 "TOKENMALL_TOPIC_PREFIX": f"{run_id}.",
                 "TOKENMALL_WALLET_URL": wallet_url,
+                "TOKENMALL_REFERRALS_URL": referrals_url,
                 # a new run's databases are empty, a resumed one's may predate the code:
                 # the services upgrade them when they start (tokenmall.migrations)
                 "TOKENMALL_MIGRATE_ON_START": "true",
@@ -781,6 +783,7 @@ def _resume(state: dict[str, Any], bootstrap: str, postgres: bool) -> None:
         env = dict(info["env"])
         env["TOKENMALL_KAFKA_BOOTSTRAP"] = bootstrap
         env["TOKENMALL_WALLET_URL"] = f"http://127.0.0.1:{wallet_port}"
+        env["TOKENMALL_REFERRALS_URL"] = f"http://127.0.0.1:{state['ports']['referrals'][0]}"
         env.setdefault("TOKENMALL_MIGRATE_ON_START", "true")
         if server is not None:  # the socket folder may differ after a server restart
             info["database"] = env["TOKENMALL_DATABASE_URL"] = str(

@@ -84,6 +84,9 @@ class ServiceSettings(BaseSettings):
     # dividends engine, run in one process at a time; a standby takes over this many
     # seconds after the holder stopped renewing (died or hung).
     lease_seconds: float = Field(default=5.0, gt=0.1, le=600)
+    # orders and wallet: the member registry (referrals), asked when their read model
+    # lacks a member that registered a moment ago (read-your-writes)
+    referrals_url: str = "http://127.0.0.1:8104"
     # Off: a service refuses to start on a database not at its migrations' head (run
     # `tokenmall migrate` first, as dev up and docker compose do).  On: it upgrades itself.
     migrate_on_start: bool = False
@@ -249,6 +252,8 @@ class Service:
     active: bool = False
     lease: Lease | None = None
     relay_lease: Lease | None = None
+    # closed when the app stops (HTTP clients of other services, …)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
@@ -540,6 +545,10 @@ class Service:
 
 
 MAX_OFFSET = 2**31 - 1
+# uvicorn's keep-alive (its default is 5 s, the same as httpx's pool expiry): a client
+# that reuses an idle connection just as the server closes it gets a reset.  The server
+# keeps idle connections longer than common clients do, so the client closes first.
+HTTP_KEEP_ALIVE_SECONDS = 75
 # what a standby still answers: who it is, its metrics, and that it is not the one to ask
 STANDBY_PATHS = frozenset({"/health", "/metrics", "/v1/sync"})
 
@@ -799,6 +808,9 @@ def create_app(
             if hasattr(producer, "stop"):
                 await producer.stop()
             await broker.stop()
+            for close in service.closers:
+                with contextlib.suppress(Exception):
+                    await close()
             await service.engine.dispose()
 
     app = FastAPI(title=f"tokenmall {service.name}", lifespan=lifespan)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from tokenmall.contracts import Event, MemberRegistered, decode
 from tokenmall.messaging import OutboxRelay
+from tokenmall.registry import RegisteredMember
 
 _registrations = itertools.count(1)
 
@@ -29,6 +30,23 @@ def member_registered(
         merchant=merchant,
         seq=next(_registrations) if seq is None else seq,
     )
+
+
+class MemoryRegistry:
+    """The member registry (referrals) for unit tests: a dict instead of HTTP."""
+
+    def __init__(self, *members: RegisteredMember) -> None:
+        self.members = {m.member: m for m in members}
+        self.lookups: list[str] = []
+
+    def register(self, member: str, merchant: bool = False, seq: int | None = None) -> None:
+        self.members[member] = RegisteredMember(
+            member, None, merchant, next(_registrations) if seq is None else seq
+        )
+
+    async def lookup(self, member: str) -> RegisteredMember | None:
+        self.lookups.append(member)
+        return self.members.get(member)
 
 
 class MemoryPublisher:

@@ -12,7 +12,13 @@ from fastapi import FastAPI
 
 from tokenmall import contracts
 from tokenmall.messaging import Publisher
-from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall.servicekit import (
+    HTTP_KEEP_ALIVE_SECONDS,
+    Service,
+    ServiceSettings,
+    Subscription,
+    create_app,
+)
 from tokenmall_dividends.adapters import tables
 from tokenmall_dividends.entrypoints import input_log, plans, settlements, state
 from tokenmall_dividends.service_layer import handlers
@@ -80,4 +86,5 @@ def main() -> None:  # pragma: no cover - process entry point
         host=settings.host,
         port=settings.port or DEFAULT_PORT,
         log_level=settings.log_level.lower(),
+        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
     )

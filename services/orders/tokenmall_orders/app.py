@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 
 from tokenmall import contracts
 from tokenmall.messaging import Publisher
-from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall.registry import HttpMemberRegistry, MemberRegistry
+from tokenmall.servicekit import (
+    HTTP_KEEP_ALIVE_SECONDS,
+    Service,
+    ServiceSettings,
+    Subscription,
+    create_app,
+)
 from tokenmall_orders.adapters import tables
 from tokenmall_orders.adapters.wallet import HttpWallet, Wallet
 from tokenmall_orders.entrypoints.orders import router as orders_router
@@ -27,12 +33,20 @@ class OrdersSettings(ServiceSettings):
     wallet_url: str = "http://127.0.0.1:8102"
 
 
+def own_registry(svc: Service) -> MemberRegistry:
+    """The registry over HTTP (TOKENMALL_REFERRALS_URL), closed with the app."""
+    registry = HttpMemberRegistry(str(svc.settings.referrals_url))
+    svc.closers.append(registry.aclose)
+    return registry
+
+
 def build_app(
     settings: OrdersSettings | None = None,
     *,
     broker_factory: Callable[[Service], Any] | None = None,
     publisher_factory: Callable[[Service], Publisher] | None = None,
     wallet: Wallet | None = None,
+    registry: MemberRegistry | None = None,
 ) -> FastAPI:
     settings = settings or OrdersSettings()
     svc = Service(
@@ -40,6 +54,7 @@ def build_app(
     )
     own_wallet = HttpWallet(settings.wallet_url) if wallet is None else None
     svc.state["wallet"] = wallet if wallet is not None else own_wallet
+    svc.state["registry"] = registry if registry is not None else own_registry(svc)
     subscriptions = [
         Subscription(contracts.MEMBERS, handlers.member_registered, consumer=f"{NAME}-members"),
         Subscription(contracts.DIVIDENDS, handlers.order_verdict, consumer=f"{NAME}-verdicts"),
@@ -52,17 +67,7 @@ def build_app(
         broker_factory=broker_factory,
     )
     if own_wallet is not None:
-        kit_lifespan = app.router.lifespan_context
-
-        @contextlib.asynccontextmanager
-        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-            async with kit_lifespan(app):
-                try:
-                    yield
-                finally:
-                    await own_wallet.aclose()
-
-        app.router.lifespan_context = lifespan
+        svc.closers.append(own_wallet.aclose)
     return app
 
 
@@ -78,4 +83,5 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
     )

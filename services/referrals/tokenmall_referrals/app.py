@@ -10,7 +10,13 @@ from fastapi import FastAPI
 
 from tokenmall import contracts
 from tokenmall.messaging import Publisher
-from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall.servicekit import (
+    HTTP_KEEP_ALIVE_SECONDS,
+    Service,
+    ServiceSettings,
+    Subscription,
+    create_app,
+)
 from tokenmall_referrals.adapters import tables
 from tokenmall_referrals.entrypoints import members
 from tokenmall_referrals.service_layer import handlers
@@ -56,4 +62,5 @@ def main() -> None:
         host=settings.host,
         port=settings.port or DEFAULT_PORT,
         log_level=settings.log_level.lower(),
+        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
     )

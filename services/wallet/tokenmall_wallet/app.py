@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse
 from tokenmall.contracts import DIVIDENDS, MEMBERS, Event, ReleaseComputed
 from tokenmall.http_errors import error_response
 from tokenmall.messaging import Publisher, UnitOfWork
-from tokenmall.servicekit import Service, ServiceSettings, Subscription, create_app
+from tokenmall.registry import HttpMemberRegistry, MemberRegistry, RegistryUnavailable
+from tokenmall.servicekit import (
+    HTTP_KEEP_ALIVE_SECONDS,
+    Service,
+    ServiceSettings,
+    Subscription,
+    create_app,
+)
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.entrypoints import balances, holds, requests
 from tokenmall_wallet.service_layer import handlers
@@ -27,6 +34,7 @@ def build_app(
     *,
     broker_factory: Callable[[Service], Any] | None = None,
     publisher_factory: Callable[[Service], Publisher] | None = None,
+    registry: MemberRegistry | None = None,
 ) -> FastAPI:
     svc = Service(
         name="wallet",
@@ -34,6 +42,11 @@ def build_app(
         metadata=tables.metadata,
         tables=tables.messaging,
     )
+    if registry is None:
+        own = HttpMemberRegistry(svc.settings.referrals_url)
+        svc.closers.append(own.aclose)
+        registry = own
+    svc.state["registry"] = registry  # read-your-writes: ask referrals for a new member
 
     async def on_dividends(event: Event, uow: UnitOfWork) -> None:
         started = time.perf_counter()
@@ -60,6 +73,12 @@ def build_app(
         return error_response(status, str(exc))
 
     app.add_exception_handler(WalletError, refused)
+
+    async def registry_down(_: Request, exc: Exception) -> JSONResponse:
+        message = f"the member registry is unavailable, try again: {exc}"
+        return error_response(503, message, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(RegistryUnavailable, registry_down)
     return app
 
 
@@ -73,6 +92,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port or DEFAULT_PORT,
         log_level=settings.log_level.lower(),
+        timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS,
     )
 
 

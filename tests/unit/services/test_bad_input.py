@@ -20,7 +20,7 @@ from tokenmall import contracts
 from tokenmall.contracts import MemberRegistered
 from tokenmall.ids import MAX_OFFSET
 from tokenmall.servicekit import ServiceSettings
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, running
+from tokenmall.testing import FakeBroker, MemoryPublisher, MemoryRegistry, drain, running
 
 Client = httpx.AsyncClient
 BIG = "9223372036854775808"  # 2**63: one past int64
@@ -44,11 +44,16 @@ def build(name: str, tmp_path: Path, publisher: MemoryPublisher) -> FastAPI:
         from tokenmall_orders.app import OrdersSettings
         from tokenmall_orders.app import build_app as orders_app
 
-        return orders_app(OrdersSettings(database_url=url), wallet=FakeWallet(A=10_000), **kw)
+        return orders_app(
+            OrdersSettings(database_url=url),
+            wallet=FakeWallet(A=10_000),
+            registry=MemoryRegistry(),
+            **kw,
+        )
     if name == "wallet":
         from tokenmall_wallet.app import build_app as wallet_app
 
-        return wallet_app(ServiceSettings(database_url=url), **kw)
+        return wallet_app(ServiceSettings(database_url=url), registry=MemoryRegistry(), **kw)
     if name == "referrals":
         from tokenmall_referrals.app import build_app as referrals_app
 

@@ -15,7 +15,14 @@ from sqlalchemy import func, select
 
 from tokenmall import contracts
 from tokenmall.contracts import Event, InputApplied, OrderPaid, OrderRefunded
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
+from tokenmall.testing import (
+    FakeBroker,
+    MemoryPublisher,
+    MemoryRegistry,
+    drain,
+    member_registered,
+    running,
+)
 from tokenmall_orders.adapters import tables
 from tokenmall_orders.adapters.wallet import (
     HttpWallet,
@@ -51,13 +58,14 @@ class FakeWallet:
             self.stable[member] += amount_cents
 
 
-def make_app(tmp_path: Path, wallet: Any = None) -> FastAPI:
+def make_app(tmp_path: Path, wallet: Any = None, registry: Any = None) -> FastAPI:
     settings = OrdersSettings(database_url=f"sqlite:///{tmp_path}/orders.db")
     return build_app(
         settings,
         broker_factory=lambda svc: FakeBroker(),
         publisher_factory=lambda svc: MemoryPublisher(),
         wallet=wallet if wallet is not None else FakeWallet(),
+        registry=registry if registry is not None else MemoryRegistry(),
     )
 
 
@@ -540,3 +548,26 @@ def test_an_order_the_rules_refuse_ends_refused_and_never_counts(tmp_path: Path)
         assert statuses == [("o-1", "paid"), ("o-2", "refused")]
 
     run(tmp_path, scenario)
+
+
+def test_a_member_registered_a_moment_ago_can_be_ordered_for_at_once(tmp_path: Path) -> None:
+    """Read-your-writes: the registration event has not reached orders yet; the registry
+    (referrals) answers, with the result the event gives later."""
+    registry = MemoryRegistry()
+    registry.register("fresh")
+
+    async def main() -> None:
+        app = make_app(tmp_path, registry=registry)
+        async with running(app) as client:
+            r = await create(client, member="fresh", order_id="o-1")
+            assert r.status_code == 201, r.text
+            assert (await create(client, member="fresh", order_id="o-2")).status_code == 201
+            assert registry.lookups == ["fresh"]  # recorded: asked once
+            # the event arrives later: nothing changes, nothing is refused
+            await app.state.svc.broker.deliver(contracts.MEMBERS, member_registered("fresh"))
+            assert len((await client.get("/v1/members/fresh/orders")).json()) == 2
+            r = await create(client, member="nobody")  # registered nowhere: still a 404
+            assert r.status_code == 404 and "not registered" in r.json()["message"]
+            await stop_relay()
+
+    asyncio.run(main())

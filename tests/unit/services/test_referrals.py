@@ -108,6 +108,7 @@ def test_register_publishes_member_registered(tmp_path: Path) -> None:
             "spend": "0.00",
             "team_performance": "0.00",
             "star": 0,
+            "seq": 1,
             "referrals": [],
         }
         second = await client.post(
@@ -133,6 +134,7 @@ def test_register_publishes_member_registered(tmp_path: Path) -> None:
         assert isinstance(b, contracts.MemberRegistered)
         assert (a.member, a.sponsor, a.merchant) == ("13800000001", None, False)
         assert (b.member, b.sponsor, b.merchant) == ("13800000002", "13800000001", True)
+        assert [e.seq for e in registered] == [1, 2, 3]  # registration order, carried
         for event in registered:
             assert event.type == "MemberRegistered"
             assert event.producer == "referrals"
@@ -163,6 +165,7 @@ def test_duplicate_member_is_a_conflict_and_changes_nothing(tmp_path: Path) -> N
             "spend": "0.00",
             "team_performance": "0.00",
             "star": 0,
+            "seq": 1,
             "referrals": [],
         }
         assert (await member(client, "b"))["referrals"] == []
@@ -244,6 +247,7 @@ def test_list_is_in_registration_order_and_paged(tmp_path: Path) -> None:
             "spend",
             "team_performance",
             "star",
+            "seq",
         }
         assert (await client.get("/v1/members?offset=10")).json() == {"members": [], "total": 4}
 

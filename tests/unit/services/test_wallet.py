@@ -16,18 +16,28 @@ from sqlalchemy import func, select
 from tokenmall import contracts
 from tokenmall.contracts import InputApplied, PostingLine
 from tokenmall.servicekit import ServiceSettings
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
+from tokenmall.testing import (
+    FakeBroker,
+    MemoryPublisher,
+    MemoryRegistry,
+    drain,
+    member_registered,
+    running,
+)
 from tokenmall_wallet.adapters.tables import balances, holds, journal, release_lines, requests
 from tokenmall_wallet.app import build_app
 
 Client = httpx.AsyncClient
 
 
-def make_app(tmp_path: Path) -> tuple[FastAPI, MemoryPublisher]:
+def make_app(tmp_path: Path, registry: Any = None) -> tuple[FastAPI, MemoryPublisher]:
     publisher = MemoryPublisher()
     settings = ServiceSettings(database_url=f"sqlite:///{tmp_path}/wallet.db")
     app = build_app(
-        settings, broker_factory=lambda svc: FakeBroker(), publisher_factory=lambda svc: publisher
+        settings,
+        broker_factory=lambda svc: FakeBroker(),
+        publisher_factory=lambda svc: publisher,
+        registry=registry if registry is not None else MemoryRegistry(),
     )
     return app, publisher
 
@@ -558,3 +568,35 @@ def test_unusable_messages_are_dead_lettered_with_a_reason(tmp_path: Path) -> No
         assert await scalar(app, select(func.count()).select_from(journal)) == 0
 
     run(tmp_path, body)
+
+
+def test_a_member_registered_a_moment_ago_can_be_credited_at_once(tmp_path: Path) -> None:
+    """Read-your-writes: an admin adjustment for a member whose registration event has
+    not reached the wallet yet; the registry (referrals) answers."""
+    registry = MemoryRegistry()
+    registry.register("fresh", merchant=True)
+
+    async def main() -> None:
+        app, _ = make_app(tmp_path, registry=registry)
+        async with running(app) as client:
+            body = {
+                "member": "fresh",
+                "asset": "stable",
+                "amount": "5.00",
+                "reason": "welcome",
+                "operator": "ops",
+                "request_id": "adj-1",
+            }
+            r = await client.post("/v1/admin/adjustments", json=body)
+            assert r.status_code == 202, r.text
+            r = await client.post("/v1/admin/adjustments", json={**body, "member": "nobody"})
+            assert r.status_code == 404
+            assert registry.lookups == ["fresh", "nobody"]
+            # the event arrives later: changes nothing
+            await app.state.svc.broker.deliver(
+                contracts.MEMBERS, member_registered("fresh", merchant=True)
+            )
+            r = await client.post("/v1/admin/adjustments", json={**body, "request_id": "adj-2"})
+            assert r.status_code == 202 and registry.lookups == ["fresh", "nobody"]
+
+    asyncio.run(main())

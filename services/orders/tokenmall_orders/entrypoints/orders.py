@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tokenmall.http_errors import ApiError, ErrorBody
 from tokenmall.ids import ID_DOC, KEY_PATTERN, MEMBER_DOC, Id, IdPath, MemberId, MemberPath, Offset
+from tokenmall.registry import MemberRegistry, RegistryUnavailable
 from tokenmall.servicekit import Service
 from tokenmall_orders.adapters.wallet import Wallet, WalletError, WalletUnavailable
 from tokenmall_orders.service_layer import handlers
@@ -98,7 +99,12 @@ IdempotencyKey = Annotated[
 ]
 
 T = TypeVar("T")
-STATUS: dict[type[OrderError], int] = {NotFound: 404, Conflict: 409, Invalid: 422}
+STATUS: dict[type[OrderError], int] = {
+    NotFound: 404,
+    handlers.UnknownMember: 404,
+    Conflict: 409,
+    Invalid: 422,
+}
 
 
 async def _run(call: Awaitable[T]) -> T:
@@ -109,6 +115,8 @@ async def _run(call: Awaitable[T]) -> T:
         raise ApiError(STATUS.get(type(exc), 400), str(exc), field=_field(exc)) from None
     except WalletUnavailable as exc:
         raise ApiError(503, f"the wallet is unavailable, try again: {exc}") from None
+    except RegistryUnavailable as exc:
+        raise ApiError(503, f"the member registry is unavailable, try again: {exc}") from None
     except WalletError as exc:
         raise ApiError(502, str(exc)) from None
 
@@ -147,7 +155,8 @@ async def create_order(
         order_id=body.order_id,
         idempotency=_idempotency(idempotency_key, request),
     )
-    return _answer(await _run(handlers.create_order(cmd, svc.uow())), svc)
+    registry = cast(MemberRegistry | None, svc.state.get("registry"))
+    return _answer(await _run(handlers.create_order(cmd, svc.uow(), registry)), svc)
 
 
 @router.get("/orders/{order_id}", response_model=OrderPublic, responses=ERRORS)

@@ -31,6 +31,7 @@ from tokenmall.contracts import Event, InputApplied, MemberRegistered, OrderPaid
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
+from tokenmall.registry import MemberRegistry
 from tokenmall.servicekit import Rejected
 from tokenmall_orders.adapters.tables import idempotency, members, orders
 from tokenmall_orders.adapters.wallet import InsufficientFunds, Wallet, WalletError
@@ -50,6 +51,10 @@ class OrderError(Exception):
 
 
 class NotFound(OrderError):
+    pass
+
+
+class UnknownMember(NotFound):
     pass
 
 
@@ -130,7 +135,34 @@ class Order:
 # --- command handlers -----------------------------------------------------------------
 
 
-async def create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
+async def create_order(
+    cmd: CreateOrder, uow: UnitOfWork, registry: MemberRegistry | None = None
+) -> Reply:
+    """Create an order.  A member this service has not heard of yet (its registration
+    event is on its way) is looked up in the registry first: read-your-writes for the
+    mall, with the result the event would have given."""
+    try:
+        return await _create_order(cmd, uow)
+    except UnknownMember:
+        if registry is None or not await learn_member(uow, registry, cmd.member):
+            raise
+    return await _create_order(cmd, uow)
+
+
+async def learn_member(uow: UnitOfWork, registry: MemberRegistry, member: str) -> bool:
+    """Ask the registry (outside any transaction); record a registered member as its
+    ``MemberRegistered`` would.  False: not registered."""
+    found = await registry.lookup(member)
+    if found is None:
+        return False
+    async with uow:
+        await uow.begin_write()
+        await _remember_member(uow, found.member)
+        await uow.commit()
+    return True
+
+
+async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
     amount = _cents(cmd.amount, "amount")
     stable = _cents(cmd.stable, "stable")
     if amount <= 0:
@@ -155,7 +187,7 @@ async def create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
             select(members.c.member).where(members.c.member == cmd.member)
         )
         if known.first() is None:
-            raise NotFound(f"member {cmd.member!r} is not registered")
+            raise UnknownMember(f"member {cmd.member!r} is not registered")
         if await _load(uow, order.order_id) is not None:
             raise Conflict(f"order {order.order_id!r} already exists")
         reply = Reply(201, order.view())
@@ -319,14 +351,18 @@ async def member_registered(event: Event, uow: UnitOfWork) -> None:
         return  # other events on the members topic do not concern orders
     if not event.member or len(event.member) > 200:
         raise Rejected(f"member id must be 1–200 characters, got {event.member!r}")
+    await _remember_member(uow, event.member)
+
+
+async def _remember_member(uow: UnitOfWork, member: str) -> None:
     dialect = uow.session.get_bind().dialect.name
     stmt: Any
     if dialect == "postgresql":
-        stmt = postgresql.insert(members).values(member=event.member).on_conflict_do_nothing()
+        stmt = postgresql.insert(members).values(member=member).on_conflict_do_nothing()
     else:
-        stmt = sqlite.insert(members).values(member=event.member).on_conflict_do_nothing()
+        stmt = sqlite.insert(members).values(member=member).on_conflict_do_nothing()
     await uow.session.execute(stmt)
-    uow.provide(f"member:{event.member}")
+    uow.provide(f"member:{member}")
 
 
 async def order_verdict(event: Event, uow: UnitOfWork) -> None:

@@ -35,6 +35,7 @@ class MemberSummaryPublic(BaseModel):
     spend: str = Field(description="own paid orders net of refunds, decimal string")
     team_performance: str = Field(description="spend of everyone below, decimal string")
     star: int
+    seq: int = Field(description="registration order (ascending, gaps allowed)")
 
 
 class MemberPublic(MemberSummaryPublic):
@@ -72,6 +73,7 @@ def _summary(view: handlers.MemberSummary) -> MemberSummaryPublic:
         spend=format_cents(view.spend_cents),
         team_performance=format_cents(view.team_performance_cents),
         star=view.star,
+        seq=view.seq,
     )
 
 

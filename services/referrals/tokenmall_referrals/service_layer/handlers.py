@@ -91,6 +91,7 @@ class MemberSummary:
     spend_cents: int
     team_performance_cents: int
     star: int
+    seq: int  # registration order
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
         ),
     )
     await uow.commit()
-    return MemberDetail(cmd.member, cmd.sponsor, cmd.merchant, 0, 0, star, [])
+    return MemberDetail(cmd.member, cmd.sponsor, cmd.merchant, 0, 0, star, seq, [])
 
 
 def _next_seq(session: AsyncSession) -> Any:
@@ -311,6 +312,7 @@ async def get_member(uow: UnitOfWork, member: str) -> MemberDetail:
         int(row.spend_cents),
         int(performance[i]),
         int(stars[i]),
+        int(row.seq),
         list(referrals),
     )
 
@@ -336,7 +338,9 @@ async def list_members(uow: UnitOfWork, offset: int, limit: int) -> tuple[list[M
     seqs, performance, stars = await team_stats(session)
     at = np.searchsorted(seqs, np.asarray([r.seq for r in page], dtype=np.int64))
     out = [
-        MemberSummary(r.member, r.sponsor, bool(r.merchant), int(r.spend_cents), int(p), int(s))
+        MemberSummary(
+            r.member, r.sponsor, bool(r.merchant), int(r.spend_cents), int(p), int(s), int(r.seq)
+        )
         for r, p, s in zip(page, performance[at].tolist(), stars[at].tolist(), strict=True)
     ]
     return out, int(seqs.size)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Request
 from pydantic import BeforeValidator
 
 from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS
 from tokenmall.http_errors import ErrorBody, FieldError
+from tokenmall.messaging import UnitOfWork
 from tokenmall.money import AmountError, to_cents, to_decimal, to_units
 from tokenmall.servicekit import Service
+from tokenmall_wallet.service_layer import handlers
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -23,6 +26,24 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 def get_service(request: Request) -> Service:
     svc: Service = request.app.state.svc
     return svc
+
+
+T = TypeVar("T")
+
+
+async def for_member(svc: Service, member: str, command: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    """Run a member's command in a transaction.  A member this wallet has not heard of
+    yet (its registration event is on its way) is looked up in the registry and recorded
+    first: read-your-writes for the mall, with the result the event would have given."""
+    try:
+        async with svc.uow() as uow:
+            return await command(uow)
+    except handlers.UnknownMember:
+        registry = svc.state.get("registry")
+        if registry is None or not await handlers.learn_member(svc.uow(), registry, member):
+            raise
+    async with svc.uow() as uow:
+        return await command(uow)
 
 
 def _exact(value: Any) -> Decimal:

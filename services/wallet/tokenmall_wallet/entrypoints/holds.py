@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenmall.http_errors import FieldError
 from tokenmall.ids import ID_DOC, MEMBER_DOC, Id, IdPath, MemberId
 from tokenmall.servicekit import Service
-from tokenmall_wallet.entrypoints import ExactDecimal, errors, get_service, minor_amount
+from tokenmall_wallet.entrypoints import (
+    ExactDecimal,
+    errors,
+    for_member,
+    get_service,
+    minor_amount,
+)
 from tokenmall_wallet.service_layer import handlers
 
 router = APIRouter(prefix="/v1/holds", tags=["holds"])
@@ -47,8 +53,8 @@ async def place_hold(
 ) -> HoldPublic:
     """201 held; 200 when the same hold already exists; 404 unknown member;
     409 fewer available than the amount, or the hold_id exists with another body."""
-    async with svc.uow() as uow:
-        outcome = await handlers.place_hold(uow, body.command())
+    cmd = body.command()
+    outcome = await for_member(svc, cmd.member, lambda uow: handlers.place_hold(uow, cmd))
     if outcome.replay:
         response.status_code = 200
     return HoldPublic(hold_id=outcome.id, status=outcome.status)

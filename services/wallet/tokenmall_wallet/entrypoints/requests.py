@@ -15,7 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenmall.http_errors import FieldError
 from tokenmall.ids import ID_DOC, MEMBER_DOC, Id, IdPath, MemberId, MemberPath, Text200, Text1000
 from tokenmall.servicekit import Service
-from tokenmall_wallet.entrypoints import ExactDecimal, errors, get_service, minor_amount
+from tokenmall_wallet.entrypoints import (
+    ExactDecimal,
+    errors,
+    for_member,
+    get_service,
+    minor_amount,
+)
 from tokenmall_wallet.service_layer import handlers
 
 router = APIRouter(tags=["requests"])
@@ -137,8 +143,8 @@ async def submit_request(
     """202 pending (points or stable held, WalletRequest sent); 200 with the stored status
     for a repeated request_id; 404 unknown member; 422 bad fields; 409 not enough
     available, not a merchant, or the request_id exists with another body."""
-    async with svc.uow() as uow:
-        outcome = await handlers.submit_trade(uow, body.command(member))
+    trade = body.command(member)
+    outcome = await for_member(svc, member, lambda uow: handlers.submit_trade(uow, trade))
     if not outcome.replay:
         svc.committed()
     return _answer(outcome, response)
@@ -155,8 +161,8 @@ async def submit_adjustment(
 ) -> RequestPublic:
     """202 pending (a removal is held); 200 for a repeated request_id; 404 unknown member;
     422 zero amount, empty reason or operator; 409 a removal that would go below zero."""
-    async with svc.uow() as uow:
-        outcome = await handlers.submit_adjustment(uow, body.command())
+    cmd = body.command()
+    outcome = await for_member(svc, cmd.member, lambda uow: handlers.submit_adjustment(uow, cmd))
     if not outcome.replay:
         svc.committed()
     return _answer(outcome, response)

@@ -51,6 +51,7 @@ from tokenmall.money import (
     to_units,
     units_to_decimal,
 )
+from tokenmall.registry import MemberRegistry
 from tokenmall.servicekit import Rejected
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.adapters.tables import (
@@ -86,6 +87,24 @@ class Invalid(WalletError):
 
 class Conflict(WalletError):
     status_code = 409
+
+
+class UnknownMember(NotFound):
+    """Not (yet) in this wallet's read model of the members."""
+
+
+async def learn_member(uow: UnitOfWork, registry: MemberRegistry, member: str) -> bool:
+    """Ask the registry (outside any transaction); record a registered member as its
+    ``MemberRegistered`` would.  False: not registered."""
+    found = await registry.lookup(member)
+    if found is None:
+        return False
+    async with uow:
+        await uow.begin_write()
+        await tables.add_member(uow.session, found.member, found.merchant, found.seq)
+        uow.provide(f"member:{found.member}")
+        await uow.commit()
+    return True
 
 
 # ----------------------------------------------------------------- amounts
@@ -321,7 +340,7 @@ async def lock_member(session: AsyncSession, member: str) -> bool:
         update(members).where(members.c.member == member).values(merchant=members.c.merchant),
     )
     if not result.rowcount:
-        raise NotFound(f"unknown member {member!r}")
+        raise UnknownMember(f"unknown member {member!r}")
     stmt = select(members.c.merchant).where(members.c.member == member)
     return bool((await session.execute(stmt)).scalar_one())
 
