@@ -358,11 +358,11 @@ class Service:
                 provided = await self._apply(sub, event, body)
                 break
             except Rejected as exc:
-                await self.dead_letter(sub.topic, body, str(exc))
+                await self.dead_letter(sub.topic, body, str(exc), event.key)
                 return
             except Exception as exc:
                 if not is_outage(exc) and attempt >= self.settings.handler_attempts:
-                    await self.dead_letter(sub.topic, body, _failure(exc, attempt))
+                    await self.dead_letter(sub.topic, body, _failure(exc, attempt), event.key)
                     return
                 self.metrics.retries.labels(self.name, sub.consumer).inc()
                 log.warning(
@@ -507,7 +507,7 @@ class Service:
     async def _drop_parked(self, parked: ParkedEvent, reason: str) -> None:
         """Dead-letter first, then delete: a crash in between dead-letters it twice, never
         loses it."""
-        await self.dead_letter(parked.topic, parked.body.encode(), reason)
+        await self.dead_letter(parked.topic, parked.body.encode(), reason, parked.key)
         async with self.uow() as uow:
             await self.parking.take(uow.session, parked.id)
             await uow.commit()
@@ -532,14 +532,18 @@ class Service:
         now = datetime.now(UTC)
         return {c: (n, (now - oldest).total_seconds()) for c, (n, oldest) in stats.items()}
 
-    async def dead_letter(self, topic: str, body: bytes, reason: str) -> None:
-        """To ``<topic>.dlq`` with the reason; raises if the broker does not take it (the
-        message is then delivered again: dead letters are at least once too)."""
+    async def dead_letter(
+        self, topic: str, body: bytes, reason: str, key: str | None = None
+    ) -> None:
+        """To ``<topic>.dlq`` with the reason, keyed like the original when it could be
+        read (a member's dead letters stay together); raises if the broker does not take
+        it (the message is then delivered again: dead letters are at least once too)."""
         log.warning("dead-lettering a message from %s: %s", topic, reason)
         self.metrics.dead_lettered.labels(self.name, topic).inc()
         await self.broker.publish(
             body,
             self.settings.topic_prefix + dead_letter_topic(topic),
+            key=None if key is None else key.encode(),
             headers={"reason": reason[:1000], "consumer": self.name},
         )
 
