@@ -10,11 +10,15 @@ nothing more).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
 import httpx
+
+from tokenmall.contracts import Event, MemberRegistered
+from tokenmall.messaging import UnitOfWork
 
 
 class RegistryUnavailable(RuntimeError):
@@ -34,8 +38,8 @@ class MemberRegistry(Protocol):
         """The member as referrals registered it, or None if it is not registered."""
 
 
-class HttpMemberRegistry:
-    """``GET {referrals_url}/v1/members/{member}`` (one connection pool per app)."""
+class ServiceClient:
+    """An httpx client of another service, made on first use (one pool per app)."""
 
     def __init__(
         self,
@@ -49,13 +53,25 @@ class HttpMemberRegistry:
         self.transport = transport
         self._client: httpx.AsyncClient | None = None
 
-    async def lookup(self, member: str) -> RegisteredMember | None:
+    def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
                 base_url=self.base_url, timeout=self.timeout, transport=self.transport
             )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class HttpMemberRegistry(ServiceClient):
+    """``GET {referrals_url}/v1/members/{member}``."""
+
+    async def lookup(self, member: str) -> RegisteredMember | None:
         try:
-            response = await self._client.get(f"/v1/members/{quote(member, safe='')}")
+            response = await self._http().get(f"/v1/members/{quote(member, safe='')}")
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(f"referrals unreachable: {exc!r}") from exc
         if response.status_code == 404:
@@ -70,7 +86,24 @@ class HttpMemberRegistry:
             seq=int(data["seq"]),
         )
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+
+async def learn_member(
+    uow: UnitOfWork,
+    registry: MemberRegistry,
+    member: str,
+    on_registered: Callable[[Event, UnitOfWork], Awaitable[None]],
+) -> bool:
+    """Ask the registry (outside any transaction) and apply its answer with the service's
+    own ``MemberRegistered`` handler, in one transaction: exactly what the event does
+    when it arrives (and then, idempotently, nothing more).  False: not registered."""
+    found = await registry.lookup(member)
+    if found is None:
+        return False
+    event = MemberRegistered(
+        member=found.member, sponsor=found.sponsor, merchant=found.merchant, seq=found.seq
+    )
+    async with uow:
+        await uow.begin_write()
+        await on_registered(event, uow)
+        await uow.commit()
+    return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -274,10 +275,24 @@ class Service:
         lease ends the process (``on_lease_lost``) before it can commit anything more."""
         assert self.lease is not None
         interval = self.settings.lease_seconds / 3
-        if not self.active:
-            while not await self._hold(self.lease):
-                await asyncio.sleep(interval)
+        if self.active:
+            await self.keep_lease()
+            return
+        while not await self._hold(self.lease):
+            await asyncio.sleep(interval)
+        # renewed while loading and joining the consumer groups, which can take longer
+        # than the lease: else a standby would take over from a process still starting
+        keeper = asyncio.create_task(self.keep_lease(), name=f"{self.name}-lease-keeper")
+        try:
             await self.become_active(broker, on_active)
+            await keeper
+        finally:
+            keeper.cancel()
+
+    async def keep_lease(self) -> None:
+        """Renew the lease every ttl/3 while it is held; a lost lease ends the process."""
+        assert self.lease is not None
+        interval = self.settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
             if not await self._hold(self.lease):
@@ -572,19 +587,9 @@ class ParkedItem(BaseModel):
 
     @classmethod
     def of(cls, service: str, row: ParkedEvent) -> ParkedItem:
-        return cls(
-            id=row.id,
-            service=service,
-            consumer=row.consumer,
-            key=row.key,
-            waiting_for=row.waiting_for,
-            topic=row.topic,
-            event_id=row.event_id,
-            event_type=row.event_type,
-            parked_at=row.parked_at,
-            attempts=row.attempts,
-            last_error=row.last_error,
-        )
+        fields = dataclasses.asdict(row)
+        del fields["body"]  # the operator sees what it is and why it waits
+        return cls(service=service, **fields)
 
 
 class ParkedList(BaseModel):
@@ -741,6 +746,11 @@ def create_app(
                 async def on_message(msg: KafkaMessage) -> None:
                     await service.handle(sub, msg.body)
 
+                # the annotation as the class, not the name: FastStream resolves names
+                # when the broker starts, from the frames then on the stack, and a
+                # standby starts it from its lease task, outside this function (every
+                # message then failed to decode, redelivered forever)
+                on_message.__annotations__["msg"] = KafkaMessage
                 return on_message
 
             broker.subscriber(
@@ -760,10 +770,13 @@ def create_app(
                 service.sessions, service.tables, "engine", settings.lease_seconds
             )
             if await service._hold(service.lease):  # the usual case: nobody else is running
+                # renewed meanwhile: loading and joining the groups can outlast the lease
+                leading = asyncio.create_task(service.keep_lease(), name=f"{service.name}-lease")
                 await service.become_active(broker, on_startup)
-            leading = asyncio.create_task(
-                service.lead_forever(broker, on_startup), name=f"{service.name}-lease"
-            )
+            else:
+                leading = asyncio.create_task(
+                    service.lead_forever(broker, on_startup), name=f"{service.name}-lease"
+                )
         else:
             if on_startup is not None:
                 await on_startup(service)

@@ -28,7 +28,7 @@ READERS = {
     contracts.MEMBERS: 3,  # orders, wallet, dividends
     contracts.ORDERS: 2,  # dividends, referrals
     contracts.WALLET_REQUESTS: 1,  # dividends
-    contracts.DIVIDENDS: 2,  # wallet, referrals
+    contracts.DIVIDENDS: 3,  # wallet, referrals, orders (verdicts)
 }
 
 TRADES = {

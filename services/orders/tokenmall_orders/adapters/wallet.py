@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 
 from tokenmall.money import format_cents
+from tokenmall.registry import ServiceClient
 
 
 class WalletError(Exception):
@@ -40,32 +41,8 @@ class Wallet(Protocol):
         """Give a hold back if it is still held; an unknown hold is not an error."""
 
 
-class HttpWallet:
-    """httpx client of the wallet service (one connection pool per app)."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.transport = transport
-        self._client: httpx.AsyncClient | None = None
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url, timeout=self.timeout, transport=self.transport
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+class HttpWallet(ServiceClient):
+    """httpx client of the wallet service."""
 
     async def hold(self, *, hold_id: str, member: str, asset: str, amount_cents: int) -> None:
         body = {

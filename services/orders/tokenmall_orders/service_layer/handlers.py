@@ -31,7 +31,7 @@ from tokenmall.contracts import Event, InputApplied, MemberRegistered, OrderPaid
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
-from tokenmall.registry import MemberRegistry
+from tokenmall.registry import MemberRegistry, learn_member
 from tokenmall.servicekit import Rejected
 from tokenmall_orders.adapters.tables import idempotency, members, orders
 from tokenmall_orders.adapters.wallet import InsufficientFunds, Wallet, WalletError
@@ -144,22 +144,9 @@ async def create_order(
     try:
         return await _create_order(cmd, uow)
     except UnknownMember:
-        if registry is None or not await learn_member(uow, registry, cmd.member):
+        if registry is None or not await learn_member(uow, registry, cmd.member, member_registered):
             raise
     return await _create_order(cmd, uow)
-
-
-async def learn_member(uow: UnitOfWork, registry: MemberRegistry, member: str) -> bool:
-    """Ask the registry (outside any transaction); record a registered member as its
-    ``MemberRegistered`` would.  False: not registered."""
-    found = await registry.lookup(member)
-    if found is None:
-        return False
-    async with uow:
-        await uow.begin_write()
-        await _remember_member(uow, found.member)
-        await uow.commit()
-    return True
 
 
 async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:

@@ -13,6 +13,7 @@ from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS
 from tokenmall.http_errors import ErrorBody, FieldError
 from tokenmall.messaging import UnitOfWork
 from tokenmall.money import AmountError, to_cents, to_decimal, to_units
+from tokenmall.registry import learn_member
 from tokenmall.servicekit import Service
 from tokenmall_wallet.service_layer import handlers
 
@@ -40,7 +41,9 @@ async def for_member(svc: Service, member: str, command: Callable[[UnitOfWork], 
             return await command(uow)
     except handlers.UnknownMember:
         registry = svc.state.get("registry")
-        if registry is None or not await handlers.learn_member(svc.uow(), registry, member):
+        if registry is None or not await learn_member(
+            svc.uow(), registry, member, handlers.on_members
+        ):
             raise
     async with svc.uow() as uow:
         return await command(uow)

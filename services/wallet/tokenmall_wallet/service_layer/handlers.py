@@ -51,7 +51,6 @@ from tokenmall.money import (
     to_units,
     units_to_decimal,
 )
-from tokenmall.registry import MemberRegistry
 from tokenmall.servicekit import Rejected
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.adapters.tables import (
@@ -91,20 +90,6 @@ class Conflict(WalletError):
 
 class UnknownMember(NotFound):
     """Not (yet) in this wallet's read model of the members."""
-
-
-async def learn_member(uow: UnitOfWork, registry: MemberRegistry, member: str) -> bool:
-    """Ask the registry (outside any transaction); record a registered member as its
-    ``MemberRegistered`` would.  False: not registered."""
-    found = await registry.lookup(member)
-    if found is None:
-        return False
-    async with uow:
-        await uow.begin_write()
-        await tables.add_member(uow.session, found.member, found.merchant, found.seq)
-        uow.provide(f"member:{found.member}")
-        await uow.commit()
-    return True
 
 
 # ----------------------------------------------------------------- amounts
