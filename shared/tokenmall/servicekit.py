@@ -293,10 +293,21 @@ class Service:
         """Renew the lease every ttl/3 while it is held; a lost lease ends the process."""
         assert self.lease is not None
         interval = self.settings.lease_seconds / 3
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(interval)
-            if not await self._hold(self.lease):
+            try:
+                held = await self.lease.acquire()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database did not answer: the lease may still be ours
+                log.exception("%s: renewing lease %s failed", self.name, self.lease.name)
+                if time.monotonic() - renewed < self.settings.lease_seconds - interval:
+                    continue  # still valid: try again (the commits are fenced anyway)
+                held = False
+            if not held:
                 self.on_lease_lost(self.lease.name)
+            renewed = time.monotonic()
 
     async def become_active(
         self, broker: Any, on_active: Callable[[Service], Awaitable[None]] | None
