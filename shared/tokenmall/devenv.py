@@ -651,9 +651,15 @@ def wait_healthy(
                         f"{label}: another process (pid {body['pid']}) answers on {process['url']}"
                     )
                 ready = sync.status_code == 200 and isinstance(body, dict) and body.get("ready")
-                standby = sync.status_code != 200 and _healthy_role(client, process["url"]) == (
-                    True,
-                    "standby",
+                # a hot standby (dividends) answers /v1/sync too, with role "standby" and
+                # ready false (it consumes nothing until it takes over)
+                standby = (
+                    sync.status_code == 200
+                    and isinstance(body, dict)
+                    and body.get("role") == "standby"
+                ) or (
+                    sync.status_code != 200
+                    and _healthy_role(client, process["url"]) == (True, "standby")
                 )
                 if ready or standby:
                     del pending[(name, index)]
