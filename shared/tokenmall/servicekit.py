@@ -770,6 +770,10 @@ def create_app(
                 ack_policy=AckPolicy.NACK_ON_ERROR,
                 auto_offset_reset="earliest",
                 max_records=500,
+                # the broker's minimum: a killed process's partitions (and a dead active
+                # dividends' groups) go to the others after 6 s instead of aiokafka's 10 s
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=2000,
             )(make(sub))
         service.relay_lease = Lease(
             service.sessions, service.tables, "relay", settings.lease_seconds
@@ -883,13 +887,18 @@ def create_app(
         """Quiescence: nothing left to publish and nothing left to consume.
 
         ``outbox_backlog`` counts unpublished outbox rows; ``consumer_lag`` is the sum
-        over this service's subscriptions of (log end offset − committed offset);
+        over this service's subscriptions of (log end offset − committed offset), null
+        while it cannot be measured (no group coordinator yet, just after start-up);
         ``ready`` is false while a consumer has no partitions assigned yet.
         """
         backlog = await service.relay.backlog() if service.relay else 0
         probe = service.state.get("lag_probe")
-        lag = await probe.lag() if probe is not None else 0
         ready = consumers_ready(service.broker)
+        try:
+            lag = await probe.lag() if probe is not None else 0
+        except Exception as exc:  # e.g. no group coordinator yet, just after start-up
+            log.info("consumer lag unknown: %r", exc)
+            lag, ready = None, False
         parked = sum(n for n, _ in (await service.parked_stats()).values())
         return {
             "service": service.name,
