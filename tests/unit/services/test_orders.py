@@ -309,6 +309,49 @@ def test_stable_part_is_held_in_the_wallet(tmp_path: Path) -> None:
     run(tmp_path, scenario, wallet=wallet)
 
 
+class DeletingWallet(FakeWallet):
+    """While the first pay's hold is in flight, the order is deleted (its release finds no
+    hold yet), and, once, created again under its id: a concurrent delete racing the pay."""
+
+    def __init__(self, recreate: dict[str, str] | None = None, **stable_cents: int) -> None:
+        super().__init__(**stable_cents)
+        self.client: Client | None = None
+        self.recreate = recreate
+
+    async def hold(self, *, hold_id: str, member: str, asset: str, amount_cents: int) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            assert (await client.delete(f"/v1/orders/{hold_id}")).status_code == 204
+            if self.recreate is not None:
+                assert (await create(client, order_id=hold_id, **self.recreate)).status_code == 201
+        await super().hold(hold_id=hold_id, member=member, asset=asset, amount_cents=amount_cents)
+
+
+def test_a_pay_racing_a_delete_leaves_no_hold_behind(tmp_path: Path) -> None:
+    """The delete released the hold before the pay placed it: the pay releases it."""
+    for recreate, status, held in (
+        (None, 404, {}),  # deleted: nothing to pay
+        ({"amount": "2", "stable": "1"}, 409, {}),  # another order under the id
+        ({"amount": "3", "stable": "0.50"}, 409, {"o": ("A", "stable", 50)}),  # the same hold
+    ):
+        wallet = DeletingWallet(recreate, A=500)
+
+        async def scenario(
+            app: FastAPI, client: Client, wallet: DeletingWallet = wallet, status: int = status
+        ) -> None:
+            await create(client, order_id="o", amount="1", stable="0.50")
+            wallet.client = client
+            r = await client.post("/v1/orders/o/pay")
+            assert r.status_code == status, r.text
+            assert await published(app) == []
+
+        folder = tmp_path / str(status) / str(len(held))
+        folder.mkdir(parents=True)
+        run(folder, scenario, wallet=wallet)
+        assert wallet.holds == held
+        assert wallet.stable == {"A": 500 - sum(h[2] for h in held.values())}
+
+
 def test_an_unpaid_order_can_be_deleted_and_its_id_reused(tmp_path: Path) -> None:
     """As replay does after a refused pay: the scenario's next order takes the same id."""
     wallet = FakeWallet(B=10000)  # 100.00: fewer than the 200 asked

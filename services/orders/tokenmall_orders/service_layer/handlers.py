@@ -233,26 +233,41 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
         if not await _transition(uow, order, CREATED, PENDING, paid_at=_now()):
             if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
                 return replay
-            _check_payable(await _existing(uow, cmd.order_id))
-            raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
-        # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
-        reply = Reply(202, order.view(PENDING), emitted=True)
-        uow.emit(
-            contracts.ORDERS,
-            OrderPaid(
-                order_id=order.order_id,
-                member=order.member,
-                causation_id=order.order_id,
-                amount=cents_to_decimal(order.amount_cents),
-                stable=cents_to_decimal(order.stable_cents),
-            ),
-        )
-        try:
-            await _remember(uow, cmd.idempotency, fingerprint, reply)
-            await uow.commit()
-            return reply
-        except IntegrityError:
-            pass  # the same key, committed by a concurrent request
+            current = await _load(uow, cmd.order_id)
+            if current is not None and _same_order(current, order):
+                _check_payable(current)  # paid by a concurrent request: its hold is ours too
+                raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
+        else:
+            # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
+            reply = Reply(202, order.view(PENDING), emitted=True)
+            uow.emit(
+                contracts.ORDERS,
+                OrderPaid(
+                    order_id=order.order_id,
+                    member=order.member,
+                    causation_id=order.order_id,
+                    amount=cents_to_decimal(order.amount_cents),
+                    stable=cents_to_decimal(order.stable_cents),
+                ),
+            )
+            try:
+                await _remember(uow, cmd.idempotency, fingerprint, reply)
+                await uow.commit()
+                return reply
+            except IntegrityError:
+                current = order  # the same key, committed by a concurrent request
+    if current is None or not _same_order(current, order):
+        # deleted (or deleted and created anew) while this pay held its stable part: the
+        # delete released the hold before this pay placed it, so this pay releases it —
+        # unless the order now under this id holds the very same (one member, one amount)
+        if current is None or (current.member, current.stable_cents) != (
+            order.member,
+            order.stable_cents,
+        ):
+            await _release_hold(wallet, order)
+        if current is None:
+            raise NotFound(f"order {cmd.order_id!r} not found")
+        raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
     async with uow:
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
@@ -318,6 +333,11 @@ async def delete_order(cmd: DeleteOrder, uow: UnitOfWork, wallet: Wallet) -> Non
             order = await _existing(uow, cmd.order_id)
             raise Conflict(f"order {order.order_id!r} is {order.status}: it cannot be deleted")
         await uow.commit()
+    await _release_hold(wallet, order)
+
+
+async def _release_hold(wallet: Wallet, order: Order) -> None:
+    """Release the stable hold of an order that is gone; a failed release is only logged."""
     if order.stable_cents > 0:
         try:
             await wallet.release(order.order_id)
@@ -475,6 +495,10 @@ async def _transition(
         .values(status=after, **stamps)
     )
     return cast(CursorResult[Any], result).rowcount == 1
+
+
+def _same_order(a: Order, b: Order) -> bool:
+    return (a.member, a.amount_cents, a.stable_cents) == (b.member, b.amount_cents, b.stable_cents)
 
 
 def _check_payable(order: Order) -> None:
