@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -76,31 +76,39 @@ class Hammer:
         self.failures: list[str] = []
         self.calls = 0
         self.last: dict[int, str] = {}  # the last answer of each status code
+        self.refusals: Counter[str] = Counter()  # every 4xx answer (for a failure's message)
 
     async def close(self) -> None:
         await self.client.aclose()
 
     async def call(
-        self, service: str, method: str, path: str, json: Any = None
+        self, service: str, method: str, path: str, json: Any = None, key: str | None = None
     ) -> httpx.Response | None:
         self.calls += 1
+        headers = {} if key is None else {"Idempotency-Key": key}
         try:
-            response = await self.client.request(method, self.urls[service] + path, json=json)
+            response = await self.client.request(
+                method, self.urls[service] + path, json=json, headers=headers
+            )
         except httpx.TransportError as exc:
             self.failures.append(f"{service} {method} {path}: {type(exc).__name__}: {exc}")
             return None
         self.last[response.status_code] = f"{service} {method} {path}: {response.text[:200]}"
+        if response.status_code >= 400:
+            self.refusals[f"{service} {method} {path}: {response.text[:160]}"] += 1
         if response.status_code >= 500:
             self.failures.append(
                 f"{service} {method} {path}: {response.status_code} {response.text[:300]}"
             )
         return response
 
-    async def status(self, service: str, method: str, path: str, json: Any = None) -> int:
-        response = await self.call(service, method, path, json)
+    async def status(
+        self, service: str, method: str, path: str, json: Any = None, key: str | None = None
+    ) -> int:
+        response = await self.call(service, method, path, json, key)
         return 0 if response is None else response.status_code
 
-    async def statuses(self, calls: list[Awaitable[int]]) -> Counter[int]:
+    async def statuses(self, calls: Sequence[Awaitable[int]]) -> Counter[int]:
         return Counter(await asyncio.gather(*calls))
 
     def reads(self, n: int) -> list[Awaitable[int]]:
@@ -157,6 +165,7 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
     """The load, phase by phase; returns what the checks need."""
     urls = h.urls
     got: dict[str, Any] = {}
+    outcome: Any  # each phase's answers, gathered
 
     # --- registration: roots, then a burst of 256 with a member 64 times and 256 reads
     roots = await h.statuses(
@@ -252,14 +261,26 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
         h.status("orders", "POST", "/v1/orders", order_body(WIDE, "u-same", "0"))
         for _ in range(WIDE)
     ]
+    keyed_create = [
+        h.status("orders", "POST", "/v1/orders", order_body(WIDE + 1, "k-1"), key="k-create")
+        for _ in range(WIDE)
+    ]
+    racing = [  # paid and deleted at once below
+        h.status("orders", "POST", "/v1/orders", order_body(32 + i, f"r-{i}", "10"))
+        for i in range(16)
+    ]
     outcome = await asyncio.gather(
         h.statuses(creates),
         h.statuses(unpaid),
         h.statuses(same_create),
         h.statuses(same_unpaid),
         h.statuses(h.reads(WIDE)),
+        h.statuses(keyed_create),
+        h.statuses(racing),
     )
     h.check()
+    assert outcome[5] == {201: WIDE}, outcome[5]  # one created, the rest its stored answer
+    assert outcome[6] == {201: 16}, outcome[6]
     assert outcome[0] == {201: WIDE}, outcome[0]
     assert outcome[1] == {201: WIDE}, outcome[1]
     assert outcome[2] == {201: 1, 409: WIDE - 1}, outcome[2]
@@ -289,6 +310,21 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
         )
         for _ in range(WIDE)
     ]
+    clash_hold = [  # one hold id for several members at once
+        h.status(
+            "wallet",
+            "POST",
+            "/v1/holds",
+            {"hold_id": "h-clash", "member": member(48 + i), "asset": "stable", "amount": "5"},
+        )
+        for i in range(8)
+    ]
+    keyed_pay = [h.status("orders", "POST", "/v1/orders/k-1/pay", key="k-pay") for _ in range(WIDE)]
+    race = [
+        h.status("orders", method, f"/v1/orders/r-{i}{suffix}")
+        for i in range(16)
+        for method, suffix in (("POST", "/pay"), ("DELETE", ""))
+    ]
     outcome = await asyncio.gather(
         h.statuses(pays),
         h.statuses(same_pay),
@@ -297,8 +333,16 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
         h.statuses(holds),
         h.statuses(same_hold),
         h.statuses(h.reads(WIDE)),
+        h.statuses(clash_hold),
+        h.statuses(keyed_pay),
+        asyncio.gather(*race),
     )
     h.check()
+    assert outcome[7] == {201: 1, 409: 7}, outcome[7]
+    assert outcome[8] == {202: WIDE}, outcome[8]
+    for i in range(16):  # paid (the delete refused) or deleted (the pay finds nothing)
+        pay, deleted = outcome[9][2 * i], outcome[9][2 * i + 1]
+        assert (pay, deleted) in ((202, 409), (404, 204), (409, 204)), (i, pay, deleted)
     assert outcome[0] == {202: WIDE}, outcome[0]
     assert outcome[1] == {202: 1, 409: WIDE - 1}, outcome[1]
     assert outcome[2] == {204: WIDE}, outcome[2]
@@ -308,8 +352,12 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
     h.check()
     releases = [h.status("wallet", "POST", f"/v1/holds/h-{i}/release") for i in range(32, WIDE)]
     same_release = [h.status("wallet", "POST", "/v1/holds/h-same/release") for _ in range(WIDE)]
-    outcome = await asyncio.gather(h.statuses(releases), h.statuses(same_release))
+    clash_release = h.status("wallet", "POST", "/v1/holds/h-clash/release")
+    outcome = await asyncio.gather(
+        h.statuses(releases), h.statuses(same_release), h.statuses([clash_release])
+    )
     assert outcome[0] == {200: WIDE - 32}, outcome[0]
+    assert outcome[2] == {200: 1}, outcome[2]
     assert outcome[1] == {200: WIDE}, outcome[1]
     h.check()
     await quiet(urls)
@@ -355,6 +403,16 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
         for i in range(16)
     ]
 
+    clash_sell = [  # one request id for several members at once
+        h.status(
+            "wallet",
+            "POST",
+            f"/v1/members/{member(i)}/requests",
+            {"request_id": "sell-clash", "kind": "sell", "points": "1"},
+        )
+        for i in range(2, 10)
+    ]
+
     async def worker(i: int) -> list[int]:
         name = f"w-{i}"
         codes = [
@@ -388,8 +446,10 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
         h.statuses(merchant),
         asyncio.gather(*(worker(i) for i in range(WIDE))),
         h.statuses(h.reads(WIDE)),
+        h.statuses(clash_sell),
     )
     h.check()
+    assert outcome[7] == {202: 1, 409: 7}, outcome[7]
     assert outcome[0] == {200: WIDE - 32}, outcome[0]
     assert outcome[1] == {200: 1, 409: WIDE - 1}, outcome[1]
     assert outcome[2] == {202: 32}, outcome[2]
@@ -413,7 +473,6 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
     answers, plan_codes, read_codes = await asyncio.gather(
         asyncio.gather(*settles), h.statuses(plans), h.statuses(h.reads(WIDE))
     )
-    h.check()
     h.check()
     fresh = [a for a in answers if a is not None and a.status_code == 200]
     assert sum(1 for a in fresh if not a.json()["already_settled"]) == 1, [
@@ -439,21 +498,35 @@ async def hammer_everything(h: Hammer) -> dict[str, Any]:
     return got
 
 
+async def input_log(driver: Platform) -> list[dict[str, Any]]:
+    """Dividends' whole input log, page by page."""
+    rows: list[dict[str, Any]] = []
+    while True:
+        page = await driver.json("dividends", f"/v1/inputs?offset={len(rows)}&limit=10000")
+        rows.extend(page["items"])
+        if len(rows) >= page["total"] or not page["items"]:
+            return rows
+
+
 async def final_state(urls: dict[str, str], registered: set[str]) -> dict[str, Any]:
     driver = Platform(urls, timeout=120)
     try:
         await driver.wait_quiet()
         document = await read_document(driver)
-        log = (await driver.json("dividends", "/v1/inputs?limit=100000"))["items"]
+        log = await input_log(driver)
         accounts = await driver.json("wallet", "/v1/accounts/platform")
         balances = (await driver.json("wallet", "/v1/balances?limit=10000"))["members"]
-        engine = (await driver.json("dividends", "/v1/members?limit=100000"))["members"]
+        engine = (await driver.json("dividends", "/v1/members?limit=10000"))["members"]
         tree = (await driver.json("referrals", "/v1/members?limit=10000"))["members"]
         ordering = {
             m: (await driver.call("orders", "GET", f"/v1/members/{m}/orders")).status_code
             for m in sorted(registered)
         }
         parked = {s: (await driver.json(s, "/v1/parked"))["total"] for s in SERVICES}
+        held = {
+            m: (await driver.json("wallet", f"/v1/members/{m}/balances"))["held"]
+            for m in sorted(registered)
+        }
     finally:
         await driver.close()
     return {
@@ -465,6 +538,7 @@ async def final_state(urls: dict[str, str], registered: set[str]) -> dict[str, A
         "tree": {row["member"] for row in tree},
         "orders": ordering,
         "parked": parked,
+        "held": {m: v for m, v in held.items() if any(Decimal(x) for x in v.values())},
     }
 
 
@@ -491,7 +565,8 @@ def test_every_endpoint_under_concurrency_no_5xx_and_the_platform_equals_simulat
     try:
         got = asyncio.run(run())
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{h.last}\n{platform.log_tail(1500)}") from None
+        refusals = "\n".join(f"{n} × {r}" for r, n in sorted(h.refusals.items()))
+        raise AssertionError(f"{exc}\n{refusals}\n{platform.log_tail(1500)}") from None
     registered = got["registered"] | got["workers"]
     final = asyncio.run(final_state(platform.urls, registered))
     assert final["parked"] == dict.fromkeys(SERVICES, 0)
@@ -501,6 +576,7 @@ def test_every_endpoint_under_concurrency_no_5xx_and_the_platform_equals_simulat
     assert {row["member"] for row in final["balances"]} == registered
     assert set(final["orders"].values()) == {200}, final["orders"]
     books_balance(final["accounts"], final["balances"])
+    assert final["held"] == {}, final["held"]  # every hold captured or released
     # the platform equals simulate of the accepted steps, in the engine's order
     scenario = parse_scenario(scenario_from_inputs(final["log"]))
     expected = simulate(scenario).document
@@ -577,7 +653,7 @@ def test_double_spend_two_orders_over_one_stable_balance_exactly_one_paid_everyw
                 for k in (1, 2)
             }
             balances = {n: await driver.json("wallet", f"/v1/members/{n}/balances") for n in names}
-            log = (await driver.json("dividends", "/v1/inputs?limit=100000"))["items"]
+            log = await input_log(driver)
             engine = {n: await driver.json("dividends", f"/v1/members/{n}") for n in names}
             sales_after = Decimal((await driver.json("orders", "/v1/sales"))["sales"])
             h.check()
