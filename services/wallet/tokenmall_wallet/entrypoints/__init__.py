@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Request
 from pydantic import BeforeValidator
+from sqlalchemy.exc import IntegrityError
 
 from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS
 from tokenmall.http_errors import ErrorBody, FieldError
@@ -37,14 +38,30 @@ async def for_member(svc: Service, member: str, command: Callable[[UnitOfWork], 
     yet (its registration event is on its way) is looked up in the registry and recorded
     first: read-your-writes for the mall, with the result the event would have given."""
     try:
-        async with svc.uow() as uow:
-            return await command(uow)
+        return await _run(svc, command)
     except handlers.UnknownMember:
         registry = svc.state.get("registry")
         if registry is None or not await learn_member(
             svc.uow(), registry, member, handlers.on_members
         ):
             raise
+    return await _run(svc, command)
+
+
+ATTEMPTS = 3
+
+
+async def _run(svc: Service, command: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    """One transaction; again if a concurrent command inserted the same id first (a hold
+    or request id is unique across members, whose row locks do not serialise them): the
+    next attempt finds that row and answers like a repeat (its stored status, or 409 for
+    another body) instead of a 500."""
+    for _ in range(ATTEMPTS - 1):
+        try:
+            async with svc.uow() as uow:
+                return await command(uow)
+        except IntegrityError:
+            continue
     async with svc.uow() as uow:
         return await command(uow)
 
