@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -574,6 +574,29 @@ class Service:
         )
 
 
+class StandbyGate:
+    """A standby (not holding the engine's lease) serves no API: 503 with Retry-After —
+    the active process answers, or this one once it has taken over.  A plain ASGI
+    middleware: Starlette's ``BaseHTTPMiddleware`` runs every request through an extra
+    task and stream, which a concurrent load does not need."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.service.active or scope["path"] in STANDBY_PATHS:
+            await self.app(scope, receive, send)
+            return
+        response = http_errors.error_response(
+            503,
+            f"this {self.service.name} process is a standby; the active one answers",
+            code="standby",
+            headers={"Retry-After": "1"},
+        )
+        await response(scope, receive, send)
+
+
 MAX_OFFSET = 2**31 - 1
 # uvicorn's keep-alive (its default is 5 s, the same as httpx's pool expiry): a client
 # that reuses an idle connection just as the server closes it gets a reset.  The server
@@ -850,19 +873,7 @@ def create_app(
 
     http_errors.install(app, text_paths=("/metrics",))  # one error body, documented
 
-    @app.middleware("http")
-    async def standby_is_unavailable(request: Request, call_next: Any) -> Response:
-        """A standby (not holding the engine's lease) serves no API: 503, try again (the
-        active process answers, or this one once it has taken over)."""
-        if service.active or request.url.path in STANDBY_PATHS:
-            response: Response = await call_next(request)
-            return response
-        return http_errors.error_response(
-            503,
-            f"this {service.name} process is a standby; the active one answers",
-            code="standby",
-            headers={"Retry-After": "1"},
-        )
+    app.add_middleware(StandbyGate, service=service)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
