@@ -176,6 +176,11 @@ async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
         if known.first() is None:
             raise UnknownMember(f"member {cmd.member!r} is not registered")
         if await _load(uow, order.order_id) is not None:
+            # a concurrent request with the same key may have committed between the
+            # replay check above and this read (PostgreSQL reads what is committed when
+            # each statement starts): its stored answer is visible now, with its order
+            if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+                return replay
             raise Conflict(f"order {order.order_id!r} already exists")
         reply = Reply(201, order.view())
         try:
