@@ -250,7 +250,7 @@ def _baseline_tables(service: str) -> dict[str, set[str]]:
     """Tables and columns after the first revision alone (run on an in-memory SQLite)."""
     engine = create_engine("sqlite://")
     try:
-        with engine.begin() as conn:
+        with engine.begin() as conn, _ALEMBIC:
             command.upgrade(config(service, conn), _base(service))
             return _user_tables(conn)
     finally:
@@ -287,12 +287,21 @@ def _upgrade(service: str, url: str, conn: Connection) -> Outcome:
                     f"are not the first revision's schema of {service} (differ: "
                     f"{', '.join(extra)}): migrate a fresh database instead"
                 )
-            command.stamp(cfg, _base(service))
+            with _ALEMBIC:
+                command.stamp(cfg, _base(service))
             outcome.adopted = True
             outcome.applied.append(_base(service))
-    command.upgrade(cfg, "heads")
+    with _ALEMBIC:
+        command.upgrade(cfg, "heads")
     outcome.after = _current(conn)
     return outcome
+
+
+# Alembic's ``context`` (what env.py reads) is one global of the process: migrations run
+# from several threads at once (dev launching platforms in parallel, three at once in the
+# replay tests) would see each other's and hang.  One at a time per process; each is
+# a few milliseconds, and processes still run theirs in parallel.
+_ALEMBIC = threading.RLock()
 
 
 async def upgrade_async(service: str, url: str) -> Outcome:
@@ -379,9 +388,13 @@ def new_revision(service: str, message: str, url: str | None = None) -> Path:
         state = _status(service, url or "scratch", conn)
         if not state.at_head:
             raise MigrationError(f"the database must be at head to compare ({state.describe()})")
-        script = command.revision(
-            config(service, conn), message=message, autogenerate=True, rev_id=_next_id(service)
-        )
+        with _ALEMBIC:
+            script = command.revision(
+                config(service, conn),
+                message=message,
+                autogenerate=True,
+                rev_id=_next_id(service),
+            )
         assert script is not None and not isinstance(script, list)
         return Path(script.path)
 

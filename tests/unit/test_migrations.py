@@ -319,3 +319,25 @@ def test_a_database_whose_0001_made_the_leases_table_gets_0002_as_a_number(tmp_p
     with engine.connect() as conn:
         assert differences(conn, migrations.metadata("orders")) == []
     engine.dispose()
+
+
+def test_migrations_from_several_threads_at_once_all_finish(tmp_path: Path) -> None:
+    """Alembic's context is one global of the process: platforms launched in parallel
+    (the replay tests start three at once) used to hang or fail here."""
+    errors: list[str] = []
+
+    def platform(i: int) -> None:
+        try:
+            for name in ("orders", "wallet", "dividends", "referrals"):
+                migrations.upgrade(name, f"sqlite:///{tmp_path}/{i}-{name}.db")
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=platform, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads) and errors == []
+    for i in range(6):
+        assert migrations.status("orders", f"sqlite:///{tmp_path}/{i}-orders.db").at_head
