@@ -22,13 +22,18 @@ SCHEMA_VERSION = 1
 # topic -> what flows on it (the README's catalogue is generated from this)
 TOPICS: dict[str, str] = {
     "tokenmall.members": "referrals → all: members registered (key: member)",
-    "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member)",
-    "tokenmall.wallet-requests": "wallet → dividends: trades, adjustments (key: member)",
+    "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member); "
+    "day markers (one per partition)",
+    "tokenmall.wallet-requests": "wallet → dividends: trades, adjustments (key: member); "
+    "day markers (one per partition)",
     "tokenmall.dividends": "dividends → wallet, referrals, orders: engine results, release batches "
-    "(key: member; a batch: a member of its partition)",
+    "(key: member; a batch: a member of its partition), day closing",
 }
 MEMBERS, ORDERS, WALLET_REQUESTS, DIVIDENDS = TOPICS
 PARTITIONS = 6
+# The topics whose inputs carry a business day, closed per partition by a DayClosed
+# marker before dividends settles that day (the day-boundary watermark).
+DAY_STAMPED_TOPICS = (ORDERS, WALLET_REQUESTS)
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -70,6 +75,10 @@ class OrderPaid(Event):
     member: str
     amount: Money
     stable: Money = Decimal(0)
+    # the business day the producer accepted it on (its day row, locked while it is
+    # stamped: every input of day D is published before the producer's DayClosed(D));
+    # absent from producers older than the day watermark: the engine's current day
+    day: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class OrderRefunded(Event):
@@ -77,6 +86,10 @@ class OrderRefunded(Event):
     order_id: str
     member: str
     amount: Money
+    # the business day the producer accepted it on (its day row, locked while it is
+    # stamped: every input of day D is published before the producer's DayClosed(D));
+    # absent from producers older than the day watermark: the engine's current day
+    day: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class WalletRequest(Event):
@@ -93,6 +106,10 @@ class WalletRequest(Event):
     amount: Money | None = None  # adjust: signed
     reason: str | None = None  # adjust
     operator: str | None = None  # adjust
+    # the business day the producer accepted it on (its day row, locked while it is
+    # stamped: every input of day D is published before the producer's DayClosed(D));
+    # absent from producers older than the day watermark: the engine's current day
+    day: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class PostingLine(BaseModel):
@@ -115,6 +132,10 @@ class InputApplied(Event):
     reason: str | None = None  # why the rules refused it
     postings: list[PostingLine] = []
     facts: list[dict[str, Any]] = []  # the engine's domain events, as plain data
+    # the business day the input counts in: the day it was accepted on, or — when it
+    # reached the engine only after that day was settled (a forced settlement) — the
+    # next open day
+    day: int | None = None
 
 
 class ReleaseComputed(Event):
@@ -150,6 +171,28 @@ class DaySettled(Event):
     forced_exits: int = 0
 
 
+class DayClosing(Event):
+    """Dividends asks the producers of day-stamped inputs (orders, wallet) to close
+    ``day``: they stamp later inputs with the next day and answer with DayClosed
+    markers.  Settlement of ``day`` follows once every marker and every input of the
+    day has reached the engine."""
+
+    type: Literal["DayClosing"] = "DayClosing"
+    day: int = Field(ge=1, le=2**31 - 1)
+
+
+class DayClosed(Event):
+    """A watermark: on ``partition`` of ``topic``, every input of ``day`` (and earlier)
+    came before this marker.  One per partition, published after the producer moved
+    its day on, so nothing stamped ``day`` can follow it."""
+
+    type: Literal["DayClosed"] = "DayClosed"
+    day: int = Field(ge=1, le=2**31 - 1)
+    topic: str  # the logical topic it closes (without a deployment's prefix)
+    partition: int = Field(ge=0)
+    partitions: int = Field(ge=1)  # how many markers close the topic
+
+
 class PlanScheduled(Event):
     """A new plan version, effective from ``effective_day`` (the next business day)."""
 
@@ -174,6 +217,8 @@ AnyEvent = Annotated[
     | InputApplied
     | ReleaseComputed
     | DaySettled
+    | DayClosing
+    | DayClosed
     | PlanScheduled
     | PlanActivated,
     Field(discriminator="type"),
@@ -220,6 +265,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     InputApplied,
     ReleaseComputed,
     DaySettled,
+    DayClosing,
+    DayClosed,
     PlanScheduled,
     PlanActivated,
 )

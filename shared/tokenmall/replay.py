@@ -214,10 +214,18 @@ class _Driver:
         )
 
     async def _settle(self, step: Step) -> tuple[bool, str | None]:
+        """Settle the engine's day: the settlement waits for the producers' day markers
+        (the barrier before it made sure every input of the day is in); a 202 (still
+        waiting, e.g. a slow machine) is followed until the day is settled."""
         day = (await self.p.json("dividends", "/v1/state"))["day"]
-        return await self._answer(
-            await self.p.call("dividends", "POST", f"/v1/settlements/{day}"), (200,)
-        )
+        response = await self.p.call("dividends", "POST", f"/v1/settlements/{day}")
+        deadline = time.monotonic() + self.p.quiet_timeout
+        while response.status_code == 202:
+            if time.monotonic() > deadline:
+                raise PlatformError(f"day {day} was not settled: {response.text}")
+            await asyncio.sleep(0.05)
+            response = await self.p.call("dividends", "GET", f"/v1/settlements/{day}")
+        return await self._answer(response, (200,))
 
     async def _plan(self, step: Step) -> tuple[bool, str | None]:
         return await self._answer(

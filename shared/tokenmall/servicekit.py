@@ -41,6 +41,7 @@ from tokenmall.messaging import (
     MessagingTables,
     Missing,
     OutboxRelay,
+    Outgoing,
     ParkedEvent,
     ParkingLot,
     Publisher,
@@ -359,6 +360,11 @@ class Service:
     def uow(self) -> UnitOfWork:
         assert self.sessions is not None, "service not started"
         return UnitOfWork(self.sessions, self.tables, self.name)
+
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of the logical ``topic`` (where markers go: one on each)."""
+        assert self.relay is not None, "service not started"
+        return await self.relay.publisher.partitions(topic)
 
     def committed(self) -> None:
         """Call after a transaction that emitted events: the relay publishes at once."""
@@ -719,8 +725,12 @@ class PrefixedPublisher:
     def __init__(self, inner: Any, prefix: str) -> None:
         self.inner, self.prefix = inner, prefix
 
-    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
-        await self.inner.publish_many([(self.prefix + t, k, v) for t, k, v in messages])
+    async def publish_many(self, messages: list[Outgoing]) -> None:
+        await self.inner.publish_many([m._replace(topic=self.prefix + m.topic) for m in messages])
+
+    async def partitions(self, topic: str) -> int:
+        count: int = await self.inner.partitions(self.prefix + topic)
+        return count
 
 
 def default_database_url(service: str) -> str:

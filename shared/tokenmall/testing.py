@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from tokenmall.contracts import Event, MemberRegistered, decode
-from tokenmall.messaging import OutboxRelay
+from tokenmall.contracts import PARTITIONS, Event, MemberRegistered, decode
+from tokenmall.messaging import OutboxRelay, Outgoing
 from tokenmall.registry import RegisteredMember
 
 _registrations = itertools.count(1)
@@ -50,16 +50,20 @@ class MemoryRegistry:
 
 
 class MemoryPublisher:
-    """Collects what the outbox relay publishes."""
+    """Collects what the outbox relay publishes (topics of ``PARTITIONS`` partitions)."""
 
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, str, bytes]] = []
+    def __init__(self, partitions: int = PARTITIONS) -> None:
+        self.messages: list[Outgoing] = []
+        self.partition_count = partitions
 
-    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+    async def publish_many(self, messages: list[Outgoing]) -> None:
         self.messages.extend(messages)
 
+    async def partitions(self, topic: str) -> int:
+        return self.partition_count
+
     def events(self, topic: str | None = None) -> list[Event]:
-        return [decode(v) for t, _, v in self.messages if topic is None or t == topic]
+        return [decode(m.value) for m in self.messages if topic is None or m.topic == topic]
 
 
 class _Record:

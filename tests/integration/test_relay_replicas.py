@@ -12,7 +12,7 @@ from sqlalchemy import func, insert, select
 
 from tokenmall import migrations
 from tokenmall.db import make_engine, make_sessions
-from tokenmall.messaging import OutboxRelay
+from tokenmall.messaging import OutboxRelay, Outgoing
 from tokenmall.testing import MemoryPublisher
 from tokenmall_orders.adapters.tables import messaging_tables
 
@@ -22,7 +22,7 @@ ROWS = 3000
 class SlowPublisher(MemoryPublisher):
     """Takes a moment per batch, as a broker round trip does, so the relays overlap."""
 
-    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+    async def publish_many(self, messages: list[Outgoing]) -> None:
         await asyncio.sleep(0.01)
         await super().publish_many(messages)
 
@@ -64,11 +64,11 @@ def test_two_relays_on_postgres_publish_every_row_once(postgres_data: Path) -> N
                     pass
 
             await asyncio.gather(*(drain(r) for r in relays))
-            published = [int(v) for p in publishers for _, _, v in p.messages]
+            published = [int(v) for p in publishers for _, _, v, _ in p.messages]
             assert sorted(published) == list(range(ROWS))  # every row, none twice
             assert all(p.messages for p in publishers)  # both relays did part of it
             for p in publishers:  # rows leave in id order within each relay's batches
-                values = [int(v) for _, _, v in p.messages]
+                values = [int(v) for _, _, v, _ in p.messages]
                 assert values == sorted(values)
             async with sessions() as session:
                 left = select(func.count()).where(tables.outbox.c.published_at.is_(None))

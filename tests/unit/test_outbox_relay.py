@@ -12,7 +12,7 @@ from sqlalchemy import insert
 
 from tokenmall import migrations
 from tokenmall.db import make_engine, make_sessions
-from tokenmall.messaging import Lease, MessagingTables, OutboxRelay
+from tokenmall.messaging import Lease, MessagingTables, OutboxRelay, Outgoing
 from tokenmall.testing import MemoryPublisher
 from tokenmall_orders.adapters.tables import messaging_tables
 
@@ -37,7 +37,7 @@ class CommitsWhilePublishing(MemoryPublisher):
         self.add_row = add_row
         self.sent_at: list[float] = []
 
-    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+    async def publish_many(self, messages: list[Outgoing]) -> None:
         if not self.messages:
             await self.add_row()  # type: ignore[operator]
         await super().publish_many(messages)
@@ -72,7 +72,7 @@ def test_rows_go_in_id_order_and_a_wake_during_a_batch_is_not_lost(tmp_path: Pat
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await engine.dispose()
-        assert [int(v) for _, _, v in publisher.messages] == list(range(6))
+        assert [int(v) for _, _, v, _ in publisher.messages] == list(range(6))
         assert publisher.sent_at[-1] - started < 1.0  # woken, not polled 2 s later
 
     asyncio.run(go())
@@ -106,7 +106,7 @@ def test_of_two_relays_on_one_database_one_publishes_and_the_other_takes_over(
         while await relays[1].run_once():
             pass
         await engine.dispose()
-        assert [int(v) for _, _, v in pubs[0].messages] == [0, 1]
-        assert [int(v) for _, _, v in pubs[1].messages] == [2, 3, 4]
+        assert [int(v) for _, _, v, _ in pubs[0].messages] == [0, 1]
+        assert [int(v) for _, _, v, _ in pubs[1].messages] == [2, 3, 4]
 
     asyncio.run(go())

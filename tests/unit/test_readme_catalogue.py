@@ -13,6 +13,7 @@ from tokenmall import contracts
 from tokenmall.cli import app
 from tokenmall.servicekit import ServiceMetrics, ServiceSettings
 from tokenmall_dividends.app import DividendsSettings
+from tokenmall_dividends.app import build_app as build_dividends
 from tokenmall_orders.app import OrdersSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -34,6 +35,9 @@ def test_readme_names_every_topic_event_setting_and_metric() -> None:
         ]
     metrics = ServiceMetrics("x")
     names = {m.name for m in metrics.registry.collect()}
+    # and what a service adds to its registry (dividends: day boundaries)
+    dividends = build_dividends(DividendsSettings()).state.svc.metrics.registry
+    names |= {m.name for m in dividends.collect()}
     missing += [n for n in names if n.removesuffix("_total") not in README]
     assert missing == []
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from fastapi import FastAPI
+from pydantic import Field
 
 from tokenmall import contracts
 from tokenmall.messaging import Publisher
@@ -21,7 +22,7 @@ from tokenmall.servicekit import (
 )
 from tokenmall_dividends.adapters import tables
 from tokenmall_dividends.entrypoints import input_log, plans, settlements, state
-from tokenmall_dividends.service_layer import handlers
+from tokenmall_dividends.service_layer import closing, handlers
 from tokenmall_dividends.service_layer.host import EngineHost
 
 DEFAULT_PORT = 8103
@@ -29,6 +30,12 @@ DEFAULT_PORT = 8103
 
 class DividendsSettings(ServiceSettings):
     plan_file: str = ""  # TOKENMALL_PLAN_FILE: the first plan (YAML/JSON), base plan if empty
+    # TOKENMALL_DAY_WATERMARKS (JSON list): the topics whose "day closed" markers a
+    # settlement waits for — every producer of day-stamped inputs.  [] settles at once
+    # (dividends alone, in tests).
+    day_watermarks: list[str] = Field(default_factory=lambda: list(contracts.DAY_STAMPED_TOPICS))
+    # how long POST /v1/settlements/{day} waits for the settlement before answering 202
+    settle_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
 
 
 def load_plan(path: str) -> dict[str, Any]:
@@ -51,6 +58,8 @@ def build_app(
     # the engine has one writer: one active process, the others hot standbys (lease)
     svc = Service("dividends", settings, tables.metadata, tables.messaging, singleton=True)
     host = svc.state["host"] = EngineHost()
+    svc.state["day_metrics"] = closing.DayMetrics(svc)
+    closer = svc.state["closer"] = closing.DayCloser(svc)
     svc.exclusive = host.lock  # consumers take the engine's lock before any database write
 
     def bound(fn: Any) -> Any:
@@ -66,6 +75,7 @@ def build_app(
 
     async def on_startup(service: Service) -> None:
         await handlers.start(service, load_plan(settings.plan_file))
+        await closer.start()  # a settlement requested before a restart goes on
 
     return create_app(
         svc,

@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from tokenmall import contracts
-from tokenmall.messaging import Publisher
+from tokenmall import business_day, contracts
+from tokenmall.messaging import Publisher, UnitOfWork
 from tokenmall.registry import HttpMemberRegistry, MemberRegistry
 from tokenmall.servicekit import (
     HTTP_KEEP_ALIVE_SECONDS,
@@ -55,9 +55,18 @@ def build_app(
     own_wallet = HttpWallet(settings.wallet_url) if wallet is None else None
     svc.state["wallet"] = wallet if wallet is not None else own_wallet
     svc.state["registry"] = registry if registry is not None else own_registry(svc)
+
+    async def on_dividends(event: contracts.Event, uow: UnitOfWork) -> None:
+        """Day closing (the watermark: tokenmall.business_day) and the rules' verdicts."""
+        if await business_day.on_day_event(
+            event, uow, tables.business_days, contracts.ORDERS, svc.partition_count
+        ):
+            return
+        await handlers.order_verdict(event, uow)
+
     subscriptions = [
         Subscription(contracts.MEMBERS, handlers.member_registered, consumer=f"{NAME}-members"),
-        Subscription(contracts.DIVIDENDS, handlers.order_verdict, consumer=f"{NAME}-verdicts"),
+        Subscription(contracts.DIVIDENDS, on_dividends, consumer=f"{NAME}-verdicts"),
     ]
     app = create_app(
         svc,

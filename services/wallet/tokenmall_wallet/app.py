@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tokenmall.contracts import DIVIDENDS, MEMBERS, Event, ReleaseComputed
+from tokenmall import business_day
+from tokenmall.contracts import DIVIDENDS, MEMBERS, WALLET_REQUESTS, Event, ReleaseComputed
 from tokenmall.http_errors import error_response
 from tokenmall.messaging import Publisher, UnitOfWork
 from tokenmall.registry import HttpMemberRegistry, MemberRegistry, RegistryUnavailable
@@ -50,6 +51,11 @@ def build_app(
 
     async def on_dividends(event: Event, uow: UnitOfWork) -> None:
         started = time.perf_counter()
+        # day closing: the watermark of the requests this wallet sends (tokenmall.business_day)
+        if await business_day.on_day_event(
+            event, uow, tables.business_days, WALLET_REQUESTS, svc.partition_count
+        ):
+            return
         await handlers.on_dividends(event, uow)
         if isinstance(event, ReleaseComputed) and event.members:
             elapsed = max(time.perf_counter() - started, 1e-9)

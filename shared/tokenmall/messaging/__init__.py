@@ -9,7 +9,7 @@
 
 from tokenmall.messaging.lease import Lease, LeaseLost
 from tokenmall.messaging.parking import Missing, ParkedEvent, ParkingLot
-from tokenmall.messaging.relay import KafkaPublisher, OutboxRelay, Publisher
+from tokenmall.messaging.relay import KafkaPublisher, OutboxRelay, Outgoing, Publisher
 from tokenmall.messaging.tables import MessagingTables, define
 from tokenmall.messaging.uow import UnitOfWork
 
@@ -20,6 +20,7 @@ __all__ = [
     "MessagingTables",
     "Missing",
     "OutboxRelay",
+    "Outgoing",
     "ParkedEvent",
     "ParkingLot",
     "Publisher",

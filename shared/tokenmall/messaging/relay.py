@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,9 +24,19 @@ from tokenmall.messaging.uow import begin_write
 log = logging.getLogger(__name__)
 
 
+class Outgoing(NamedTuple):
+    topic: str
+    key: str
+    value: bytes
+    partition: int | None = None  # None: the key's partition (the default partitioner)
+
+
 class Publisher(Protocol):
-    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
-        """Publish (topic, key, value) messages; return once the broker acknowledged all."""
+    async def publish_many(self, messages: list[Outgoing]) -> None:
+        """Publish the messages in order; return once the broker acknowledged all."""
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (markers go to each)."""
 
 
 class KafkaPublisher:
@@ -51,12 +61,15 @@ class KafkaPublisher:
     async def stop(self) -> None:
         await self.producer.stop()
 
-    async def publish_many(self, messages: list[tuple[str, str, bytes]]) -> None:
+    async def publish_many(self, messages: list[Outgoing]) -> None:
         futures = [
-            await self.producer.send(topic, value=value, key=key.encode())
-            for topic, key, value in messages
+            await self.producer.send(topic, value=value, key=key.encode(), partition=partition)
+            for topic, key, value, partition in messages
         ]
         await asyncio.gather(*futures)
+
+    async def partitions(self, topic: str) -> int:
+        return len(await self.producer.partitions_for(topic))
 
 
 class OutboxRelay:
@@ -111,6 +124,7 @@ class OutboxRelay:
                     self.outbox.c.key,
                     self.outbox.c.payload,
                     self.outbox.c.event_type,
+                    self.outbox.c.partition,
                 )
                 .where(self.outbox.c.published_at.is_(None))
                 .order_by(self.outbox.c.id)
@@ -127,7 +141,9 @@ class OutboxRelay:
             if not rows:
                 await session.rollback()
                 return 0
-            await self.publisher.publish_many([(r.topic, r.key, r.payload.encode()) for r in rows])
+            await self.publisher.publish_many(
+                [Outgoing(r.topic, r.key, r.payload.encode(), r.partition) for r in rows]
+            )
             await begin_write(session)
             await session.execute(
                 update(self.outbox)

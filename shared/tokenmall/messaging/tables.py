@@ -41,6 +41,9 @@ def define(metadata: MetaData) -> MessagingTables:
         Column("payload", Text, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("published_at", DateTime(timezone=True), nullable=True),
+        # null: the key picks the partition; set: this partition (the day markers, one
+        # on each partition of a topic)
+        Column("partition", Integer, nullable=True),
     )
     Index("outbox_unpublished", outbox.c.published_at, outbox.c.id)
     inbox = Table(

@@ -37,7 +37,7 @@ class UnitOfWork:
         self.tables = tables
         self.producer = producer
         self.session: AsyncSession
-        self.events: list[tuple[str, Event]] = []
+        self.events: list[tuple[str, Event, int | None]] = []
         self.causation_id: str | None = None
         self.provided: set[str] = set()  # dependencies this work brought into being
         self._committed = False
@@ -86,14 +86,16 @@ class UnitOfWork:
         it are applied once the transaction has committed."""
         self.provided.add(dependency)
 
-    def emit(self, topic: str, event: Event) -> Event:
+    def emit(self, topic: str, event: Event, partition: int | None = None) -> Event:
+        """Write ``event`` to the outbox at commit; ``partition`` overrides the key's
+        partition (a marker that must reach one particular partition)."""
         stamped = event.model_copy(
             update={
                 "producer": self.producer,
                 "causation_id": event.causation_id or self.causation_id,
             }
         )
-        self.events.append((topic, stamped))
+        self.events.append((topic, stamped, partition))
         return stamped
 
     def emit_many(self, topic: str, events: Sequence[Event]) -> None:
@@ -113,8 +115,9 @@ class UnitOfWork:
                         "event_type": e.type,
                         "payload": encode(e).decode(),
                         "created_at": now,
+                        "partition": partition,
                     }
-                    for topic, e in self.events
+                    for topic, e, partition in self.events
                 ],
             )
             self.events = []  # written: a later commit() must not write them again

@@ -61,7 +61,7 @@ def build(name: str, tmp_path: Path, publisher: MemoryPublisher) -> FastAPI:
     from tokenmall_dividends.app import DividendsSettings
     from tokenmall_dividends.app import build_app as dividends_app
 
-    return dividends_app(DividendsSettings(database_url=url), **kw)
+    return dividends_app(DividendsSettings(database_url=url, day_watermarks=[]), **kw)
 
 
 def serve(

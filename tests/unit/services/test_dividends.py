@@ -21,7 +21,9 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def make_app(tmp_path: Path, publisher: MemoryPublisher | None = None) -> Any:
-    settings = DividendsSettings(database_url=f"sqlite:///{tmp_path}/dividends.db")
+    settings = DividendsSettings(
+        database_url=f"sqlite:///{tmp_path}/dividends.db", day_watermarks=[]
+    )
     pub = publisher or MemoryPublisher()
     return build_app(
         settings, broker_factory=lambda svc: FakeBroker(), publisher_factory=lambda svc: pub
@@ -281,8 +283,10 @@ def test_a_failed_write_after_the_engine_moved_rebuilds_the_engine(tmp_path: Pat
                         created_at=datetime.now(UTC),
                     )
                 )
-            with pytest.raises(IntegrityError):
-                await client.post("/v1/settlements/1")
+            from tokenmall_dividends.service_layer import handlers
+
+            with pytest.raises(IntegrityError):  # the engine settled, its commit failed
+                await handlers.settle(svc, 1)
             assert (await client.get("/v1/state")).json() == before  # still day 1, unsettled
 
     asyncio.run(run())

@@ -156,12 +156,14 @@ def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
             "stable": "0.00",
             "status": "created",
             "reason": None,
+            "day": None,  # counted in no day until paid
         }
         assert await published(app) == []
 
         r = await client.post("/v1/orders/o-1/pay")
         assert r.status_code == 202, r.text  # accepted; the rules decide
         assert r.json()["status"] == "pending"
+        assert r.json()["day"] == 1  # the business day it was paid on
         assert (await client.get("/v1/orders/o-1")).json()["status"] == "pending"
         assert (await client.get("/v1/sales")).json()["sales"] == "0.00"
         await verdict(app, "o-1")
@@ -175,9 +177,10 @@ def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
         assert event.stable == Decimal("0.00")
         assert event.producer == "orders"
         assert event.causation_id == "o-1"
+        assert event.day == 1
         assert event.schema_version == contracts.SCHEMA_VERSION
         assert event.event_id and event.occurred_at.tzinfo is not None
-        [(topic, key, value)] = app.state.svc.relay.publisher.messages[:1]
+        [(topic, key, value, _)] = app.state.svc.relay.publisher.messages[:1]
         assert (topic, key) == (contracts.ORDERS, "A")
         assert json.loads(value)["amount"] == "123.45"  # a decimal string on the wire
 

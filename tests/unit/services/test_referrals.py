@@ -59,7 +59,7 @@ async def published(app: FastAPI) -> list[tuple[str, str, contracts.Event]]:
     publisher: MemoryPublisher = app.state.test_publisher
     seen: set[str] = set()
     out = []
-    for topic, key, value in publisher.messages:
+    for topic, key, value, _ in publisher.messages:
         event = contracts.decode(value)
         if event.event_id not in seen:
             seen.add(event.event_id)

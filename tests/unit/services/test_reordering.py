@@ -33,7 +33,9 @@ FILES = (
 
 
 def make_app(tmp_path: Path) -> Any:
-    settings = DividendsSettings(database_url=f"sqlite:///{tmp_path}/dividends.db")
+    settings = DividendsSettings(
+        database_url=f"sqlite:///{tmp_path}/dividends.db", day_watermarks=[]
+    )
     pub = MemoryPublisher()
     return build_app(
         settings, broker_factory=lambda svc: FakeBroker(), publisher_factory=lambda svc: pub

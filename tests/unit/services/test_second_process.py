@@ -28,7 +28,9 @@ LEASE = 0.6  # seconds: a standby takes over about this long after the holder st
 
 
 def make_app(db: Path) -> Any:
-    settings = DividendsSettings(database_url=f"sqlite:///{db}", lease_seconds=LEASE)
+    settings = DividendsSettings(
+        database_url=f"sqlite:///{db}", lease_seconds=LEASE, day_watermarks=[]
+    )
     pub = MemoryPublisher()
     return build_app(
         settings, broker_factory=lambda svc: FakeBroker(), publisher_factory=lambda svc: pub

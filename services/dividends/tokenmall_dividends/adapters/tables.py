@@ -7,6 +7,7 @@ logged after it), both written in the same transaction as the events they caused
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -55,4 +56,31 @@ settlements = Table(
     Column("released", Text, nullable=False),  # JSON {kind: decimal}
     Column("seconds", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retained_cents", BigInteger, nullable=True),  # null: settled before 0003
+    Column("rounding_cents", BigInteger, nullable=True),
+    Column("forced_exits", Integer, nullable=True),
+)
+
+# Day boundaries (service_layer/closing.py): a requested settlement waits for the
+# producers' DayClosed markers (one per partition of each day-stamped topic) and for
+# every parked input of the day.
+day_closings = Table(
+    "day_closings",
+    metadata,
+    Column("day", Integer, primary_key=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    # settled without waiting for the watermark (an operator's choice): inputs of the day
+    # still on their way count in the next day
+    Column("forced", Boolean, nullable=False, default=False),
+    Column("settled_at", DateTime(timezone=True), nullable=True),
+)
+
+day_markers = Table(
+    "day_markers",
+    metadata,
+    Column("day", Integer, primary_key=True),
+    Column("topic", String(200), primary_key=True),  # logical topic
+    Column("partition", Integer, primary_key=True),
+    Column("partitions", Integer, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
 )

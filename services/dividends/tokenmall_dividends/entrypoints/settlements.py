@@ -1,54 +1,137 @@
-"""Daily settlement, triggered per business day (a scheduler after midnight, or replay)."""
+"""Daily settlement of a business day (a scheduler after its end, replay, an operator).
+
+``POST /v1/settlements/{day}`` closes the day: orders and wallet stamp their later
+inputs with the next day and send a marker after the day's last input on every
+partition; the day is settled once every marker and every input of it has reached
+the engine (service_layer/closing.py).  The call waits for that up to
+``TOKENMALL_SETTLE_WAIT_SECONDS`` (200 with the settlement) and otherwise answers 202:
+the settlement follows on its own; ``GET`` the same path to see it.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
-from sqlalchemy import select
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from tokenmall.http_errors import ApiError
 from tokenmall.ids import DayPath
 from tokenmall.money import format_cents
-from tokenmall_dividends.adapters.tables import settlements
 from tokenmall_dividends.entrypoints.deps import ServiceDep
-from tokenmall_dividends.service_layer import handlers
+from tokenmall_dividends.service_layer import closing
 
 router = APIRouter(prefix="/v1/settlements", tags=["settlements"])
 
 
-@router.post("/{day}")
-async def settle_day(day: DayPath, svc: ServiceDep) -> dict[str, Any]:
-    """Settle ``day``; settling a settled day changes nothing and says so."""
-    outcome = await handlers.settle(svc, day)
-    if not outcome.accepted:
-        raise ApiError(409, outcome.reason or "refused", field="day")
-    report = outcome.result
-    return {
-        "day": day,
-        "status": "completed",
-        "already_settled": report.already_settled,
-        "released": {k: format_cents(v) for k, v in report.released.items()},
-        "members_released": report.members_released,
-        "retained": format_cents(report.retained),
-        "rounding": format_cents(report.rounding),
-        "forced_exits": len(report.exits),
-        "seconds": round(outcome.seconds, 4),
-    }
+class SettlementPublic(BaseModel):
+    day: int
+    status: Literal["completed"] = "completed"
+    already_settled: bool = Field(
+        False,
+        description="true when another call (or the scheduler) had requested or settled "
+        "the day before this one",
+    )
+    released: dict[str, Decimal] = Field(description="per release kind, decimal strings")
+    members_released: int
+    retained: Decimal | None = None
+    rounding: Decimal | None = None
+    forced_exits: int | None = None
+    seconds: float = Field(description="the engine's time for the settlement")
+    settled_at: datetime
 
 
-@router.get("/{day}")
-async def get_settlement(day: DayPath, svc: ServiceDep) -> dict[str, Any]:
-    assert svc.sessions is not None
-    async with svc.sessions() as session:
-        row = (await session.execute(select(settlements).where(settlements.c.day == day))).first()
+class WaitingFor(BaseModel):
+    markers: dict[str, str | list[int]] = Field(
+        description='per topic: the partitions whose "day closed" marker has not arrived '
+        '(or "no marker yet")'
+    )
+    parked_inputs: int = Field(description="inputs of the day parked on a dependency")
+
+
+class SettlementWaiting(BaseModel):
+    day: int
+    status: Literal["waiting"] = "waiting"
+    requested_at: datetime
+    waiting_for: WaitingFor
+
+
+def _public(row: Any, already: bool) -> SettlementPublic:
+    def money(cents: int | None) -> Decimal | None:
+        return None if cents is None else Decimal(format_cents(cents))
+
+    return SettlementPublic(
+        day=row.day,
+        already_settled=already,
+        released={k: Decimal(format_cents(v)) for k, v in json.loads(row.released).items()},
+        members_released=row.members_released,
+        retained=money(row.retained_cents),
+        rounding=money(row.rounding_cents),
+        forced_exits=row.forced_exits,
+        seconds=round(row.seconds, 4),
+        settled_at=row.created_at,
+    )
+
+
+@router.post(
+    "/{day}",
+    response_model=SettlementPublic,
+    responses={
+        202: {"model": SettlementWaiting, "description": "requested; still waiting"},
+        409: {"description": "the day has not started yet"},
+    },
+)
+async def settle_day(
+    day: DayPath,
+    svc: ServiceDep,
+    force: Annotated[
+        bool,
+        Query(
+            description="settle now, without waiting for the day's inputs still on their way "
+            "(they count in the next day, tokenmall_late_inputs_total)"
+        ),
+    ] = False,
+) -> Any:
+    """Settle ``day`` once all of its inputs reached the engine; settling a settled day
+    changes nothing and says so (``already_settled``)."""
+    already = await closing.settled_row(svc, day) is not None
+    if not already:
+        requested = await closing.closer_of(svc).request(day, force)
+        if not requested.accepted:
+            raise ApiError(409, requested.reason or "refused", field="day")
+        already = not requested.first
+        if not requested.settled:
+            wait = float(svc.settings.settle_wait_seconds)  # type: ignore[attr-defined]
+            await closing.closer_of(svc).wait_settled(day, wait)
+    row = await closing.settled_row(svc, day)
     if row is None:
+        status = await closing.closing_status(svc, day)
+        if status is None:  # pragma: no cover - settled between the two reads
+            row = await closing.settled_row(svc, day)
+        else:
+            body = SettlementWaiting.model_validate(status).model_dump(mode="json")
+            return JSONResponse(body, status_code=202, headers={"Retry-After": "1"})
+    return _public(row, already)
+
+
+@router.get(
+    "/{day}",
+    response_model=SettlementPublic,
+    responses={
+        202: {"model": SettlementWaiting, "description": "requested; still waiting"},
+        404: {"description": "the day is neither settled nor requested"},
+    },
+)
+async def get_settlement(day: DayPath, svc: ServiceDep) -> Any:
+    row = await closing.settled_row(svc, day)
+    if row is not None:
+        return _public(row, True)
+    status = await closing.closing_status(svc, day)
+    if status is None:
         raise ApiError(404, f"day {day} is not settled", field="day")
-    return {
-        "day": day,
-        "status": "completed",
-        "members_released": row.members_released,
-        "released": {k: format_cents(v) for k, v in json.loads(row.released).items()},
-        "seconds": row.seconds,
-    }
+    body = SettlementWaiting.model_validate(status).model_dump(mode="json")
+    return JSONResponse(body, status_code=202, headers={"Retry-After": "1"})

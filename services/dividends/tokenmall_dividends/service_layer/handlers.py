@@ -16,14 +16,15 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import uuid4
 
-from sqlalchemy import CursorResult, insert, select
+from sqlalchemy import CursorResult, insert, select, update
 
 from tokenmall import contracts
 from tokenmall.engine import Engine, Plan
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError
 from tokenmall.servicekit import Rejected, Service
-from tokenmall_dividends.adapters.tables import inputs, settlements, snapshots
+from tokenmall_dividends.adapters.tables import day_closings, inputs, settlements, snapshots
+from tokenmall_dividends.service_layer import closing
 from tokenmall_dividends.service_layer.host import EngineHost
 
 
@@ -86,6 +87,9 @@ async def apply(
         # the engine ran ahead of the database (an insert or the commit failed): rebuild it
         await load_engine(svc)
         raise
+    finally:
+        if kind in EVENT_INPUTS:
+            closing.closer_of(svc).poke()  # a settlement may have waited for this one
 
 
 async def _logged(uow: UnitOfWork, input_id: str) -> bool:
@@ -135,7 +139,7 @@ async def _record(
     elif kind == "join" or refused_plan:
         host.engine.take_outputs()
     else:
-        uow.emit(contracts.DIVIDENDS, host.input_applied(input_id, member, accepted, reason))
+        uow.emit(contracts.DIVIDENDS, host.input_applied(input_id, member, accepted, reason, day))
     if (kind == "settle" and not settled_now) or refused_plan:
         return Outcome(accepted, reason, result, seconds)  # nothing changed: nothing to log
     now = datetime.now(UTC)
@@ -166,8 +170,23 @@ async def _record(
                 released=json.dumps({k: v for k, v in result.released.items()}),
                 seconds=seconds,
                 created_at=now,
+                retained_cents=result.retained,
+                rounding_cents=result.rounding,
+                forced_exits=len(result.exits),
             )
         )
+        requested = (
+            await uow.session.execute(
+                update(day_closings)
+                .where(day_closings.c.day == result.day)
+                .values(settled_at=now)
+                .returning(day_closings.c.requested_at)
+            )
+        ).scalar_one_or_none()
+        if requested is not None:
+            waited = now - (requested if requested.tzinfo else requested.replace(tzinfo=UTC))
+            day_metrics: closing.DayMetrics = svc.state["day_metrics"]
+            day_metrics.wait.labels(svc.name).observe(max(0.0, waited.total_seconds()))
         if seconds > 0:
             svc.metrics.fanout.labels(svc.name).set(result.members_released / seconds)
     await svc.check_lease(uow.session)  # fencing: only the active process commits
@@ -255,9 +274,16 @@ def _require_member(svc: Service, member: str) -> None:
         raise Missing(f"member:{member}", f"member {member!r} has not joined yet")
 
 
+def _check_day(svc: Service, kind: str, day: int | None) -> None:
+    closing.check_day(svc, host_of(svc).engine.day, kind, day)
+
+
 async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
-    if isinstance(event, contracts.OrderPaid):
+    if isinstance(event, contracts.DayClosed):
+        await closing.record_marker(event, uow, svc)
+    elif isinstance(event, contracts.OrderPaid):
         _require_member(svc, event.member)
+        _check_day(svc, "order", event.day)
         payload = {
             "order_id": event.order_id,
             "member": event.member,
@@ -269,6 +295,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
     elif isinstance(event, contracts.OrderRefunded):
         if not await _logged(uow, f"order:{event.order_id}"):
             raise Missing(f"order:{event.order_id}", f"order {event.order_id!r} has not arrived")
+        _check_day(svc, "refund", event.day)
         await apply(
             svc,
             uow,
@@ -280,8 +307,13 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
 
 
 async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
-    assert isinstance(event, contracts.WalletRequest)
+    if isinstance(event, contracts.DayClosed):
+        await closing.record_marker(event, uow, svc)
+        return
+    if not isinstance(event, contracts.WalletRequest):
+        raise Rejected(f"{event.type} is not a wallet request")
     _require_member(svc, event.member)
+    _check_day(svc, "request", event.day)
     payload = event.model_dump(
         mode="json", include={"member", "kind", "points", "stable", "asset", "amount", "reason"}
     )
@@ -298,5 +330,7 @@ async def schedule_plan(svc: Service, plan: dict[str, Any], activate_now: bool) 
 
 
 async def settle(svc: Service, day: int) -> Outcome:
+    """Settle ``day`` at once, whatever is still on its way (tests, tools; the API goes
+    through the day closing in service_layer/closing.py)."""
     async with host_of(svc).lock, svc.uow() as uow:
         return await apply(svc, uow, "settle", f"settle:{day}", {"day": day})

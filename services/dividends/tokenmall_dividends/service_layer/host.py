@@ -110,7 +110,7 @@ class EngineHost:
         )
 
     def input_applied(
-        self, input_id: str, member: str | None, accepted: bool, reason: str | None
+        self, input_id: str, member: str | None, accepted: bool, reason: str | None, day: int
     ) -> contracts.InputApplied:
         outputs = self.engine.take_outputs()
         postings = [self.posting_line(p) for p in outputs.postings if isinstance(p, Posting)]
@@ -122,6 +122,7 @@ class EngineHost:
             reason=reason,
             postings=postings,
             facts=facts,
+            day=day,
         )
 
     def settlement_events(self, day: int, report: Any, plan_changed: bool) -> list[contracts.Event]:

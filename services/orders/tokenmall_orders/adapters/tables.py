@@ -17,7 +17,7 @@ from sqlalchemy import (
     Text,
 )
 
-from tokenmall import messaging
+from tokenmall import business_day, messaging
 from tokenmall.ids import ID_MAX_LENGTH
 
 metadata = MetaData()
@@ -44,6 +44,9 @@ orders = Table(
     Column("refunded_at", DateTime(timezone=True), nullable=True),
     Column("decided_at", DateTime(timezone=True), nullable=True),  # the engine's verdict
     Column("reason", Text, nullable=True),  # why the engine refused it
+    # the business day it counts in: stamped when paid (tokenmall.business_day), moved on
+    # by the verdict only if it reached the engine after its day was settled by force
+    Column("day", Integer, nullable=True),
 )
 Index("orders_member", orders.c.member, orders.c.created_at)
 Index("orders_status", orders.c.status, orders.c.amount_cents)
@@ -61,5 +64,8 @@ idempotency = Table(
     Column("response", Text, nullable=False),  # the JSON body answered
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+# The business day orders are stamped with (closed by DayClosing, see tokenmall.business_day).
+business_days = business_day.define(metadata)
 
 messaging_tables = messaging.define(metadata)

@@ -80,6 +80,12 @@ class OrderPublic(BaseModel):
         "paid → refunded"
     )
     reason: str | None = Field(None, description="why the rules refused the order")
+    day: int | None = Field(
+        None,
+        description="the business day the order counts in (from its payment on): the day "
+        "it was paid; the next open day only if its payment reached the rules after its day "
+        "was settled by force",
+    )
 
 
 class SalesPublic(BaseModel):

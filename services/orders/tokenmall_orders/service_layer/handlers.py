@@ -13,6 +13,7 @@ nothing, so repeating one runs it again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,14 +27,14 @@ from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from tokenmall import contracts
+from tokenmall import business_day, contracts
 from tokenmall.contracts import Event, InputApplied, MemberRegistered, OrderPaid, OrderRefunded
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
 from tokenmall.registry import MemberRegistry, learn_member
 from tokenmall.servicekit import Rejected
-from tokenmall_orders.adapters.tables import idempotency, members, orders
+from tokenmall_orders.adapters.tables import business_days, idempotency, members, orders
 from tokenmall_orders.adapters.wallet import InsufficientFunds, Wallet, WalletError
 
 # created → pending (paid by the mall; OrderPaid published) → paid | refused (the rules'
@@ -120,6 +121,7 @@ class Order:
     stable_cents: int
     status: str
     reason: str | None = None  # why the rules refused it
+    day: int | None = None  # the business day it counts in (once paid)
 
     def view(self, status: str | None = None) -> dict[str, Any]:
         return {
@@ -129,6 +131,7 @@ class Order:
             "stable": format_cents(self.stable_cents),
             "status": status or self.status,
             "reason": self.reason,
+            "day": self.day,
         }
 
 
@@ -235,7 +238,9 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
         await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
-        if not await _transition(uow, order, CREATED, PENDING, paid_at=_now()):
+        # the day row stays locked until this commits: the day cannot close in between
+        day = await business_day.stamp(uow.session, business_days)
+        if not await _transition(uow, order, CREATED, PENDING, paid_at=_now(), day=day):
             if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
                 return replay
             current = await _load(uow, cmd.order_id)
@@ -244,7 +249,7 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
                 raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
         else:
             # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
-            reply = Reply(202, order.view(PENDING), emitted=True)
+            reply = Reply(202, dataclasses.replace(order, day=day).view(PENDING), emitted=True)
             uow.emit(
                 contracts.ORDERS,
                 OrderPaid(
@@ -253,6 +258,7 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
                     causation_id=order.order_id,
                     amount=cents_to_decimal(order.amount_cents),
                     stable=cents_to_decimal(order.stable_cents),
+                    day=day,
                 ),
             )
             try:
@@ -288,6 +294,7 @@ async def refund_order(cmd: RefundOrder, uow: UnitOfWork) -> Reply:
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         order = await _existing(uow, cmd.order_id)
+        day = await business_day.stamp(uow.session, business_days)
         if not await _transition(uow, order, PAID, REFUNDED, refunded_at=_now()):
             if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
                 return replay
@@ -301,6 +308,7 @@ async def refund_order(cmd: RefundOrder, uow: UnitOfWork) -> Reply:
                 member=order.member,
                 causation_id=order.order_id,
                 amount=cents_to_decimal(order.amount_cents),
+                day=day,
             ),
         )
         try:
@@ -386,6 +394,7 @@ async def order_verdict(event: Event, uow: UnitOfWork) -> None:
     kind, _, order_id = event.input_id.partition(":")
     if kind != "order":
         return
+    counted_in = {} if event.day is None else {"day": event.day}
     await uow.session.execute(
         update(orders)
         .where(orders.c.order_id == order_id, orders.c.status == PENDING)
@@ -393,6 +402,7 @@ async def order_verdict(event: Event, uow: UnitOfWork) -> None:
             status=PAID if event.accepted else REFUSED,
             reason=None if event.accepted else (event.reason or "refused by the rules"),
             decided_at=_now(),
+            **counted_in,
         )
     )
 
@@ -468,6 +478,7 @@ def _select_orders() -> Any:
         orders.c.stable_cents,
         orders.c.status,
         orders.c.reason,
+        orders.c.day,
     )
 
 
@@ -484,7 +495,7 @@ async def _existing(uow: UnitOfWork, order_id: str) -> Order:
 
 
 async def _transition(
-    uow: UnitOfWork, order: Order, before: str, after: str, **stamps: datetime
+    uow: UnitOfWork, order: Order, before: str, after: str, **stamps: datetime | int
 ) -> bool:
     """Move ``order`` from ``before`` to ``after``; False if it is no longer in ``before``
     or no longer the order that was read (deleted and created again in between)."""

@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
+from tokenmall import business_day
 from tokenmall.ids import ID_MAX_LENGTH
 from tokenmall.messaging import define
 from tokenmall.messaging.tables import SEQUENCE_ID
@@ -110,7 +111,11 @@ requests = Table(
     Column("reason", Text, nullable=True),
     Column("result", Text, nullable=True),  # JSON
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("day", Integer, nullable=True),  # the business day it was accepted on
 )
+
+# The business day requests are stamped with (closed by DayClosing, see tokenmall.business_day).
+business_days = business_day.define(metadata)
 
 
 def member_account(member: str) -> str:

@@ -30,6 +30,7 @@ from sqlalchemy import exists, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenmall import business_day
 from tokenmall.contracts import (
     WALLET_REQUESTS,
     DaySettled,
@@ -55,6 +56,7 @@ from tokenmall.servicekit import Rejected
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.adapters.tables import (
     balances,
+    business_days,
     holds,
     journal,
     member_account,
@@ -429,6 +431,8 @@ async def _new_request(
     event: WalletRequest,
 ) -> Outcome:
     session = uow.session
+    # the day row stays locked until this commits: the day cannot close in between
+    day = await business_day.stamp(session, business_days)
     if hold is not None:
         asset, amount = hold
         await _insert_hold(session, request_id, member, asset, amount)
@@ -446,9 +450,10 @@ async def _new_request(
             reason=None,
             result=None,
             created_at=datetime.now(UTC),
+            day=day,
         )
     )
-    uow.emit(WALLET_REQUESTS, event)
+    uow.emit(WALLET_REQUESTS, event.model_copy(update={"day": day}))
     await uow.commit()
     return Outcome(request_id, "pending", replay=False)
 

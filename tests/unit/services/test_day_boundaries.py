@@ -1,0 +1,311 @@
+"""Day boundaries (fake broker): a settlement waits for every input of its day.
+
+Dividends settles day D only once each partition of the orders and wallet topics has
+brought its DayClosed(D) marker and no input of D is parked; inputs of D + 1 that
+overtake the markers wait (parked) until D is settled; an input of a day settled by
+force counts in the next day and is counted as late.  Orders and wallet stamp their
+inputs with their business day and close it on DayClosing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from tests.unit.services import test_orders, test_wallet
+from tokenmall import contracts
+from tokenmall.inputlog import scenario_from_inputs
+from tokenmall.scenario import parse_scenario, simulate
+from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
+from tokenmall_dividends.app import DividendsSettings, build_app
+
+PARTITIONS = contracts.PARTITIONS
+ORDERS, WALLET = contracts.ORDERS, contracts.WALLET_REQUESTS
+
+
+def dividends_app(tmp_path: Path) -> tuple[FastAPI, MemoryPublisher]:
+    settings = DividendsSettings(
+        database_url=f"sqlite:///{tmp_path}/dividends.db", settle_wait_seconds=0.2
+    )
+    publisher = MemoryPublisher()
+    app = build_app(
+        settings, broker_factory=lambda svc: FakeBroker(), publisher_factory=lambda svc: publisher
+    )
+    return app, publisher
+
+
+def paid(order_id: str, member: str, amount: str, day: int | None) -> contracts.OrderPaid:
+    return contracts.OrderPaid(order_id=order_id, member=member, amount=Decimal(amount), day=day)
+
+
+def marker(topic: str, day: int, partition: int) -> contracts.DayClosed:
+    return contracts.DayClosed(day=day, topic=topic, partition=partition, partitions=PARTITIONS)
+
+
+async def close_topic(
+    broker: FakeBroker, topic: str, day: int, skip: frozenset[int] = frozenset()
+) -> None:
+    for partition in range(PARTITIONS):
+        if partition not in skip:
+            await broker.deliver(topic, marker(topic, day, partition))
+
+
+async def settled(client: httpx.AsyncClient, day: int, timeout: float = 10.0) -> dict[str, Any]:
+    """The settlement of ``day`` once it happened (the closer settles in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(f"/v1/settlements/{day}")
+        if response.status_code == 200:
+            return dict(response.json())
+        assert response.status_code == 202, response.text
+        assert time.monotonic() < deadline, f"day {day} still waits: {response.text}"
+        await asyncio.sleep(0.02)
+
+
+async def input_days(client: httpx.AsyncClient) -> dict[str, int]:
+    log = (await client.get("/v1/inputs", params={"limit": 1000})).json()["items"]
+    return {row["input_id"]: row["day"] for row in log}
+
+
+def metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+async def equals_simulate_of_its_log(client: httpx.AsyncClient) -> None:
+    log = (await client.get("/v1/inputs", params={"limit": 1000})).json()["items"]
+    expected = simulate(parse_scenario(scenario_from_inputs(log))).document
+    state = (await client.get("/v1/state")).json()
+    members = (await client.get("/v1/members", params={"limit": 1000})).json()["members"]
+    assert state["day"] == expected["day"]
+    assert state["equity"] == expected["equity"]
+    keys = ("quota_remaining", "released", "spend")
+    assert {m: {k: v[k] for k in keys} for m, v in members.items()} == {
+        m: {k: v[k] for k in keys} for m, v in expected["members"].items()
+    }
+
+
+def test_an_order_in_flight_while_its_day_is_settled_counts_in_that_day(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, publisher = dividends_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            await broker.deliver(contracts.MEMBERS, member_registered("B", "A", seq=2))
+            await broker.deliver(ORDERS, paid("o1", "A", "3000", day=1))
+
+            asked = await client.post("/v1/settlements/1")
+            assert asked.status_code == 202, asked.text  # the markers are not in
+            body = asked.json()
+            assert body["status"] == "waiting"
+            assert body["waiting_for"]["markers"] == {
+                ORDERS: "no marker yet",
+                WALLET: "no marker yet",
+            }
+            closing = [e for e in publisher.events(contracts.DIVIDENDS) if e.type == "DayClosing"]
+            assert [e.day for e in closing] == [1]  # type: ignore[attr-defined]
+
+            # orders closed day 1: B's next order (day 2) overtakes a marker, A's last
+            # order of day 1 is still on its way on a partition not closed yet
+            await broker.deliver(ORDERS, paid("o2", "B", "2000", day=2))
+            await close_topic(broker, WALLET, 1)
+            await close_topic(broker, ORDERS, 1, skip={3})
+            await broker.deliver(ORDERS, paid("o3", "A", "1000", day=1))
+            waiting = await client.get("/v1/settlements/1")
+            assert waiting.status_code == 202
+            assert waiting.json()["waiting_for"]["markers"] == {ORDERS: [3]}
+            assert (await client.get("/v1/state")).json()["day"] == 1
+
+            await broker.deliver(ORDERS, marker(ORDERS, 1, 3))
+            report = await settled(client, 1)
+            assert report["day"] == 1 and report["status"] == "completed"
+            days = await input_days(client)
+            assert days["order:o1"] == days["order:o3"] == 1  # in flight: still day 1
+            assert days["order:o2"] == 2  # applied right after day 1 settled
+            assert (await client.get("/v1/parked")).json()["total"] == 0
+            metrics = (await client.get("/metrics")).text
+            assert metric(metrics, "tokenmall_early_inputs_total") == 1
+            assert metric(metrics, "tokenmall_late_inputs_total") == 0
+            assert metric(metrics, "tokenmall_settlement_wait_seconds_count") == 1
+            assert metric(metrics, "tokenmall_settlement_waiting_seconds") == 0
+            # the same settlement asked again: nothing changes
+            again = await client.post("/v1/settlements/1")
+            assert again.status_code == 200 and again.json()["already_settled"] is True
+            assert broker.dead_letters == []
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
+
+
+def test_a_parked_input_of_the_day_is_applied_before_the_day_settles(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            # C's order overtook C's registration: parked
+            await broker.deliver(ORDERS, paid("o1", "C", "3000", day=1))
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            await close_topic(broker, ORDERS, 1)
+            await close_topic(broker, WALLET, 1)
+            await asyncio.sleep(0.3)  # the closer looked: it still waits for the parked order
+            waiting = await client.get("/v1/settlements/1")
+            assert waiting.status_code == 202
+            assert waiting.json()["waiting_for"] == {"markers": {}, "parked_inputs": 1}
+
+            await broker.deliver(contracts.MEMBERS, member_registered("C", "A", seq=2))
+            await settled(client, 1)
+            assert (await input_days(client))["order:o1"] == 1
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
+
+
+def test_a_marker_of_a_later_day_closes_the_earlier_ones_too(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            await close_topic(broker, WALLET, 1)
+            await close_topic(broker, ORDERS, 1, skip={0})
+            await broker.deliver(ORDERS, marker(ORDERS, 2, 0))  # day 1's was superseded
+            await settled(client, 1)
+
+    asyncio.run(go())
+
+
+def test_a_forced_settlement_counts_a_late_input_in_the_next_day(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, publisher = dividends_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            forced = await client.post("/v1/settlements/1", params={"force": "true"})
+            assert forced.status_code == 200, forced.text
+            assert forced.json()["already_settled"] is False
+            await broker.deliver(ORDERS, paid("late", "A", "3000", day=1))
+            assert (await input_days(client))["order:late"] == 2
+            verdicts = [
+                e
+                for e in publisher.events(contracts.DIVIDENDS)
+                if isinstance(e, contracts.InputApplied) and e.input_id == "order:late"
+            ]
+            assert [v.day for v in verdicts][-1:] == [2]  # the order learns the day it counts in
+            metrics = (await client.get("/metrics")).text
+            assert metric(metrics, "tokenmall_late_inputs_total") == 1
+            # the markers that come afterwards change nothing
+            await close_topic(broker, ORDERS, 1)
+            assert (await client.get("/v1/state")).json()["day"] == 2
+            assert broker.dead_letters == []
+
+    asyncio.run(go())
+
+
+def test_settling_a_day_not_started_is_refused_and_asks_nobody(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, publisher = dividends_app(tmp_path)
+        async with running(app) as client:
+            refused = await client.post("/v1/settlements/2")
+            assert refused.status_code == 409
+            assert refused.json()["field"] == "day"
+            assert (await client.get("/v1/settlements/2")).status_code == 404
+            await drain(app)
+            assert not [e for e in publisher.events() if e.type == "DayClosing"]
+
+    asyncio.run(go())
+
+
+def test_a_restarted_dividends_goes_on_with_a_requested_settlement(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path)
+        async with running(app) as client:
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            await close_topic(app.state.svc.broker, ORDERS, 1)
+        app, _ = dividends_app(tmp_path)  # the same database: the closing was recorded
+        async with running(app) as client:
+            assert (await client.get("/v1/settlements/1")).status_code == 202
+            await close_topic(app.state.svc.broker, WALLET, 1)
+            await settled(client, 1)
+
+    asyncio.run(go())
+
+
+# ------------------------------------------------------------------ the producers
+
+
+def test_orders_stamps_its_day_and_closes_it_with_a_marker_on_every_partition(
+    tmp_path: Path,
+) -> None:
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        broker: FakeBroker = app.state.svc.broker
+        for order_id in ("o1", "o2"):
+            assert (await test_orders.create(client, order_id=order_id)).status_code == 201
+        await test_orders.pay(app, client, "o1")
+        await broker.deliver(contracts.DIVIDENDS, contracts.DayClosing(day=1))
+        await test_orders.pay(app, client, "o2")
+        assert (await client.post("/v1/orders/o1/refund")).status_code == 200
+
+        events = await test_orders.published(app)
+        kinds = [(e.type, getattr(e, "day", None)) for e in events]
+        markers = [e for e in events if isinstance(e, contracts.DayClosed)]
+        assert kinds[0] == ("OrderPaid", 1)
+        assert kinds[1 : 1 + PARTITIONS] == [("DayClosed", 1)] * PARTITIONS
+        assert kinds[1 + PARTITIONS :] == [("OrderPaid", 2), ("OrderRefunded", 2)]
+        assert [m.partition for m in markers] == list(range(PARTITIONS))
+        assert {(m.topic, m.partitions) for m in markers} == {(ORDERS, PARTITIONS)}
+        # each marker on its own partition, the inputs by their key
+        sent = app.state.svc.relay.publisher.messages
+        assert [m.partition for m in sent if b"DayClosed" in m.value] == list(range(PARTITIONS))
+        assert all(m.partition is None for m in sent if b"DayClosed" not in m.value)
+        assert (await client.get("/v1/orders/o2")).json()["day"] == 2
+        # a settled day later than the orders' own (a service that joined late) moves it on
+        await broker.deliver(
+            contracts.DIVIDENDS,
+            contracts.DaySettled(day=4, released={}, members_released=0, batches=0),
+        )
+        assert (await test_orders.create(client, order_id="o3")).status_code == 201
+        assert (await client.post("/v1/orders/o3/pay")).json()["day"] == 5
+
+    test_orders.run(tmp_path, scenario)
+
+
+def test_the_verdict_of_a_late_order_moves_it_to_the_day_it_counts_in(tmp_path: Path) -> None:
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        assert (await test_orders.create(client, order_id="o1")).status_code == 201
+        assert (await client.post("/v1/orders/o1/pay")).json()["day"] == 1
+        await app.state.svc.broker.deliver(
+            contracts.DIVIDENDS,
+            contracts.InputApplied(input_id="order:o1", member="A", accepted=True, day=2),
+        )
+        order = (await client.get("/v1/orders/o1")).json()
+        assert (order["status"], order["day"]) == ("paid", 2)
+
+    test_orders.run(tmp_path, scenario)
+
+
+def test_the_wallet_stamps_its_requests_and_closes_its_day(tmp_path: Path) -> None:
+    async def body(app: FastAPI, client: httpx.AsyncClient, publisher: MemoryPublisher) -> None:
+        await test_wallet.register(app, "A")
+        await test_wallet.fund(app, "A", "equity", "100")
+        sell = {"request_id": "s1", "kind": "sell", "points": "10"}
+        assert (await client.post("/v1/members/A/requests", json=sell)).is_success
+        await test_wallet.deliver(app, contracts.DayClosing(day=1))
+        sell = {"request_id": "s2", "kind": "sell", "points": "10"}
+        assert (await client.post("/v1/members/A/requests", json=sell)).is_success
+        await drain(app)
+        events = publisher.events(WALLET)
+        assert [(e.type, getattr(e, "day", None)) for e in events] == (
+            [("WalletRequest", 1)] + [("DayClosed", 1)] * PARTITIONS + [("WalletRequest", 2)]
+        )
+
+    test_wallet.run(tmp_path, body)
