@@ -139,7 +139,9 @@ class InputApplied(Event):
 
 
 class ReleaseComputed(Event):
-    """Part of one day's releases: the members of one Kafka partition bucket.
+    """Part of one day's releases: members of one Kafka partition bucket — all of them,
+    or one chunk of them when the bucket would not fit in one message (every message
+    stays under ``TOKENMALL_MAX_MESSAGE_BYTES``).
 
     Columnar and in integer cents (exact, and cheap to build and parse for a
     million members): ``amounts[kind][i]`` is what ``members[i]`` receives.
@@ -149,6 +151,8 @@ class ReleaseComputed(Event):
     day: int
     bucket: int
     buckets: int
+    chunk: int = Field(default=0, ge=0)  # this part of the bucket …
+    chunks: int = Field(default=1, ge=1)  # … of this many
     asset: Literal["cny", "stable"]
     sources: dict[str, str]  # release kind -> platform account paying it
     members: list[str]

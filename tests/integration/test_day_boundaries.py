@@ -120,9 +120,7 @@ def test_an_order_in_flight_while_its_day_is_settled_counts_in_that_day(
                 ],
                 "log": (await platform.json("dividends", "/v1/inputs?limit=10000"))["items"],
                 "state": await platform.json("dividends", "/v1/state"),
-                "members": (await platform.json("dividends", "/v1/members?limit=1000"))[
-                    "members"
-                ],
+                "members": (await platform.json("dividends", "/v1/members?limit=1000"))["members"],
                 "late": await metric(client, urls["dividends"], "tokenmall_late_inputs_total"),
                 "waits": await metric(
                     client, urls["dividends"], "tokenmall_settlement_wait_seconds_count"

@@ -34,6 +34,10 @@ class DividendsSettings(ServiceSettings):
     # settlement waits for — every producer of day-stamped inputs.  [] settles at once
     # (dividends alone, in tests).
     day_watermarks: list[str] = Field(default_factory=lambda: list(contracts.DAY_STAMPED_TOPICS))
+    # TOKENMALL_MAX_MESSAGE_BYTES: no release message is larger (a bucket of members that
+    # would not fit is split into chunks); keep it below the broker's message.max.bytes
+    # (1,048,588 by default) and the consumers' max.partition.fetch.bytes (1 MiB)
+    max_message_bytes: int = Field(default=900_000, ge=8192, le=64 * 1024 * 1024)
     # how long POST /v1/settlements/{day} waits for the settlement before answering 202
     settle_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
 
@@ -57,7 +61,7 @@ def build_app(
     settings = settings or DividendsSettings()
     # the engine has one writer: one active process, the others hot standbys (lease)
     svc = Service("dividends", settings, tables.metadata, tables.messaging, singleton=True)
-    host = svc.state["host"] = EngineHost()
+    host = svc.state["host"] = EngineHost(max_message_bytes=settings.max_message_bytes)
     svc.state["day_metrics"] = closing.DayMetrics(svc)
     closer = svc.state["closer"] = closing.DayCloser(svc)
     svc.exclusive = host.lock  # consumers take the engine's lock before any database write

@@ -26,9 +26,48 @@ def kafka_partition(key: str, partitions: int = contracts.PARTITIONS) -> int:
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
+# what a release message holds besides its members and amounts: the envelope, day,
+# bucket, asset, sources and kind names (a generous bound: they are short)
+MESSAGE_OVERHEAD = 4096
+DEFAULT_MAX_MESSAGE_BYTES = 900_000  # Kafka's default message.max.bytes is 1,048,588
+
+
+def _json_sizes(keys: list[str], columns: dict[str, Any]) -> Any:
+    """An upper bound of the bytes each member adds to a release message's JSON: its id
+    (quoted, a comma; ids need no escaping) and one integer per kind (digits, a sign, a
+    comma — one byte more than the digits, against float rounding in log10)."""
+    sizes = np.fromiter((len(k) + 3 for k in keys), dtype=np.int64, count=len(keys))
+    for column in columns.values():
+        magnitude = np.maximum(np.abs(np.asarray(column, dtype=np.int64)), 1)
+        sizes += np.floor(np.log10(magnitude.astype(np.float64))).astype(np.int64) + 4
+    return sizes
+
+
+def chunk_bounds(sizes: Any, budget: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) row ranges whose sizes each add up to at most ``budget``
+    (a single row larger than the budget gets a range of its own)."""
+    if budget <= 0:
+        raise ValueError("the message bound leaves no room for members")
+    total = np.cumsum(sizes)
+    bounds: list[tuple[int, int]] = []
+    start, n = 0, len(total)
+    while start < n:
+        before = int(total[start - 1]) if start else 0
+        end = int(np.searchsorted(total, before + budget, side="right"))
+        end = max(end, start + 1)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
 class EngineHost:
-    def __init__(self, plan: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        plan: dict[str, Any] | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self.engine = Engine(Plan.from_mapping(plan or {}), record=True)
+        self.max_message_bytes = max_message_bytes
         self.lock = asyncio.Lock()
         self.applied = 0  # inputs applied (accepted), including the initial plan
 
@@ -156,28 +195,40 @@ class EngineHost:
         return events
 
     def _release_batches(self, day: int, batch: ReleaseBatch) -> list[contracts.ReleaseComputed]:
+        """One message per partition bucket — several (chunks) where a bucket's JSON would
+        exceed ``max_message_bytes``; every chunk keyed by a member of its bucket, so a
+        bucket's chunks stay on one partition, in order."""
         names = self.engine.names
         members = batch.members.tolist()
         keys = [names[m] for m in members]
         buckets = np.fromiter((kafka_partition(k) for k in keys), dtype=np.int64, count=len(keys))
+        sizes = _json_sizes(keys, batch.columns)
         result = []
         for bucket in range(contracts.PARTITIONS):
             rows = np.flatnonzero(buckets == bucket)
             if rows.size == 0:
                 continue
-            result.append(
-                contracts.ReleaseComputed(
-                    day=day,
-                    bucket=bucket,
-                    buckets=contracts.PARTITIONS,
-                    asset=batch.asset,  # type: ignore[arg-type]
-                    sources=batch.sources,
-                    members=[keys[i] for i in rows.tolist()],
-                    amounts={kind: column[rows].tolist() for kind, column in batch.columns.items()},
-                    partition_key=keys[int(rows[0])],
-                    event_id=f"release-{day}-{bucket}",
+            parts = chunk_bounds(sizes[rows], self.max_message_bytes - MESSAGE_OVERHEAD)
+            for chunk, (start, end) in enumerate(parts):
+                part = rows[start:end]
+                result.append(
+                    contracts.ReleaseComputed(
+                        day=day,
+                        bucket=bucket,
+                        buckets=contracts.PARTITIONS,
+                        chunk=chunk,
+                        chunks=len(parts),
+                        asset=batch.asset,  # type: ignore[arg-type]
+                        sources=batch.sources,
+                        members=[keys[i] for i in part.tolist()],
+                        amounts={
+                            kind: column[part].tolist() for kind, column in batch.columns.items()
+                        },
+                        partition_key=keys[int(rows[0])],
+                        # the first (often only) chunk keeps the id of a whole bucket
+                        event_id=f"release-{day}-{bucket}" + (f".{chunk}" if chunk else ""),
+                    )
                 )
-            )
         return result
 
     # ------------------------------------------------------------ persistence

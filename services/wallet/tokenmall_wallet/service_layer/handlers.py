@@ -262,7 +262,7 @@ async def release_computed(event: ReleaseComputed, uow: UnitOfWork) -> None:
                 "credit": RELEASE_CREDIT,
                 "amount": column_total,
                 "kind": kind,
-                "ref": f"release:{day}:{event.bucket}",
+                "ref": f"release:{day}:{event.bucket}" + (f".{event.chunk}" if event.chunk else ""),
             }
         )
     if any(not -INT64 < value < INT64 for value in deltas.values()):
