@@ -64,9 +64,16 @@ class Platform:
         return response.json()
 
     async def wait_quiet(self) -> None:
-        """Until every service reports nothing to publish and nothing to consume, twice."""
+        """Until every service reports nothing to publish and nothing to consume, twice in
+        a row with nothing handled or published in between.
+
+        The services are asked at once but answer at slightly different moments: an event
+        moving from one to the next can hide between two answers of one round.  Whatever
+        moved in between changed some service's ``progress``, so two quiet rounds with the
+        same progress everywhere mean the second one saw the platform as it is."""
         deadline = time.monotonic() + self.quiet_timeout
         quiet_rounds = 0
+        last: list[tuple[Any, Any]] | None = None
         while quiet_rounds < 2:
             states = await asyncio.gather(*(self.json(s, "/v1/sync") for s in SERVICES))
             quiet = all(
@@ -76,7 +83,14 @@ class Platform:
                 and s.get("ready", True)
                 for s in states
             )
-            quiet_rounds = quiet_rounds + 1 if quiet else 0
+            moved = [(s.get("pid"), s.get("progress")) for s in states]
+            if not quiet:
+                quiet_rounds = 0
+            elif quiet_rounds == 0 or moved == last:
+                quiet_rounds += 1
+            else:
+                quiet_rounds = 1  # quiet again, but something moved since: look once more
+            last = moved
             if time.monotonic() > deadline:
                 raise PlatformError(f"the platform did not settle down: {states}")
             if not quiet:  # the second quiet round follows at once

@@ -264,6 +264,10 @@ class Service:
         self._fault = parse_fault(self.settings.fault_exit_after_commit)
         self._commits: dict[str, int] = {}  # per consumer, for the fault point
         self._raise_on = parse_raise_on(self.settings.fault_raise_on)
+        # +1 for every message handled (applied, skipped, parked, dead-lettered), parked
+        # event applied and outbox row published: a quiescence check that sees the same
+        # number twice knows nothing moved in between (GET /v1/sync)
+        self.progress = 0
 
     @property
     def role(self) -> str:
@@ -366,6 +370,11 @@ class Service:
         assert self.relay is not None, "service not started"
         return await self.relay.publisher.partitions(topic)
 
+    def published(self, types: list[str]) -> None:
+        """The relay published (and marked) outbox rows of these event types."""
+        self.metrics.published_events(types)
+        self.progress += len(types)
+
     def committed(self) -> None:
         """Call after a transaction that emitted events: the relay publishes at once."""
         if self.relay is not None:
@@ -376,6 +385,12 @@ class Service:
     async def handle(self, sub: Subscription, body: bytes) -> None:
         """Decode and apply once (inbox); park what waits for a dependency; retry a failing
         handler with backoff and dead-letter it in the end — the partition always moves on."""
+        try:
+            await self._handle(sub, body)
+        finally:
+            self.progress += 1
+
+    async def _handle(self, sub: Subscription, body: bytes) -> None:
         try:
             event = decode(body)
         except ContractError as exc:
@@ -527,6 +542,7 @@ class Service:
             await self._still_parked(parked, parked.waiting_for, _failure(exc, parked.attempts + 1))
             return None
         self.metrics.unparked.labels(self.name, sub.consumer).inc()
+        self.progress += 1
         if emitted:
             self.committed()
         return uow.provided
@@ -843,7 +859,7 @@ def create_app(
             service.tables,
             publisher,
             batch_size=settings.relay_batch,
-            on_published=service.metrics.published_events,
+            on_published=service.published,
             lease=service.relay_lease,
         )
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
@@ -910,7 +926,9 @@ def create_app(
         ``outbox_backlog`` counts unpublished outbox rows; ``consumer_lag`` is the sum
         over this service's subscriptions of (log end offset − committed offset), null
         while it cannot be measured (no group coordinator yet, just after start-up);
-        ``ready`` is false while a consumer has no partitions assigned yet.
+        ``ready`` is false while a consumer has no partitions assigned yet; ``progress``
+        counts what this process handled and published (the same value twice: nothing
+        moved in between).
         """
         backlog = await service.relay.backlog() if service.relay else 0
         probe = service.state.get("lag_probe")
@@ -929,6 +947,7 @@ def create_app(
             "parked": parked,
             "ready": ready and service.active,
             "role": service.role,
+            "progress": service.progress,
         }
 
     @app.delete(

@@ -128,6 +128,7 @@ def test_an_order_in_flight_while_its_day_is_settled_counts_in_that_day(tmp_path
             await broker.deliver(ORDERS, marker(ORDERS, 1, 3))
             report = await settled(client, 1)
             assert report["day"] == 1 and report["status"] == "completed"
+            assert report["settled_at"].endswith(("Z", "+00:00"))  # a UTC time, zone given
             days = await input_days(client)
             assert days["order:o1"] == days["order:o3"] == 1  # in flight: still day 1
             assert days["order:o2"] == 2  # applied right after day 1 settled

@@ -11,7 +11,7 @@ the settlement follows on its own; ``GET`` the same path to see it.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -73,8 +73,13 @@ def _public(row: Any, already: bool) -> SettlementPublic:
         rounding=money(row.rounding_cents),
         forced_exits=row.forced_exits,
         seconds=round(row.seconds, 4),
-        settled_at=row.created_at,
+        settled_at=utc(row.created_at),
     )
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite returns the stored UTC time without its zone: say it is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @router.post(
@@ -113,8 +118,7 @@ async def settle_day(
         if status is None:  # pragma: no cover - settled between the two reads
             row = await closing.settled_row(svc, day)
         else:
-            body = SettlementWaiting.model_validate(status).model_dump(mode="json")
-            return JSONResponse(body, status_code=202, headers={"Retry-After": "1"})
+            return _waiting(status)
     return _public(row, already)
 
 
@@ -133,5 +137,10 @@ async def get_settlement(day: DayPath, svc: ServiceDep) -> Any:
     status = await closing.closing_status(svc, day)
     if status is None:
         raise ApiError(404, f"day {day} is not settled", field="day")
+    return _waiting(status)
+
+
+def _waiting(status: dict[str, Any]) -> JSONResponse:
+    status = {**status, "requested_at": utc(status["requested_at"])}
     body = SettlementWaiting.model_validate(status).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Retry-After": "1"})
