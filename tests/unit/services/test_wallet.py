@@ -600,3 +600,30 @@ def test_a_member_registered_a_moment_ago_can_be_credited_at_once(tmp_path: Path
             assert r.status_code == 202 and registry.lookups == ["fresh", "nobody"]
 
     asyncio.run(main())
+
+
+def test_a_member_registered_a_moment_ago_has_balances_and_a_statement_at_once(
+    tmp_path: Path,
+) -> None:
+    """Read-your-writes for reads too: zero balances and an empty statement, not a 404,
+    for a member whose registration event is still on its way."""
+    registry = MemoryRegistry()
+    registry.register("fresh")
+
+    async def main() -> None:
+        app, _ = make_app(tmp_path, registry=registry)
+        async with running(app) as client:
+            balances = await client.get("/v1/members/fresh/balances")
+            assert balances.status_code == 200, balances.text
+            assert balances.json()["available"] == {
+                "cny": "0.00",
+                "stable": "0.00",
+                "equity": "0.00000000",
+            }
+            statement = await client.get("/v1/members/fresh/statement")
+            assert statement.status_code == 200, statement.text
+            assert statement.json()["entries"] == [] and statement.json()["releases"] == []
+            assert (await client.get("/v1/members/nobody/balances")).status_code == 404
+            assert registry.lookups == ["fresh", "nobody"]
+
+    asyncio.run(main())

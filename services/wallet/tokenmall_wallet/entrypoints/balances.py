@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from tokenmall.ids import MemberPath, Offset
+from tokenmall.messaging import UnitOfWork
 from tokenmall.servicekit import Service
-from tokenmall_wallet.entrypoints import errors, get_service
+from tokenmall_wallet.entrypoints import errors, for_member, get_service
 from tokenmall_wallet.service_layer import handlers
 
 router = APIRouter(tags=["balances"])
@@ -62,8 +63,12 @@ Svc = Annotated[Service, Depends(get_service)]
 
 @router.get("/v1/members/{member}/balances", response_model=BalancesPublic, responses=errors(404))
 async def member_balances(member: MemberPath, svc: Svc) -> BalancesPublic:
-    async with svc.uow() as uow:
+    """A member registered a moment ago has zero balances here at once (read-your-writes)."""
+
+    async def read(uow: UnitOfWork) -> BalancesPublic:
         return BalancesPublic(**await handlers.member_balances(uow.session, member))
+
+    return await for_member(svc, member, read)
 
 
 @router.get("/v1/balances", response_model=BalancePagePublic)
@@ -88,5 +93,8 @@ async def platform_accounts(svc: Svc) -> dict[str, dict[str, str]]:
 async def statement(
     member: MemberPath, svc: Svc, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> StatementPublic:
-    async with svc.uow() as uow:
+
+    async def read(uow: UnitOfWork) -> StatementPublic:
         return StatementPublic(**await handlers.statement(uow.session, member, limit))
+
+    return await for_member(svc, member, read)

@@ -568,7 +568,7 @@ async def request_view(session: AsyncSession, request_id: str) -> dict[str, Any]
 async def _require_member(session: AsyncSession, member: str) -> None:
     stmt = select(members.c.member).where(members.c.member == member)
     if (await session.execute(stmt)).first() is None:
-        raise NotFound(f"unknown member {member!r}")
+        raise UnknownMember(f"unknown member {member!r}")
 
 
 async def member_balances(session: AsyncSession, member: str) -> dict[str, Any]:
