@@ -60,7 +60,9 @@ READS: dict[str, tuple[str, ...]] = {
     ),
 }
 COMMON_READS = ("/v1/parked", "/v1/sync", "/health", "/metrics")
-READ_OK = {200, 404}  # 404: what a read names does not exist yet
+# 404: what a read names does not exist yet; 202: a settlement requested, still waiting
+# for its day's inputs (GET /v1/settlements/{day})
+READ_OK = {200, 202, 404}
 
 
 class Hammer:
