@@ -111,6 +111,7 @@ def test_an_order_in_flight_while_its_day_is_settled_counts_in_that_day(tmp_path
                 ORDERS: "no marker yet",
                 WALLET: "no marker yet",
             }
+            await drain(app)
             closing = [e for e in publisher.events(contracts.DIVIDENDS) if e.type == "DayClosing"]
             assert [e.day for e in closing] == [1]  # type: ignore[attr-defined]
 
@@ -196,6 +197,7 @@ def test_a_forced_settlement_counts_a_late_input_in_the_next_day(tmp_path: Path)
             assert forced.json()["already_settled"] is False
             await broker.deliver(ORDERS, paid("late", "A", "3000", day=1))
             assert (await input_days(client))["order:late"] == 2
+            await drain(app)  # the relay publishes in the background: all of it now
             verdicts = [
                 e
                 for e in publisher.events(contracts.DIVIDENDS)
