@@ -112,14 +112,9 @@ async def settle_day(
         if not requested.settled:
             wait = float(svc.settings.settle_wait_seconds)  # type: ignore[attr-defined]
             await closing.closer_of(svc).wait_settled(day, wait)
-    row = await closing.settled_row(svc, day)
-    if row is None:
-        status = await closing.closing_status(svc, day)
-        if status is None:  # pragma: no cover - settled between the two reads
-            row = await closing.settled_row(svc, day)
-        else:
-            return _waiting(status)
-    return _public(row, already)
+    answer = await _answer(svc, day, already)
+    assert answer is not None, "a requested day is settled or waiting"
+    return answer
 
 
 @router.get(
@@ -131,13 +126,25 @@ async def settle_day(
     },
 )
 async def get_settlement(day: DayPath, svc: ServiceDep) -> Any:
-    row = await closing.settled_row(svc, day)
-    if row is not None:
-        return _public(row, True)
-    status = await closing.closing_status(svc, day)
-    if status is None:
+    answer = await _answer(svc, day, already=True)
+    if answer is None:
         raise ApiError(404, f"day {day} is not settled", field="day")
-    return _waiting(status)
+    return answer
+
+
+async def _answer(svc: Any, day: int, already: bool) -> SettlementPublic | JSONResponse | None:
+    """The settlement (200), the waiting closing (202), or None when the day was never
+    requested.  Settled, else waiting, else settled after all: the settlement may commit
+    between the reads, which then find neither a settlement nor a waiting closing."""
+    row = await closing.settled_row(svc, day)
+    if row is None:
+        status = await closing.closing_status(svc, day)
+        if status is not None:
+            return _waiting(status)
+        row = await closing.settled_row(svc, day)
+        if row is None:
+            return None
+    return _public(row, already)
 
 
 def _waiting(status: dict[str, Any]) -> JSONResponse:
