@@ -106,6 +106,14 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
+    from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+    # the broker did not answer in time (a metadata request, a send): not the message's
+    # fault; aiokafka marks the other passing conditions (no leader yet, …) retriable
+    if isinstance(exc, KafkaTimeoutError | KafkaConnectionError):
+        return True
+    if isinstance(exc, KafkaError) and exc.retriable:
+        return True
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
@@ -827,6 +835,24 @@ def create_app(
         service.relay_lease = Lease(
             service.sessions, service.tables, "relay", settings.lease_seconds
         )
+        # the producer before the consumers: a handler may ask it (the partitions a day's
+        # markers go to) from the first message on
+        producer: Any = (
+            publisher_factory(service)
+            if publisher_factory
+            else KafkaPublisher(settings.kafka_bootstrap, service.name)
+        )
+        if hasattr(producer, "start"):
+            await producer.start()
+        publisher = PrefixedPublisher(producer, prefix) if prefix else producer
+        service.relay = OutboxRelay(
+            service.sessions,
+            service.tables,
+            publisher,
+            batch_size=settings.relay_batch,
+            on_published=service.published,
+            lease=service.relay_lease,
+        )
         leading: asyncio.Task[None] | None = None
         if service.singleton:
             # a single writer: active only while it holds the lease, a hot standby until then
@@ -846,22 +872,6 @@ def create_app(
                 await on_startup(service)
             await broker.start()
             service.active = True
-        producer: Any = (
-            publisher_factory(service)
-            if publisher_factory
-            else KafkaPublisher(settings.kafka_bootstrap, service.name)
-        )
-        if hasattr(producer, "start"):
-            await producer.start()
-        publisher = PrefixedPublisher(producer, prefix) if prefix else producer
-        service.relay = OutboxRelay(
-            service.sessions,
-            service.tables,
-            publisher,
-            batch_size=settings.relay_batch,
-            on_published=service.published,
-            lease=service.relay_lease,
-        )
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
         sweeper = asyncio.create_task(service.sweep_parked_forever(), name=f"{service.name}-parked")
         probe = None

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from tokenmall import migrations
 from tokenmall.db import make_engine, make_sessions
@@ -108,5 +108,73 @@ def test_of_two_relays_on_one_database_one_publishes_and_the_other_takes_over(
         await engine.dispose()
         assert [int(v) for _, _, v, _ in pubs[0].messages] == [0, 1]
         assert [int(v) for _, _, v, _ in pubs[1].messages] == [2, 3, 4]
+
+    asyncio.run(go())
+
+
+class Batches(MemoryPublisher):
+    """Records the batches; the first attempt at a batch holding row ``fail_on`` fails
+    (a send the broker refused while the others of its batch went through)."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.fail_on = fail_on
+
+    async def publish_many(self, messages: list[Outgoing]) -> None:
+        values = [m.value.decode() for m in messages]
+        if self.fail_on in values:
+            self.fail_on = None
+            raise ConnectionError("broker refused one send")
+        self.batches.append(values)
+        await super().publish_many(messages)
+
+
+def test_a_marker_goes_alone_and_only_after_every_earlier_row(tmp_path: Path) -> None:
+    """A row pinned to a partition (a day's DayClosed marker) must follow every row
+    written before it: never in a batch with them (one failed send of the batch would
+    let the marker overtake it), never while an earlier row is unpublished (on
+    PostgreSQL another relay may hold it locked)."""
+
+    async def go() -> None:
+        tables: MessagingTables = messaging_tables
+        url = f"sqlite:///{tmp_path}/outbox.db"
+        await migrations.upgrade_async("orders", url)
+        engine = make_engine(url)
+        rows = [row(i) | {"partition": None} for i in range(8)]
+        for i in (3, 4):  # two markers, on partitions 0 and 1
+            rows[i] |= {"partition": i - 3, "event_type": "DayClosed"}
+        async with engine.begin() as conn:
+            await conn.execute(insert(tables.outbox), rows)
+        sessions = make_sessions(engine)
+        publisher = Batches(fail_on="2")
+        relay = OutboxRelay(sessions, tables, publisher, batch_size=100)
+        published = []
+        for _ in range(6):
+            try:
+                published.append(await relay.run_once())
+            except ConnectionError:
+                published.append(-1)
+        assert publisher.batches == [["0", "1", "2"], ["3", "4"], ["5", "6", "7"]]
+        assert published == [-1, 3, 2, 3, 0, 0]
+        assert [(m.value, m.partition) for m in publisher.messages][3:5] == [
+            (b"3", 0),
+            (b"4", 1),
+        ]
+
+        # a relay that sees the marker first while an earlier row is still unpublished
+        # (held by a relay that hung past its lease) publishes nothing
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(tables.outbox), [row(8) | {"partition": None}, row(9) | {"partition": 0}]
+            )
+        async with sessions() as session:
+            unlocked = (
+                await session.execute(select(tables.outbox).where(tables.outbox.c.event_id == "e9"))
+            ).all()
+            assert await relay._up_to_barrier(session, list(unlocked)) == []
+        assert await relay.run_once() == 1  # e8
+        assert await relay.run_once() == 1  # then the marker
+        await engine.dispose()
 
     asyncio.run(go())

@@ -133,7 +133,7 @@ class OutboxRelay:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:  # rows stay locked until marked: other relays skip them
                 stmt = stmt.with_for_update(skip_locked=True)
-            rows = (await session.execute(stmt)).all()
+            rows = await self._up_to_barrier(session, (await session.execute(stmt)).all())
             if not postgres:
                 # SQLite: no lock held while publishing (writers would wait on it); the
                 # mark below takes the write lock first, so it cannot fail on a snapshot
@@ -154,6 +154,34 @@ class OutboxRelay:
         if self.on_published is not None:
             self.on_published([r.event_type for r in rows])
         return len(rows)
+
+    async def _up_to_barrier(self, session: AsyncSession, rows: list[Any]) -> list[Any]:
+        """A row pinned to a partition (a day's marker) is a barrier: it must reach its
+        partition after every row written before it.  So it never shares a batch with
+        earlier rows (a send that fails while a later one succeeds would put the marker
+        ahead), and it waits while an earlier row is unpublished anywhere — on PostgreSQL
+        a relay that hung past its lease may still hold such rows locked (skipped
+        above)."""
+        first = next((i for i, r in enumerate(rows) if r.partition is not None), None)
+        if first is None:
+            return rows
+        if first > 0:
+            self._wake.set()  # the barrier goes in the very next batch, not after a poll
+            return rows[:first]  # the earlier rows now
+        end = next((i for i, r in enumerate(rows) if r.partition is None), len(rows))
+        earlier = (
+            await session.execute(
+                select(self.outbox.c.id)
+                .where(self.outbox.c.published_at.is_(None), self.outbox.c.id < rows[0].id)
+                .limit(1)
+            )
+        ).first()
+        if earlier is not None:
+            log.info("outbox: marker %s waits for earlier row %s", rows[0].id, earlier.id)
+            return []
+        if end < len(rows):
+            self._wake.set()
+        return rows[:end]
 
     async def run_forever(self) -> None:
         while True:
