@@ -1,14 +1,18 @@
 """The business day of a service that stamps inputs for the engine (orders, wallet).
 
 Every input such a service publishes (an order paid or refunded, a trade request)
-carries the business day it was accepted on.  The day is one row, read with a shared
-lock (``FOR SHARE`` on PostgreSQL) in the transaction that writes the input's outbox
-row; closing the day updates that row, so it waits until every transaction that
-stamped the old day has committed — and every transaction after it stamps the next
-day.  The close then writes one :class:`~tokenmall.contracts.DayClosed` marker per
-partition of the service's topic, after all of the day's inputs in the outbox: on
-each partition, nothing of the closed day can follow its marker.  (On SQLite every
-writer holds the database's write lock, which gives the same order.)
+carries the business day it was accepted on.  The day is one row, read under a shared
+lock in the transaction that writes the input's outbox row; closing the day takes the
+lock exclusively to update that row, so it waits until every transaction that stamped
+the old day has committed — and every transaction after it stamps the next day.  On
+PostgreSQL the lock is a transaction-scoped advisory lock, not ``FOR SHARE`` on the
+row: the lock manager queues a shared request behind a waiting exclusive one, so a
+steady stream of orders cannot starve the close (row share locks let newcomers past a
+waiting UPDATE), and no MultiXact is made per order.  The close then writes one
+:class:`~tokenmall.contracts.DayClosed` marker per partition of the service's topic,
+after all of the day's inputs in the outbox (the relay publishes a marker only after
+every earlier row): on each partition, nothing of the closed day can follow its marker.
+(On SQLite every writer holds the database's write lock, which gives the same order.)
 
 Dividends asks for the close (``DayClosing``) and settles the day once it has every
 marker (the watermark) and has applied every input of the day.
@@ -20,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, Table, insert, select, update
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall.contracts import DayClosed, DayClosing, DaySettled, Event
@@ -43,13 +47,34 @@ def define(metadata: MetaData) -> Table:
     )
 
 
+# the advisory lock's key (PostgreSQL; one per database, and each service has its own)
+LOCK_KEY = 0x746F6B656E646179  # "tokenday"
+
+
+class NoBusinessDay(RuntimeError):
+    """The database lacks the day row: it was not migrated (``tokenmall migrate``)."""
+
+
+async def _lock(session: AsyncSession, exclusive: bool) -> None:
+    """Until the transaction ends.  SQLite: nothing — ``begin_write`` already holds the
+    database's write lock, which orders every writer."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await session.execute(text(f"SELECT {function}(:key)"), {"key": LOCK_KEY})
+
+
 async def stamp(session: AsyncSession, table: Table) -> int:
-    """The day an input accepted in this transaction counts in.  Locks the day row
+    """The day an input accepted in this transaction counts in.  Holds the day's lock
     (shared) until the transaction ends: call it in the transaction that writes the
     input's outbox row, after ``begin_write``."""
-    stmt = select(table.c.day).where(table.c.id == ROW_ID).with_for_update(read=True)
-    day = (await session.execute(stmt)).scalar_one_or_none()
-    return FIRST_DAY if day is None else int(day)
+    await _lock(session, exclusive=False)
+    day = (
+        await session.execute(select(table.c.day).where(table.c.id == ROW_ID))
+    ).scalar_one_or_none()
+    if day is None:
+        raise NoBusinessDay("the business_day row is missing: run the migrations")
+    return int(day)
 
 
 async def current(session: AsyncSession, table: Table) -> int:
@@ -61,7 +86,9 @@ async def current(session: AsyncSession, table: Table) -> int:
 
 
 async def _advance(session: AsyncSession, table: Table, to_day: int) -> bool:
-    """Make ``to_day`` the current day unless the day is already later; True if it moved."""
+    """Make ``to_day`` the current day unless the day is already later; True if it moved.
+    Waits for every transaction that stamped the day before (the exclusive lock)."""
+    await _lock(session, exclusive=True)
     now = datetime.now(UTC)
     moved = await session.execute(
         update(table)
