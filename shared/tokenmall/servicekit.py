@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,6 +92,17 @@ class ServiceSettings(BaseSettings):
     # Off: a service refuses to start on a database not at its migrations' head (run
     # `tokenmall migrate` first, as dev up and docker compose do).  On: it upgrades itself.
     migrate_on_start: bool = False
+
+
+# parked groups (consumer, key) read at a time while unparking
+GROUPS_PER_PAGE = 500
+# how many recent provisions a service remembers (Service.providing)
+RECENT_PROVISIONS = 10_000
+
+
+class _KeyHasParked(Exception):
+    """Inside ``Service._apply``: the event's key has parked events; apply those that
+    can go first, then try again."""
 
 
 class Rejected(ValueError):
@@ -276,6 +287,11 @@ class Service:
         # event applied and outbox row published: a quiescence check that sees the same
         # number twice knows nothing moved in between (GET /v1/sync)
         self.progress = 0
+        # dependencies provided in this process, and when (a count): whether an event
+        # may pass its key's parked ones (Service._apply)
+        self._provisions = 0
+        self._recent_provisions: OrderedDict[str, int] = OrderedDict()
+        self._forgotten_up_to = 0
 
     @property
     def role(self) -> str:
@@ -405,17 +421,22 @@ class Service:
             await self.dead_letter(sub.topic, body, f"unparseable: {exc}")
             return
         started = time.perf_counter()
-        if await self._has_parked(sub.consumer, event.key):
-            # earlier events of this key wait: those that can go now go first
-            await self.unpark(set(), [(sub.consumer, event.key)])
-        for attempt in itertools.count(1):
+        tried_parked: int | None = None  # the provisions seen when the key's were tried
+        attempt = 0
+        while True:
             try:
-                provided = await self._apply(sub, event, body)
+                provided = await self._apply(sub, event, body, tried_parked)
                 break
+            except _KeyHasParked:
+                # earlier events of this key wait: those that can go now go first
+                tried_parked = self._provisions
+                await self.unpark(set(), [(sub.consumer, event.key)])
+                continue
             except Rejected as exc:
                 await self.dead_letter(sub.topic, body, str(exc), event.key)
                 return
             except Exception as exc:
+                attempt += 1
                 if not is_outage(exc) and attempt >= self.settings.handler_attempts:
                     await self.dead_letter(sub.topic, body, _failure(exc, attempt), event.key)
                     return
@@ -433,20 +454,31 @@ class Service:
         if provided:
             await self.unpark(provided)
 
-    async def _has_parked(self, consumer: str, key: str) -> bool:
-        async with self.uow() as uow:
-            return await self.parking.head_of(uow.session, consumer, key) is not None
-
     def _backoff(self, attempt: int) -> float:
         return min(30.0, float(self.settings.handler_backoff_seconds) * 2.0 ** (attempt - 1))
 
-    async def _apply(self, sub: Subscription, event: Event, body: bytes) -> set[str]:
+    async def _apply(
+        self, sub: Subscription, event: Event, body: bytes, tried_parked: int | None
+    ) -> set[str]:
         """One transaction: the inbox claim and either the effect or the parked row.
-        Returns the dependencies the effect provided."""
+        Returns the dependencies the effect provided.
+
+        Per-key order: while earlier events of the key are parked, the caller first
+        applies those that can go (:class:`_KeyHasParked`; ``tried_parked``: the
+        provision count when it did).  Those still parked then do not hold this one up —
+        unless what the oldest waits for was provided since (a member registered, a day
+        settled): then they are tried again first.  Decided here, in the transaction
+        and under the service's lock, so a dependency provided a moment before never
+        lets this event overtake an earlier one that could go."""
         async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
             if not await uow.claim(sub.consumer, event.event_id):
                 self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                 return set()  # delivered twice: applied once
+            head = await self.parking.head_of(uow.session, sub.consumer, event.key)
+            if head is not None and (
+                tried_parked is None or self._provided_since(head.waiting_for, tried_parked)
+            ):
+                raise _KeyHasParked  # rolled back: claimed again on the next try
             waiting_for: str | None = None
             if self._raise_on == (sub.consumer, event.type):
                 raise RuntimeError(f"fault injection: {sub.consumer} raises on {event.type}")
@@ -468,15 +500,32 @@ class Service:
                     event_id=event.event_id,
                     event_type=event.type,
                     body=body,
+                    day=getattr(event, "day", None),
                 )
                 self.metrics.parked_total.labels(self.name, sub.consumer).inc()
                 log.info("%s: parked %s (%s)", sub.consumer, event.type, waiting_for)
             emitted = bool(uow.events) or uow.committed
+            self.providing(uow.provided)
             await uow.commit()
         self._fault_point(sub.consumer)
         if emitted:
             self.committed()
         return uow.provided
+
+    def providing(self, dependencies: set[str]) -> None:
+        """A transaction about to commit provides ``dependencies`` (noted before the
+        commit: an event that sees the count unchanged decided before it)."""
+        for dependency in dependencies:
+            self._provisions += 1
+            self._recent_provisions[dependency] = self._provisions
+            self._recent_provisions.move_to_end(dependency)
+        while len(self._recent_provisions) > RECENT_PROVISIONS:
+            _, self._forgotten_up_to = self._recent_provisions.popitem(last=False)
+
+    def _provided_since(self, dependency: str, count: int) -> bool:
+        if count < self._forgotten_up_to:
+            return True  # too long ago to tell: try the parked ones again
+        return self._recent_provisions.get(dependency, 0) > count
 
     async def unpark(
         self, dependencies: set[str], groups: list[tuple[str, str]] | None = None
@@ -486,16 +535,26 @@ class Service:
         turn; per key in arrival order."""
         pending = set(dependencies)
         async with self._unparking:  # one pass at a time in this process
+            provided: set[str] = set()
+            after = 0  # a pass goes through the groups in pages of GROUPS_PER_PAGE
             while True:
+                more = False
                 if groups is None:
                     async with self.uow() as uow:
-                        groups = await self.parking.groups(uow.session, pending)
-                pending = set()
+                        page = await self.parking.groups(
+                            uow.session, pending, limit=GROUPS_PER_PAGE, after=after
+                        )
+                    groups = [(consumer, key) for consumer, key, _ in page]
+                    more = len(page) == GROUPS_PER_PAGE
+                    after = page[-1][2] if more else 0
                 for consumer, key in groups:
-                    pending |= await self._unpark_group(consumer, key)
-                if not pending:
-                    return
+                    provided |= await self._unpark_group(consumer, key)
                 groups = None
+                if more:
+                    continue  # the next page of this pass
+                if not provided:
+                    return
+                pending, provided = provided, set()  # what the pass provided, in turn
 
     async def _unpark_group(self, consumer: str, key: str) -> set[str]:
         sub = self.subscriptions.get(consumer)
@@ -535,6 +594,7 @@ class Service:
                     return set()  # another process applied it
                 await sub.handler(event, uow)
                 emitted = bool(uow.events) or uow.committed
+                self.providing(uow.provided)
                 await uow.commit()
         except Missing as missing:
             await self._still_parked(parked, missing.dependency, None)
@@ -648,6 +708,7 @@ class ParkedItem(BaseModel):
     parked_at: datetime
     attempts: int
     last_error: str | None
+    day: int | None = Field(description="the business day the event counts in, if it has one")
 
     @classmethod
     def of(cls, service: str, row: ParkedEvent) -> ParkedItem:

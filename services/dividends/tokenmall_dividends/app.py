@@ -40,6 +40,10 @@ class DividendsSettings(ServiceSettings):
     max_message_bytes: int = Field(default=900_000, ge=8192, le=64 * 1024 * 1024)
     # how long POST /v1/settlements/{day} waits for the settlement before answering 202
     settle_wait_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # a requested settlement still missing markers asks the producers again (DayClosing)
+    # this often: a DayClosing lost or dead-lettered (a producer restarting, one of an
+    # older version) never leaves the day stuck; a repeated POST asks again at once
+    day_reask_seconds: float = Field(default=10.0, gt=0, le=3600)
 
 
 def load_plan(path: str) -> dict[str, Any]:

@@ -11,7 +11,11 @@ after its commit the service applies every event parked on it, oldest first.
 Order: a key's parked events are applied oldest first, and before an event of a key
 with parked events is applied, those of them that can be applied by then are.  An event
 that does not depend on what a parked one waits for is not held up by it: a refund
-whose order never comes blocks no one (an operator can discard it).
+whose order never comes blocks no one (an operator can discard it), and an order
+re-published from the dead-letter topic can still provide the refund parked before it.
+Whether a parked one can go is decided again, in the event's own transaction, when
+what it waits for was provided in between (``Service._apply``): a dependency provided
+a moment before never lets a later event overtake an earlier one.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class ParkedEvent:
     parked_at: datetime
     attempts: int
     last_error: str | None
+    day: int | None = None
 
 
 def _now() -> datetime:
@@ -89,6 +94,7 @@ class ParkingLot:
             t.c.parked_at,
             t.c.attempts,
             t.c.last_error,
+            t.c.day,
         ]
 
     def _row(self, row: Any) -> ParkedEvent:
@@ -104,6 +110,7 @@ class ParkingLot:
             parked_at=_aware(row.parked_at),
             attempts=int(row.attempts),
             last_error=row.last_error,
+            day=row.day,
         )
 
     async def head_of(self, session: AsyncSession, consumer: str, key: str) -> ParkedEvent | None:
@@ -136,6 +143,7 @@ class ParkingLot:
         event_id: str,
         event_type: str,
         body: bytes,
+        day: int | None = None,
     ) -> None:
         now = _now()
         await session.execute(
@@ -150,27 +158,35 @@ class ParkingLot:
                 parked_at=now,
                 attempts=0,
                 next_try_at=now + retry_delay(0),
+                day=day,
             )
         )
 
     async def groups(
-        self, session: AsyncSession, dependencies: Iterable[str], limit: int = 500
-    ) -> list[tuple[str, str]]:
-        """(consumer, key) groups with an event parked on one of ``dependencies`` or due
-        for a retry, oldest first."""
+        self,
+        session: AsyncSession,
+        dependencies: Iterable[str],
+        limit: int = 500,
+        after: int = 0,
+    ) -> list[tuple[str, str, int]]:
+        """(consumer, key, first id) of the groups with an event parked on one of
+        ``dependencies`` or due for a retry, oldest first; ``after``: the page after the
+        one whose last group's first id it is."""
         t = self.table
         deps = sorted(set(dependencies))
         condition = t.c.next_try_at <= _now()
         if deps:
             condition = or_(condition, t.c.waiting_for.in_(deps))
+        first = func.min(t.c.id).label("first")
         rows = await session.execute(
-            select(t.c.consumer, t.c.key, func.min(t.c.id).label("first"))
+            select(t.c.consumer, t.c.key, first)
             .where(condition)
             .group_by(t.c.consumer, t.c.key)
-            .order_by("first")
+            .having(first > after)
+            .order_by(first)
             .limit(limit)
         )
-        return [(r.consumer, r.key) for r in rows]
+        return [(r.consumer, r.key, int(r.first)) for r in rows]
 
     async def of_group(
         self, session: AsyncSession, consumer: str, key: str, limit: int = 1000

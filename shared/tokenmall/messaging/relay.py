@@ -133,7 +133,7 @@ class OutboxRelay:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:  # rows stay locked until marked: other relays skip them
                 stmt = stmt.with_for_update(skip_locked=True)
-            rows = await self._up_to_barrier(session, (await session.execute(stmt)).all())
+            rows = await self._up_to_barrier(session, list((await session.execute(stmt)).all()))
             if not postgres:
                 # SQLite: no lock held while publishing (writers would wait on it); the
                 # mark below takes the write lock first, so it cannot fail on a snapshot

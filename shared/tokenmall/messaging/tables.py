@@ -71,8 +71,12 @@ def define(metadata: MetaData) -> MessagingTables:
         Column("attempts", Integer, nullable=False, default=0),
         Column("next_try_at", DateTime(timezone=True), nullable=False),
         Column("last_error", Text, nullable=True),
+        # the business day the event counts in, when it carries one: a settlement waits
+        # for the parked inputs of its day (an indexed count, not a scan of the bodies)
+        Column("day", Integer, nullable=True),
     )
     Index("parked_waiting", parked.c.waiting_for)
+    Index("parked_day", parked.c.day, parked.c.consumer)
     Index("parked_key", parked.c.consumer, parked.c.key, parked.c.id)
     Index("parked_due", parked.c.next_try_at)
     # One row per lease (tokenmall.messaging.lease): who may act alone, until when.

@@ -29,9 +29,9 @@ PARTITIONS = contracts.PARTITIONS
 ORDERS, WALLET = contracts.ORDERS, contracts.WALLET_REQUESTS
 
 
-def dividends_app(tmp_path: Path) -> tuple[FastAPI, MemoryPublisher]:
+def dividends_app(tmp_path: Path, **overrides: Any) -> tuple[FastAPI, MemoryPublisher]:
     settings = DividendsSettings(
-        database_url=f"sqlite:///{tmp_path}/dividends.db", settle_wait_seconds=0.2
+        database_url=f"sqlite:///{tmp_path}/dividends.db", settle_wait_seconds=0.2, **overrides
     )
     publisher = MemoryPublisher()
     app = build_app(
@@ -162,7 +162,11 @@ def test_a_parked_input_of_the_day_is_applied_before_the_day_settles(tmp_path: P
             await asyncio.sleep(0.3)  # the closer looked: it still waits for the parked order
             waiting = await client.get("/v1/settlements/1")
             assert waiting.status_code == 202
-            assert waiting.json()["waiting_for"] == {"markers": {}, "parked_inputs": 1}
+            waiting_for = waiting.json()["waiting_for"]
+            assert (waiting_for["markers"], waiting_for["parked_inputs"]) == ({}, 1)
+            assert [(p["key"], p["waiting_for"]) for p in waiting_for["parked"]] == [
+                ("C", "member:C")
+            ]
 
             await broker.deliver(contracts.MEMBERS, member_registered("C", "A", seq=2))
             await settled(client, 1)
@@ -239,6 +243,127 @@ def test_a_restarted_dividends_goes_on_with_a_requested_settlement(tmp_path: Pat
             assert (await client.get("/v1/settlements/1")).status_code == 202
             await close_topic(app.state.svc.broker, WALLET, 1)
             await settled(client, 1)
+
+    asyncio.run(go())
+
+
+def day_closings(publisher: MemoryPublisher) -> list[int]:
+    return [
+        e.day  # type: ignore[attr-defined]
+        for e in publisher.events(contracts.DIVIDENDS)
+        if e.type == "DayClosing"
+    ]
+
+
+def test_a_lost_day_closing_is_asked_again_until_the_markers_come(tmp_path: Path) -> None:
+    """A DayClosing the producers never acted on (lost, dead-lettered by a producer of an
+    older version, consumed before a restart) is emitted again while markers are
+    missing — periodically, and at once when the caller repeats the POST."""
+
+    async def go() -> None:
+        app, publisher = dividends_app(tmp_path, day_reask_seconds=0.3)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            deadline = time.monotonic() + 10
+            while len(day_closings(publisher)) < 3:  # the first, then asked again
+                assert time.monotonic() < deadline, day_closings(publisher)
+                await asyncio.sleep(0.05)
+            assert set(day_closings(publisher)) == {1}
+            await close_topic(broker, ORDERS, 1)
+            asked = len(day_closings(publisher))
+            await asyncio.sleep(1.1)  # past the POST's minimum interval
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            await drain(app)
+            assert len(day_closings(publisher)) > asked  # the repeated POST asked at once
+            await close_topic(broker, WALLET, 1)
+            await settled(client, 1)
+            await drain(app)
+            asked = len(day_closings(publisher))
+            await asyncio.sleep(0.8)
+            await drain(app)
+            assert len(day_closings(publisher)) == asked  # settled: nobody is asked again
+
+    asyncio.run(go())
+
+
+def test_a_never_applicable_input_holds_up_its_own_day_only(tmp_path: Path) -> None:
+    """An order of day 1 whose member never registers: day 1 waits for it (and names
+    it) until forced; day 2 then settles without it.  When it does apply, some day
+    later, it counts as late in the engine's current day."""
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            await broker.deliver(ORDERS, paid("ghost-order", "ghost", "500", day=1))
+            for day in (1, 2):
+                await close_topic(broker, ORDERS, day)
+                await close_topic(broker, WALLET, day)
+                if day == 1:
+                    waiting = await client.post("/v1/settlements/1")
+                    assert waiting.status_code == 202
+                    [parked] = waiting.json()["waiting_for"]["parked"]
+                    assert parked["waiting_for"] == "member:ghost"
+                    forced = await client.post("/v1/settlements/1", params={"force": "true"})
+                    assert forced.status_code == 200
+                    assert forced.json()["already_settled"] is False  # this call settled it
+                else:
+                    await broker.deliver(ORDERS, paid("o2", "A", "700", day=2))
+                    answer = await client.post("/v1/settlements/2")
+                    assert answer.status_code == 200, answer.text
+            await broker.deliver(contracts.MEMBERS, member_registered("ghost", "A", seq=2))
+            assert (await input_days(client))["order:ghost-order"] == 3
+            metrics = (await client.get("/metrics")).text
+            assert metric(metrics, "tokenmall_late_inputs_total") == 1
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
+
+
+def test_an_input_arriving_as_its_day_opens_does_not_pass_the_one_parked_before_it(
+    tmp_path: Path,
+) -> None:
+    """Two day-2 orders of one member (one key): the first is parked while day 1 is
+    unsettled; day 1 settles just after the second tried the key's parked events and
+    before it is applied.  The second must still come after the first."""
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path)
+        async with running(app) as client:
+            svc = app.state.svc
+            closer = svc.state["closer"]
+            broker: FakeBroker = svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            # requested; no marker comes, so only the forced settlement below settles it
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            await broker.deliver(ORDERS, paid("o1", "A", "300", day=2))  # early: parked
+            assert (await client.get("/v1/parked")).json()["total"] == 1
+
+            original = svc.unpark
+            opened = asyncio.Event()
+            settling: list[asyncio.Task[bool]] = []
+
+            async def unpark(dependencies: set[str], groups: Any = None) -> None:
+                if dependencies == {"day:2"}:
+                    await opened.wait()  # the closer's own wake-up comes late
+                await original(dependencies, groups)
+                if groups is not None and not settling:
+                    # the second order tried the key's parked ones (still day 1): now
+                    # day 1 settles, before the second order is applied
+                    settling.append(asyncio.create_task(closer.settle_if_ready(force=True)))
+                    while (await client.get("/v1/state")).json()["day"] != 2:
+                        await asyncio.sleep(0.01)
+
+            svc.unpark = unpark
+            await broker.deliver(ORDERS, paid("o2", "A", "200", day=2))
+            opened.set()
+            assert await settling[0] is True
+            log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
+            orders = [row["input_id"] for row in log if row["input_id"].startswith("order:")]
+            assert orders == ["order:o1", "order:o2"]
+            assert (await client.get("/v1/parked")).json()["total"] == 0
 
     asyncio.run(go())
 

@@ -45,12 +45,23 @@ class SettlementPublic(BaseModel):
     settled_at: datetime
 
 
+class ParkedInput(BaseModel):
+    id: int
+    event_type: str
+    key: str
+    waiting_for: str
+
+
 class WaitingFor(BaseModel):
     markers: dict[str, str | list[int]] = Field(
         description='per topic: the partitions whose "day closed" marker has not arrived '
         '(or "no marker yet")'
     )
     parked_inputs: int = Field(description="inputs of the day parked on a dependency")
+    parked: list[ParkedInput] = Field(
+        description="the oldest of them (DELETE /v1/parked/{id} discards one that will "
+        "never be applicable; or settle with force=true)"
+    )
 
 
 class SettlementWaiting(BaseModel):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -87,6 +86,8 @@ class Waiting:
     # topic -> partitions whose marker has not arrived (None: no marker of it at all yet)
     markers: dict[str, list[int] | None] = field(default_factory=dict)
     parked_inputs: int = 0
+    # the oldest of them (an operator may discard one that will never be applicable)
+    parked: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -99,6 +100,7 @@ class Waiting:
                 for topic, missing in self.markers.items()
             },
             "parked_inputs": self.parked_inputs,
+            "parked": self.parked,
         }
 
 
@@ -155,30 +157,42 @@ async def missing(svc: Service, session: AsyncSession, day: int) -> Waiting:
         absent = sorted(set(range(expected)) - {r.partition for r in mine})
         if absent:
             waiting.markers[topic] = absent
-    waiting.parked_inputs = await parked_inputs(svc, session, day)
+    waiting.parked_inputs, waiting.parked = await parked_inputs(svc, session, day)
     return waiting
 
 
-async def parked_inputs(svc: Service, session: AsyncSession, day: int) -> int:
-    """Parked inputs that count in ``day`` or earlier (without a day: the current one)."""
+SHOWN_PARKED = 20
+
+
+async def parked_inputs(
+    svc: Service, session: AsyncSession, day: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """The parked inputs stamped with ``day``: how many, and the oldest of them.  Only
+    that day's: one that will never be applicable (its member never registers) holds up
+    its own day's settlement — until an operator discards it or forces the day — not
+    every later one (applied some day after, it counts as late)."""
     parked = svc.tables.parked
-    rows = (
-        await session.execute(
-            select(parked.c.body).where(
-                parked.c.consumer.in_(DAY_STAMPED_CONSUMERS),
-                parked.c.event_type.in_(DAY_STAMPED_TYPES),
-            )
-        )
-    ).all()
-    count = 0
-    for row in rows:
-        try:
-            stamped = json.loads(row.body).get("day")
-        except (ValueError, AttributeError):
-            continue  # unreadable: it is dead-lettered when tried, never applied
-        if stamped is None or int(stamped) <= day:
-            count += 1
-    return count
+    of_day = (
+        parked.c.day == day,
+        parked.c.consumer.in_(DAY_STAMPED_CONSUMERS),
+        parked.c.event_type.in_(DAY_STAMPED_TYPES),
+    )
+    count = (
+        await session.execute(select(func.count()).select_from(parked).where(*of_day))
+    ).scalar_one()
+    if not count:
+        return 0, []
+    rows = await session.execute(
+        select(parked.c.id, parked.c.event_type, parked.c.key, parked.c.waiting_for)
+        .where(*of_day)
+        .order_by(parked.c.id)
+        .limit(SHOWN_PARKED)
+    )
+    return int(count), [dict(row._mapping) for row in rows]
+
+
+# a repeated POST of a waiting settlement re-emits DayClosing at most this often
+REASK_ON_REQUEST_SECONDS = 1.0
 
 
 @dataclass
@@ -186,7 +200,8 @@ class Requested:
     accepted: bool
     reason: str | None = None
     settled: bool = False  # the day was settled before
-    first: bool = False  # this call requested the settlement (the others found it asked)
+    # this call requested the settlement, or forced it (the others found it asked)
+    first: bool = False
 
 
 class DayCloser:
@@ -197,6 +212,8 @@ class DayCloser:
         self.svc = svc
         self.pending: int | None = None  # the requested, unsettled day (the engine's day)
         self.requested_at: float | None = None  # monotonic, for the waiting gauge
+        self.asked_at: float | None = None  # monotonic: the last DayClosing emitted
+        self.waiting: Waiting | None = None  # what the pending day waited for at the last look
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -238,13 +255,42 @@ class DayCloser:
     def _pending(self, day: int | None) -> None:
         self.pending = day
         self.requested_at = None if day is None else time.monotonic()
+        self.waiting = None
+
+    def _asked_long_ago(self, seconds: float) -> bool:
+        return self.asked_at is None or time.monotonic() - self.asked_at >= seconds
+
+    def _ask(self, uow: UnitOfWork, day: int) -> None:
+        """Ask the producers to close ``day`` (in the caller's transaction).  Asking again
+        is harmless: a producer whose day is already closed writes its markers again."""
+        uow.emit(contracts.DIVIDENDS, contracts.DayClosing(day=day))
+        self.asked_at = time.monotonic()
+
+    async def _ask_again(self, day: int) -> None:
+        svc = self.svc
+        async with svc.uow() as uow:
+            await uow.begin_write()
+            self._ask(uow, day)
+            await svc.check_lease(uow.session)
+            await uow.commit()
+        svc.committed()
+        log.warning("day %d still misses markers; asked the producers again", day)
 
     async def run_forever(self) -> None:
+        reask = float(self.svc.settings.day_reask_seconds)  # type: ignore[attr-defined]
         while True:
             self._wake.clear()
             if self.pending is not None:
                 try:
                     await self.settle_if_ready()
+                    waiting, day = self.waiting, self.pending
+                    if (
+                        day is not None
+                        and waiting is not None
+                        and waiting.markers
+                        and self._asked_long_ago(reask)
+                    ):
+                        await self._ask_again(day)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -279,19 +325,23 @@ class DayCloser:
                         day=day, requested_at=datetime.now(UTC), forced=force
                     )
                 )
-                uow.emit(contracts.DIVIDENDS, contracts.DayClosing(day=day))
+                self._ask(uow, day)
                 first = True
-            elif force and not known.forced:
-                await uow.session.execute(
-                    update(day_closings).where(day_closings.c.day == day).values(forced=True)
-                )
+            else:
+                if force and not known.forced:
+                    await uow.session.execute(
+                        update(day_closings).where(day_closings.c.day == day).values(forced=True)
+                    )
+                elif not force and self._asked_long_ago(REASK_ON_REQUEST_SECONDS):
+                    self._ask(uow, day)  # the caller asks again: so do we
             await svc.check_lease(uow.session)
             await uow.commit()
         svc.committed()
         if self.pending != day:
             self._pending(day)
         if force:
-            await self.settle_if_ready(force=True)
+            # this call settled it, though another asked first (already_settled: false)
+            first = await self.settle_if_ready(force=True) or first
         else:
             self._wake.set()
         return Requested(True, first=first)
@@ -315,8 +365,12 @@ class DayCloser:
                 return False
             if not (force or closing.forced):
                 waiting = await missing(svc, uow.session, day)
+                self.waiting = waiting
                 if not waiting.ready:
                     return False
+            # the inputs of the next day may go once this commits: one that arrives now
+            # must not pass those of its key parked on it (Service._apply)
+            svc.providing({f"day:{day + 1}"})
             outcome = await handlers.apply(svc, uow, "settle", f"settle:{day}", {"day": day})
         if not outcome.accepted:  # pragma: no cover - the day is the engine's day
             log.error("settling day %d was refused: %s", day, outcome.reason)
