@@ -87,7 +87,11 @@ async def current(session: AsyncSession, table: Table) -> int:
 
 async def _advance(session: AsyncSession, table: Table, to_day: int) -> bool:
     """Make ``to_day`` the current day unless the day is already later; True if it moved.
-    Waits for every transaction that stamped the day before (the exclusive lock)."""
+    Waits for every transaction that stamped the day before (the exclusive lock) — only
+    when it must move: a day never goes back, so a DaySettled that finds it moved
+    already (the usual case, DayClosing came first) locks nothing and holds up no order."""
+    if await current(session, table) >= to_day:
+        return False
     await _lock(session, exclusive=True)
     now = datetime.now(UTC)
     moved = await session.execute(

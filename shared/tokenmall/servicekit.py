@@ -94,6 +94,9 @@ class ServiceSettings(BaseSettings):
     migrate_on_start: bool = False
 
 
+# Service.partition_count
+PARTITIONS_CACHE_SECONDS = 60.0
+PARTITIONS_TIMEOUT_SECONDS = 5.0
 # parked groups (consumer, key) read at a time while unparking
 GROUPS_PER_PAGE = 500
 # how many recent provisions a service remembers (Service.providing)
@@ -275,6 +278,11 @@ class Service:
     relay_lease: Lease | None = None
     # closed when the app stops (HTTP clients of other services, …)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # the business day a parked event counts in (parked.day; dividends: a day's
+    # settlement waits for its parked inputs); by default the day the event carries
+    park_day: Callable[[Event], int | None] = field(
+        default=lambda event: getattr(event, "day", None)
+    )
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.name)
@@ -290,6 +298,7 @@ class Service:
         # dependencies provided in this process, and when (a count): whether an event
         # may pass its key's parked ones (Service._apply)
         self._provisions = 0
+        self._partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._recent_provisions: OrderedDict[str, int] = OrderedDict()
         self._forgotten_up_to = 0
 
@@ -390,9 +399,19 @@ class Service:
         return UnitOfWork(self.sessions, self.tables, self.name)
 
     async def partition_count(self, topic: str) -> int:
-        """Partitions of the logical ``topic`` (where markers go: one on each)."""
+        """Partitions of the logical ``topic`` (where markers go: one on each).  Cached
+        for a minute and asked with a short timeout: a handler asks it inside its
+        transaction (on SQLite: holding the write lock), which must not wait long for
+        a broker that does not answer (it is retried as an outage)."""
         assert self.relay is not None, "service not started"
-        return await self.relay.publisher.partitions(topic)
+        now = time.monotonic()
+        cached = self._partition_counts.get(topic)
+        if cached is not None and now - cached[1] < PARTITIONS_CACHE_SECONDS:
+            return cached[0]
+        async with asyncio.timeout(PARTITIONS_TIMEOUT_SECONDS):
+            count = await self.relay.publisher.partitions(topic)
+        self._partition_counts[topic] = (count, now)
+        return count
 
     def published(self, types: list[str]) -> None:
         """The relay published (and marked) outbox rows of these event types."""
@@ -474,10 +493,8 @@ class Service:
             if not await uow.claim(sub.consumer, event.event_id):
                 self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                 return set()  # delivered twice: applied once
-            head = await self.parking.head_of(uow.session, sub.consumer, event.key)
-            if head is not None and (
-                tried_parked is None or self._provided_since(head.waiting_for, tried_parked)
-            ):
+            held_by = await self.parking.dependencies_of(uow.session, sub.consumer, event.key)
+            if self._try_parked_first(held_by, tried_parked):
                 raise _KeyHasParked  # rolled back: claimed again on the next try
             waiting_for: str | None = None
             if self._raise_on == (sub.consumer, event.type):
@@ -500,10 +517,16 @@ class Service:
                     event_id=event.event_id,
                     event_type=event.type,
                     body=body,
-                    day=getattr(event, "day", None),
+                    day=self.park_day(event),
                 )
                 self.metrics.parked_total.labels(self.name, sub.consumer).inc()
                 log.info("%s: parked %s (%s)", sub.consumer, event.type, waiting_for)
+            elif self.exclusive is None and self._try_parked_first(held_by, tried_parked):
+                # without the service's lock a dependency may have been provided while the
+                # handler ran (its reads may have seen it): decide again, before committing.
+                # (With the lock — dividends, whose handler has moved the engine — nothing
+                # can be provided meanwhile.)
+                raise _KeyHasParked
             emitted = bool(uow.events) or uow.committed
             self.providing(uow.provided)
             await uow.commit()
@@ -521,6 +544,15 @@ class Service:
             self._recent_provisions.move_to_end(dependency)
         while len(self._recent_provisions) > RECENT_PROVISIONS:
             _, self._forgotten_up_to = self._recent_provisions.popitem(last=False)
+
+    def _try_parked_first(self, held_by: set[str], tried_parked: int | None) -> bool:
+        """The key has parked events (waiting for ``held_by``) that might go now: not
+        tried yet, or what one of them waits for was provided since."""
+        if not held_by:
+            return False
+        if tried_parked is None:
+            return True
+        return any(self._provided_since(dependency, tried_parked) for dependency in held_by)
 
     def _provided_since(self, dependency: str, count: int) -> bool:
         if count < self._forgotten_up_to:
@@ -563,10 +595,16 @@ class Service:
             return provided
         async with self.uow() as uow:
             waiting = await self.parking.of_group(uow.session, consumer, key)
+        still_missing: set[str] = set()
         for parked in waiting:
+            if parked.waiting_for in still_missing:
+                continue  # what an earlier one of its key still lacks: it waits too
             outcome = await self._apply_parked(sub, parked)
             if outcome is None:
-                break  # it still waits: the rest of its key waits behind it
+                # it still waits; the later ones that wait for something else may go (an
+                # event is not held up by one that cannot be applied)
+                still_missing.add(parked.waiting_for)
+                continue
             provided |= outcome
         return provided
 
@@ -915,24 +953,34 @@ def create_app(
             lease=service.relay_lease,
         )
         leading: asyncio.Task[None] | None = None
-        if service.singleton:
-            # a single writer: active only while it holds the lease, a hot standby until then
-            service.lease = Lease(
-                service.sessions, service.tables, "engine", settings.lease_seconds
-            )
-            if await service._hold(service.lease):  # the usual case: nobody else is running
-                # renewed meanwhile: loading and joining the groups can outlast the lease
-                leading = asyncio.create_task(service.keep_lease(), name=f"{service.name}-lease")
-                await service.become_active(broker, on_startup)
-            else:
-                leading = asyncio.create_task(
-                    service.lead_forever(broker, on_startup), name=f"{service.name}-lease"
+        try:
+            if service.singleton:
+                # a single writer: active only while it holds the lease, a hot standby until then
+                service.lease = Lease(
+                    service.sessions, service.tables, "engine", settings.lease_seconds
                 )
-        else:
-            if on_startup is not None:
-                await on_startup(service)
-            await broker.start()
-            service.active = True
+                if await service._hold(service.lease):  # the usual case: nobody else is running
+                    # renewed meanwhile: loading and joining the groups can outlast the lease
+                    leading = asyncio.create_task(
+                        service.keep_lease(), name=f"{service.name}-lease"
+                    )
+                    await service.become_active(broker, on_startup)
+                else:
+                    leading = asyncio.create_task(
+                        service.lead_forever(broker, on_startup), name=f"{service.name}-lease"
+                    )
+            else:
+                if on_startup is not None:
+                    await on_startup(service)
+                await broker.start()
+                service.active = True
+        except BaseException:  # a start that failed: the producer started above goes too
+            if leading is not None:
+                leading.cancel()
+            if hasattr(producer, "stop"):
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+            raise
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
         sweeper = asyncio.create_task(service.sweep_parked_forever(), name=f"{service.name}-parked")
         probe = None

@@ -344,3 +344,42 @@ def test_migrations_from_several_threads_at_once_all_finish(tmp_path: Path) -> N
     assert not any(t.is_alive() for t in threads) and errors == []
     for i in range(6):
         assert migrations.status("orders", f"sqlite:///{tmp_path}/{i}-orders.db").at_head
+
+
+@pytest.mark.parametrize("service", migrations.SERVICES)
+def test_0004_gives_rows_parked_before_it_the_day_their_body_carries(
+    service: str, tmp_path: Path
+) -> None:
+    url = sqlite_url(tmp_path / f"{service}.db")
+    engine = create_engine(url)
+    parked = {
+        "consumer": "c",
+        "key": "k",
+        "waiting_for": "member:k",
+        "topic": "t",
+        "event_id": "e",
+        "event_type": "OrderPaid",
+        "parked_at": "2026-12-01 00:00:00",
+        "attempts": 0,
+        "next_try_at": "2026-12-01 00:00:00",
+    }
+    bodies = ['{"type": "OrderPaid", "day": 4}', '{"type": "MemberRegistered"}', "{not json"]
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(service, conn), "0003")
+        for i, body in enumerate(bodies):
+            conn.execute(
+                text(
+                    "INSERT INTO parked (consumer, key, waiting_for, topic, event_id, "
+                    "event_type, body, parked_at, attempts, next_try_at) VALUES (:consumer, "
+                    ":key, :waiting_for, :topic, :event_id, :event_type, :body, :parked_at, "
+                    ":attempts, :next_try_at)"
+                ),
+                parked | {"event_id": f"e{i}", "body": body},
+            )
+    engine.dispose()
+    assert migrations.upgrade(service, url).applied == ["0004"]
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        days = conn.execute(text("SELECT event_id, day FROM parked ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(row) for row in days] == [("e0", 4), ("e1", None), ("e2", None)]

@@ -68,6 +68,7 @@ def build_app(
     host = svc.state["host"] = EngineHost(max_message_bytes=settings.max_message_bytes)
     svc.state["day_metrics"] = closing.DayMetrics(svc)
     closer = svc.state["closer"] = closing.DayCloser(svc)
+    svc.park_day = lambda event: closing.park_day(svc, event)
     svc.exclusive = host.lock  # consumers take the engine's lock before any database write
 
     def bound(fn: Any) -> Any:

@@ -113,18 +113,13 @@ class ParkingLot:
             day=row.day,
         )
 
-    async def head_of(self, session: AsyncSession, consumer: str, key: str) -> ParkedEvent | None:
-        """The oldest parked event of this consumer and key, if any."""
+    async def dependencies_of(self, session: AsyncSession, consumer: str, key: str) -> set[str]:
+        """What the parked events of this consumer and key wait for (empty: none parked)."""
         t = self.table
-        row = (
-            await session.execute(
-                select(*self._columns())
-                .where(t.c.consumer == consumer, t.c.key == key)
-                .order_by(t.c.id)
-                .limit(1)
-            )
-        ).first()
-        return None if row is None else self._row(row)
+        rows = await session.execute(
+            select(t.c.waiting_for).where(t.c.consumer == consumer, t.c.key == key).distinct()
+        )
+        return {row.waiting_for for row in rows}
 
     async def get(self, session: AsyncSession, parked_id: int) -> ParkedEvent | None:
         row = (

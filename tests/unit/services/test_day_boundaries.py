@@ -437,3 +437,77 @@ def test_the_wallet_stamps_its_requests_and_closes_its_day(tmp_path: Path) -> No
         )
 
     test_wallet.run(tmp_path, body)
+
+
+def test_every_input_parked_on_the_next_day_goes_right_after_the_settlement(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """More groups wait for day 2 than one page of the unparking pass holds: all go at
+    once after day 1 settled, not a page now and the rest at the next retry."""
+    from tokenmall import servicekit
+
+    monkeypatch.setattr(servicekit, "GROUPS_PER_PAGE", 2)
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, parked_sweep_seconds=3600)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            members = [f"M{i}" for i in range(5)]
+            for seq, name in enumerate(members, start=1):
+                await broker.deliver(contracts.MEMBERS, member_registered(name, seq=seq))
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            for name in members:  # day 2 opened at orders: these overtake its markers
+                await broker.deliver(ORDERS, paid(f"o-{name}", name, "100", day=2))
+            assert (await client.get("/v1/parked")).json()["total"] == 5
+            await close_topic(broker, ORDERS, 1)
+            await close_topic(broker, WALLET, 1)
+            await settled(client, 1)
+            deadline = time.monotonic() + 3  # far below the sweep's hour
+            while (await client.get("/v1/parked")).json()["total"]:
+                assert time.monotonic() < deadline, (await client.get("/v1/parked")).json()
+                await asyncio.sleep(0.02)
+            days = await input_days(client)
+            assert {days[f"order:o-{name}"] for name in members} == {2}
+
+    asyncio.run(go())
+
+
+def test_an_input_is_not_held_up_by_a_parked_one_of_its_key_that_cannot_go(
+    tmp_path: Path,
+) -> None:
+    """A's refund of an order that never arrives is parked; A's next order of day 2 is
+    parked behind the day.  Once day 1 is settled (by force: the refund holds it up),
+    that order goes — the stuck refund does not hold it — and day 2 settles without
+    waiting for it; A's later order comes after it."""
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path)
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            refund = contracts.OrderRefunded(
+                order_id="lost", member="A", amount=Decimal("10"), day=1
+            )
+            await broker.deliver(ORDERS, refund)
+            assert (await client.post("/v1/settlements/1")).status_code == 202
+            await broker.deliver(ORDERS, paid("o3", "A", "300", day=2))
+            parked = (await client.get("/v1/parked")).json()["items"]
+            assert [p["waiting_for"] for p in parked] == ["order:lost", "day:2"]
+            forced = await client.post("/v1/settlements/1", params={"force": "true"})
+            assert forced.status_code == 200
+            deadline = time.monotonic() + 3
+            while "order:o3" not in await input_days(client):
+                assert time.monotonic() < deadline, (await client.get("/v1/parked")).json()
+                await asyncio.sleep(0.02)
+            await broker.deliver(ORDERS, paid("o4", "A", "200", day=2))
+            log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
+            orders = [row["input_id"] for row in log if row["input_id"].startswith("order:")]
+            assert orders == ["order:o3", "order:o4"]
+            await close_topic(broker, ORDERS, 2)
+            await close_topic(broker, WALLET, 2)
+            answer = await client.post("/v1/settlements/2")
+            assert answer.status_code == 200, answer.text  # the day-1 refund is day 1's
+            [still] = (await client.get("/v1/parked")).json()["items"]
+            assert still["waiting_for"] == "order:lost" and still["day"] == 1
+
+    asyncio.run(go())

@@ -123,6 +123,19 @@ def check_day(svc: Service, engine_day: int, kind: str, day: int | None) -> None
     )
 
 
+def park_day(svc: Service, event: contracts.Event) -> int | None:
+    """The day a parked input holds up (``parked.day``): the day it carries, or the
+    engine's current day for one without a day (an older producer) or of a day settled
+    already (by force) — it counts in the current day once applied."""
+    if event.type not in DAY_STAMPED_TYPES:
+        return None
+    from tokenmall_dividends.service_layer.handlers import host_of
+
+    current = host_of(svc).engine.day
+    day: int | None = getattr(event, "day", None)
+    return current if day is None or day < current else day
+
+
 async def record_marker(event: contracts.DayClosed, uow: UnitOfWork, svc: Service) -> None:
     """A producer's watermark for one partition; the closer looks whether the day can go."""
     values = {
@@ -167,10 +180,11 @@ SHOWN_PARKED = 20
 async def parked_inputs(
     svc: Service, session: AsyncSession, day: int
 ) -> tuple[int, list[dict[str, Any]]]:
-    """The parked inputs stamped with ``day``: how many, and the oldest of them.  Only
-    that day's: one that will never be applicable (its member never registers) holds up
-    its own day's settlement — until an operator discards it or forces the day — not
-    every later one (applied some day after, it counts as late)."""
+    """The parked inputs that count in ``day`` (parked.day, see park_day): how many, and
+    the oldest of them.  Only that day's: one that will never be applicable (its member
+    never registers) holds up its own day's settlement — until an operator discards it
+    or forces the day — not every later one (applied some day after, it counts as
+    late)."""
     parked = svc.tables.parked
     of_day = (
         parked.c.day == day,

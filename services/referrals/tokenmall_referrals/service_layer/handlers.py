@@ -1,13 +1,13 @@
 """Use cases of the referrals service.
 
-Commands and events are handled cosmicpython style: ``handler(message, uow)``,
-ending in ``uow.commit()``; after a command the caller calls ``svc.committed()``
+Commands and events are handled cosmicpython style: ``handler(message, uow)``; a
+command ends in ``uow.commit()``, after which the caller calls ``svc.committed()``
 so that the relay publishes at once.  The event handlers of the subscriptions run
 inside the unit of work that ``Service.handle`` opened and in which it claimed the
-message in the inbox, so their commit also records the message as applied (a path
-that changes nothing just returns: ``Service.handle`` commits the claim).  They
-raise :class:`Rejected` before writing anything: the transaction rolls back and
-the message is dead-lettered with the reason.
+message in the inbox; they never commit — the kit commits the effect with the
+claim.  They raise :class:`Rejected`
+before writing anything: the transaction rolls back and the message is
+dead-lettered with the reason.
 
 The read views compute team performance and star levels set-based, over NumPy
 arrays of all members (``tokenmall.engine.settlement``), never by walking the tree
@@ -226,7 +226,6 @@ async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
         .where(members.c.member == event.member)
         .values(spend_cents=members.c.spend_cents + amount)
     )
-    await uow.commit()
 
 
 async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> None:
@@ -259,7 +258,6 @@ async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> Non
         .where(members.c.member == order.member)
         .values(spend_cents=members.c.spend_cents - order.amount_cents)
     )
-    await uow.commit()
 
 
 async def plan_activated(event: contracts.PlanActivated, uow: UnitOfWork) -> None:
@@ -283,7 +281,6 @@ async def plan_activated(event: contracts.PlanActivated, uow: UnitOfWork) -> Non
             .where(plan_state.c.id == PLAN_ROW_ID)
             .values(day=event.day, plan=text)
         )
-    await uow.commit()
 
 
 # ------------------------------------------------------------------ views
