@@ -78,6 +78,11 @@ class ServiceSettings(BaseSettings):
     # and the partition moves on.  Database and network outages are not the message's
     # fault: those are retried until they pass (capped backoff) and never dead-lettered.
     handler_attempts: int = Field(default=5, ge=1, le=100)
+    # Consumers apply what one poll returns — up to this many messages — in one
+    # transaction (Service.handle_batch); dividends, whose engine lives in memory, one
+    # by one.  A poll that finds nothing waits consumer_poll_ms for the next.
+    consumer_batch: int = Field(default=500, ge=1, le=10_000)
+    consumer_poll_ms: int = Field(default=25, ge=1, le=5_000)
     handler_backoff_seconds: float = Field(default=0.1, ge=0, le=60)
     # Parked events (tokenmall.messaging.parking) are applied as soon as what they wait
     # for arrives; every this many seconds the ones due for a retry are tried as well.
@@ -166,6 +171,19 @@ class ServiceMetrics:
             ["service", "type"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "tokenmall_consumer_batch_size",
+            "Messages per poll applied together (one transaction), per consumer",
+            ["service", "consumer"],
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "tokenmall_consumer_batch_seconds",
+            "Time to apply one poll's messages, per consumer",
+            ["service", "consumer"],
+            registry=self.registry,
+        )
         self.outbox_backlog = Gauge(
             "tokenmall_outbox_backlog",
             "Unpublished outbox rows",
@@ -247,6 +265,9 @@ class Subscription:
     topic: str
     handler: Handler
     consumer: str  # inbox consumer name and Kafka group id suffix
+    # what one poll returns is applied in one transaction (the handler only writes to
+    # the database: a rolled-back attempt leaves nothing behind in memory)
+    batched: bool = True
 
 
 @dataclass
@@ -439,6 +460,97 @@ class Service:
         except ContractError as exc:
             await self.dead_letter(sub.topic, body, f"unparseable: {exc}")
             return
+        await self._handle_event(sub, event, body)
+
+    async def handle_batch(self, sub: Subscription, bodies: list[bytes]) -> None:
+        """What one poll returned, in order: applied in as few transactions as possible —
+        one, unless a message needs more care (see :meth:`_apply_run`)."""
+        started = time.perf_counter()
+        try:
+            decoded: list[tuple[Event, bytes]] = []
+            for body in bodies:
+                try:
+                    decoded.append((decode(body), body))
+                except ContractError as exc:  # poison: it alone goes, the rest go on
+                    await self.dead_letter(sub.topic, body, f"unparseable: {exc}")
+            start = 0
+            while start < len(decoded):
+                try:
+                    start += await self._apply_run(sub, decoded[start:])
+                except Exception:
+                    # the run's commit failed (another process claimed one of its
+                    # messages, the database went away): the one-by-one way decides
+                    log.warning("%s: a batch failed; one by one", sub.consumer, exc_info=True)
+                if start < len(decoded):
+                    event, body = decoded[start]
+                    await self._handle_event(sub, event, body)
+                    start += 1
+        finally:
+            self.progress += len(bodies)
+            self.metrics.batch_size.labels(self.name, sub.consumer).observe(len(bodies))
+            self.metrics.batch_seconds.labels(self.name, sub.consumer).observe(
+                time.perf_counter() - started
+            )
+
+    async def _apply_run(self, sub: Subscription, run: list[tuple[Event, bytes]]) -> int:
+        """Apply the messages of ``run`` from the first on, in one transaction: the inbox
+        looked up and written in one statement each, one commit.  Stops before the first
+        message that needs the one-by-one way — its key has parked events, or its
+        handler raised (missing a dependency, rejected, failing): then the transaction
+        is rolled back (a failing handler may have written) and the messages before it
+        are applied again without it.  Returns how many messages of ``run`` are done
+        (committed, or skipped as duplicates); the next one goes one by one."""
+        started = time.perf_counter()
+        done = len(run)
+        failed = False
+        applied: list[Event] = []
+        async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
+            await uow.begin_write()
+            ids = [event.event_id for event, _ in run]
+            seen = await uow.claimed(sub.consumer, ids)
+            held = await self.parking.keys_with_parked(
+                uow.session, sub.consumer, {event.key for event, _ in run}
+            )
+            uow.handlers_may_commit = False  # their commit would leave the inbox rows out
+            for i, (event, _) in enumerate(run):
+                if event.event_id in seen:
+                    self.metrics.duplicates.labels(self.name, sub.consumer).inc()
+                    continue  # delivered twice: applied once
+                if event.key in held or self._raise_on == (sub.consumer, event.type):
+                    done = i
+                    break
+                uow.causation_id = event.event_id
+                try:
+                    await sub.handler(event, uow)
+                except Exception:
+                    done, failed = i, True
+                    break
+                seen.add(event.event_id)
+                applied.append(event)
+            if failed:
+                await uow.session.rollback()
+            else:
+                uow.handlers_may_commit = True
+                await uow.claim_many(sub.consumer, [event.event_id for event in applied])
+                emitted = bool(uow.events)
+                self.providing(uow.provided)
+                await uow.commit()
+        if failed:
+            # what came before it, without it (the same state: the same effects)
+            return await self._apply_run(sub, run[:done]) if done else 0
+        for event in applied:
+            self._fault_point(sub.consumer)
+            self.metrics.consumed.labels(self.name, event.type).inc()
+            self.metrics.latency.labels(self.name, event.type).observe(
+                time.perf_counter() - started
+            )
+        if emitted:
+            self.committed()
+        if uow.provided:
+            await self.unpark(uow.provided)
+        return done
+
+    async def _handle_event(self, sub: Subscription, event: Event, body: bytes) -> None:
         started = time.perf_counter()
         tried_parked: int | None = None  # the provisions seen when the key's were tried
         attempt = 0
@@ -911,7 +1023,10 @@ def create_app(
             def make(sub: Subscription) -> Callable[..., Awaitable[None]]:
                 # the raw record: FastStream would otherwise decode JSON into a dict first
                 async def on_message(msg: KafkaMessage) -> None:
-                    await service.handle(sub, msg.body)
+                    if isinstance(msg.body, list):  # a batch subscriber: one poll
+                        await service.handle_batch(sub, msg.body)
+                    else:
+                        await service.handle(sub, msg.body)
 
                 # the annotation as the class, not the name: FastStream resolves names
                 # when the broker starts, from the frames then on the stack, and a
@@ -920,12 +1035,16 @@ def create_app(
                 on_message.__annotations__["msg"] = KafkaMessage
                 return on_message
 
-            broker.subscriber(
+            subscribe: Any = broker.subscriber  # typed per literal ``batch`` value
+            subscribe(
                 prefix + sub.topic,
                 group_id=f"{prefix}tokenmall-{sub.consumer}",
                 ack_policy=AckPolicy.NACK_ON_ERROR,
                 auto_offset_reset="earliest",
-                max_records=500,
+                # a batch subscriber hands over what one poll returned (handle_batch)
+                batch=sub.batched,
+                batch_timeout_ms=settings.consumer_poll_ms,
+                max_records=settings.consumer_batch,
                 # the broker's minimum: a killed process's partitions (and a dead active
                 # dividends' groups) go to the others after 6 s instead of aiokafka's 10 s
                 session_timeout_ms=6000,

@@ -69,8 +69,8 @@ class MemoryPublisher:
 class _Record:
     """What a subscriber receives from FastStream: the record, with its raw ``body``."""
 
-    def __init__(self, body: bytes) -> None:
-        self.body = body
+    def __init__(self, body: bytes | list[bytes]) -> None:
+        self.body = body  # a list: one poll of a batch subscriber
 
 
 class FakeBroker:
@@ -78,11 +78,14 @@ class FakeBroker:
 
     def __init__(self) -> None:
         self.handlers: dict[str, list[Callable[[Any], Awaitable[None]]]] = {}
+        self.batched: set[Callable[[Any], Awaitable[None]]] = set()  # batch subscribers
         self.dead_letters: list[tuple[str, bytes, dict[str, str]]] = []
 
-    def subscriber(self, topic: str, **_: Any) -> Callable[[Any], Any]:
+    def subscriber(self, topic: str, batch: bool = False, **_: Any) -> Callable[[Any], Any]:
         def register(fn: Callable[[Any], Awaitable[None]]) -> Any:
             self.handlers.setdefault(topic, []).append(fn)
+            if batch:
+                self.batched.add(fn)
             return fn
 
         return register
@@ -98,11 +101,23 @@ class FakeBroker:
     ) -> None:
         self.dead_letters.append((topic, body, headers or {}))
 
+    async def deliver_batch(self, topic: str, bodies: list[bytes | Event]) -> None:
+        """Hand several messages at once, as one poll returns them (to a subscriber that
+        is not a batch subscriber: one by one)."""
+        raw = [b.model_dump_json().encode() if isinstance(b, Event) else b for b in bodies]
+        for handler in self.handlers.get(topic, []):
+            if handler in self.batched:
+                await handler(_Record(raw))
+            else:
+                for one in raw:
+                    await handler(_Record(one))
+
     async def deliver(self, topic: str, body: bytes | Event) -> None:
         """Hand a message to this service's subscribers of ``topic``, as Kafka would."""
         raw = body.model_dump_json().encode() if isinstance(body, Event) else body
         for handler in self.handlers.get(topic, []):
-            await handler(_Record(raw))
+            # a batch subscriber gets a poll of one, as from Kafka
+            await handler(_Record([raw] if handler in self.batched else raw))
 
 
 @contextlib.asynccontextmanager

@@ -75,10 +75,20 @@ def build_app(
         return partial(fn, svc=svc)
 
     subscriptions = [
-        Subscription(contracts.MEMBERS, bound(handlers.on_member_registered), "dividends-members"),
-        Subscription(contracts.ORDERS, bound(handlers.on_order), "dividends-orders"),
+        # one by one: the engine lives in memory, and a rolled-back batch would leave it
+        # ahead of the database (a batched engine path is what applies them in bulk)
         Subscription(
-            contracts.WALLET_REQUESTS, bound(handlers.on_wallet_request), "dividends-requests"
+            contracts.MEMBERS,
+            bound(handlers.on_member_registered),
+            "dividends-members",
+            batched=False,
+        ),
+        Subscription(contracts.ORDERS, bound(handlers.on_order), "dividends-orders", batched=False),
+        Subscription(
+            contracts.WALLET_REQUESTS,
+            bound(handlers.on_wallet_request),
+            "dividends-requests",
+            batched=False,
         ),
     ]
 

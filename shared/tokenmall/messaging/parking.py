@@ -113,6 +113,19 @@ class ParkingLot:
             day=row.day,
         )
 
+    async def keys_with_parked(
+        self, session: AsyncSession, consumer: str, keys: Iterable[str]
+    ) -> set[str]:
+        """Which of ``keys`` have parked events of this consumer (one statement)."""
+        t = self.table
+        wanted = sorted(set(keys))
+        if not wanted:
+            return set()
+        rows = await session.execute(
+            select(t.c.key).where(t.c.consumer == consumer, t.c.key.in_(wanted)).distinct()
+        )
+        return {row.key for row in rows}
+
     async def dependencies_of(self, session: AsyncSession, consumer: str, key: str) -> set[str]:
         """What the parked events of this consumer and key wait for (empty: none parked)."""
         t = self.table

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -41,12 +41,16 @@ class UnitOfWork:
         self.causation_id: str | None = None
         self.provided: set[str] = set()  # dependencies this work brought into being
         self._committed = False
+        # False while the kit applies several messages in this transaction: a handler's
+        # own commit would commit their effects without their inbox rows
+        self.handlers_may_commit = True
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self._sessions()
         self.events = []
         self.provided = set()
         self._committed = False
+        self.handlers_may_commit = True
         return self
 
     async def __aexit__(
@@ -81,6 +85,28 @@ class UnitOfWork:
         result = await self.session.execute(stmt)
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def claimed(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` this consumer has applied already (one statement)."""
+        inbox = self.tables.inbox
+        rows = await self.session.execute(
+            select(inbox.c.event_id).where(
+                inbox.c.consumer == consumer, inbox.c.event_id.in_(list(event_ids))
+            )
+        )
+        return {row.event_id for row in rows}
+
+    async def claim_many(self, consumer: str, event_ids: Sequence[str]) -> None:
+        """Record the messages as applied, in one statement.  A plain insert: a message
+        another process claimed meanwhile fails the whole transaction (then applied one
+        by one, where the claim decides), never applies twice."""
+        if not event_ids:
+            return
+        now = datetime.now(UTC)
+        await self.session.execute(
+            insert(self.tables.inbox),
+            [{"consumer": consumer, "event_id": e, "processed_at": now} for e in event_ids],
+        )
+
     def provide(self, dependency: str) -> None:
         """This work brings ``dependency`` (e.g. "member:A") into being: events parked on
         it are applied once the transaction has committed."""
@@ -103,6 +129,11 @@ class UnitOfWork:
             self.emit(topic, event)
 
     async def commit(self) -> None:
+        if not self.handlers_may_commit:
+            raise RuntimeError(
+                "a handler committed inside a batch of messages: the kit commits their "
+                "effects together with their inbox rows"
+            )
         if self.events:
             now = datetime.now(UTC)
             await self.session.execute(
