@@ -548,6 +548,69 @@ def _format_revision(path: Path) -> None:
         subprocess.run([str(ruff), "format", "-q", str(path)], capture_output=True)
 
 
+import_app = typer.Typer(help="Bulk imports into the running platform.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("members")
+def import_members_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="CSV with a header: member,sponsor,merchant (sponsors before their referrals)",
+        ),
+    ],
+    batch: Annotated[int, typer.Option(min=1, max=10_000, help="members per request")] = 5000,
+    referrals_url: Annotated[
+        str | None, typer.Option(help="referrals' base URL (default: the dev platform's)")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Register the members of FILE in batches, each all or nothing; run it again after an
+    interruption or a fixed row and it goes on after the rows done (FILE.progress)."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from tokenmall import devenv
+    from tokenmall.imports import BadRow, Interrupted, count_rows, import_members
+
+    url = referrals_url or devenv.service_urls()["referrals"]
+    total = count_rows(file)
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with (
+        httpx.Client(base_url=url, timeout=300) as client,
+        Progress(*columns, console=err, transient=json_out) as bar,
+    ):
+        task = bar.add_task("members", total=total)
+        try:
+            report = import_members(
+                file, client, batch, on_batch=lambda rows: bar.advance(task, rows)
+            )
+        except BadRow as exc:
+            err.print(f"[red]refused[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        except Interrupted as exc:
+            err.print(f"[yellow]interrupted[/yellow] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+    if json_out:
+        out.print_json(data=report.as_json())
+    else:
+        doc = report.as_json()
+        out.print(
+            f"{doc['created']:,} members registered, {doc['existing']:,} there already, "
+            f"{doc['skipped']:,} done before; {doc['seconds']} s "
+            f"({doc['members_per_second']:,} members/s)",
+            highlight=False,
+        )
+
+
 @app.command("migrate")
 def migrate_command(
     services: Annotated[

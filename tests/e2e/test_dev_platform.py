@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +50,33 @@ def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
         simulated = tokenmall("simulate", "--json", str(SEEDS[0]), env=env)
         assert as_json.returncode == simulated.returncode == 0, as_json.stderr
         assert json.loads(as_json.stdout) == json.loads(simulated.stdout)
+
+        # a mall's members from a CSV: every service knows each of them afterwards
+        members = tmp_path / "members.csv"
+        rows = ["member,sponsor,merchant", "+8613800000000,,"]
+        rows += [
+            f"+86138{i:08d},+86138{i // 4:08d},{'yes' if i % 9 == 0 else ''}"
+            for i in range(1, 3000)
+        ]
+        members.write_text("\n".join(rows) + "\n")
+        imported = tokenmall(
+            "import", "members", str(members), "--batch", "1000", "--json", env=env
+        )
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        report = json.loads(imported.stdout)
+        assert (report["created"], report["batches"]) == (3000, 3), report
+        again = tokenmall("import", "members", str(members), "--json", env=env)
+        assert json.loads(again.stdout)["skipped"] == 3000  # resumed past everything
+        urls = {p["service"]: p["url"] for p in status["processes"]}
+        deadline = time.monotonic() + 60
+        while True:  # every service consumed every registration (lag 0, nothing parked)
+            syncs = [httpx.get(url + "/v1/sync").json() for url in urls.values()]
+            if all(s["consumer_lag"] == 0 and s["outbox_backlog"] == 0 for s in syncs):
+                break
+            assert time.monotonic() < deadline, syncs
+            time.sleep(0.2)
+        last = httpx.get(urls["dividends"] + "/v1/members/+8613800002999")
+        assert last.status_code == 200, last.text  # the engine has the last one
     finally:
         down = tokenmall("dev", "down", env=env)
     assert down.returncode == 0, down.stderr

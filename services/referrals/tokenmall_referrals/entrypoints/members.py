@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -103,6 +103,94 @@ async def register(body: MemberCreate, request: Request) -> MemberPublic:
         ) from None
     svc.committed()
     return _detail(view)
+
+
+class MemberBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    members: list[MemberCreate] = Field(
+        min_length=1,
+        max_length=handlers.MAX_BATCH,
+        description="registered in this order: a sponsor may come earlier in the batch",
+    )
+
+
+class MemberBatchItem(BaseModel):
+    member: str
+    status: Literal["created", "exists", "refused"] = Field(
+        description="created; exists (registered before with the same sponsor and merchant "
+        "flag: sending a batch again is harmless); refused (see error)"
+    )
+    seq: int | None = Field(description="registration order (created, exists)")
+    error: str | None = Field(description="why it was refused")
+
+
+class MemberBatchResult(BaseModel):
+    items: list[MemberBatchItem] = Field(description="one per member of the batch, in order")
+    created: int
+    existing: int
+    refused: int
+
+
+async def _register_batch(
+    svc: Service, cmds: list[handlers.RegisterMember], atomic: bool
+) -> list[handlers.BatchItemResult]:
+    """One transaction; again if a concurrent registration took a member or a seq (the
+    retry then sees it)."""
+    for _ in range(REGISTER_ATTEMPTS - 1):
+        try:
+            async with svc.uow() as uow:
+                return await handlers.register_members(cmds, uow, atomic)
+        except IntegrityError:
+            continue
+    async with svc.uow() as uow:
+        return await handlers.register_members(cmds, uow, atomic)
+
+
+@router.post(
+    ":batch",
+    response_model=MemberBatchResult,
+    responses={
+        422: {
+            "model": ErrorBody,
+            "description": "bad body; with atomic=true: a refused item (field names it), "
+            "nothing registered",
+        }
+    },
+)
+async def register_batch(
+    body: MemberBatch,
+    request: Request,
+    atomic: Annotated[
+        bool,
+        Query(description="all or nothing: one refused item and none is registered (422)"),
+    ] = False,
+) -> MemberBatchResult:
+    """Register up to 10,000 members in one call (one transaction, one event each)."""
+    svc = _service(request)
+    cmds = [handlers.RegisterMember(m.member, m.sponsor, m.merchant) for m in body.members]
+    results = await _register_batch(svc, cmds, atomic)
+    refused = [(i, r) for i, r in enumerate(results) if r.status == "refused"]
+    if atomic and refused:
+        index, first = refused[0]
+        raise ApiError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"item {index} (member '{first.member}'): {first.error}; nothing was registered "
+            f"({len(refused)} of {len(results)} refused)",
+            field=f"body.members[{index}].{first.field}",
+        )
+    created = sum(1 for r in results if r.status == "created")
+    if created:
+        svc.committed()
+    return MemberBatchResult(
+        items=[
+            MemberBatchItem(member=r.member, status=r.status, seq=r.seq, error=r.error)  # type: ignore[arg-type]
+            for r in results
+        ],
+        created=created,
+        existing=sum(1 for r in results if r.status == "exists"),
+        refused=len(refused),
+    )
 
 
 @router.get(

@@ -151,6 +151,124 @@ def _next_seq(session: AsyncSession) -> Any:
     return select(func.coalesce(func.max(members.c.seq), 0) + 1).scalar_subquery()
 
 
+# ------------------------------------------------------------------ bulk registration
+
+MAX_BATCH = 10_000
+IN_CHUNK = 5_000  # ids per IN (…) list: below every driver's bound on parameters
+
+
+@dataclass(frozen=True)
+class BatchItemResult:
+    member: str
+    status: str  # "created" | "exists" | "refused"
+    seq: int | None = None
+    error: str | None = None
+    field: str | None = None  # the item's field at fault: "member" or "sponsor"
+
+
+async def register_members(
+    cmds: list[RegisterMember], uow: UnitOfWork, atomic: bool
+) -> list[BatchItemResult]:
+    """Register many members in one transaction, in order (a sponsor earlier in the
+    batch counts).  Per item: ``created``; ``exists`` (registered already with the same
+    sponsor and merchant flag: a batch sent again is harmless); ``refused`` with the
+    reason (a different registration exists, unknown sponsor, self-sponsoring, twice in
+    the batch).  ``atomic``: one refused item and nothing is written (the results say
+    which).  The inserts, and the ``MemberRegistered`` outbox rows, are one statement
+    each."""
+    session = uow.session
+    await uow.begin_write()
+    wanted = {c.member for c in cmds} | {c.sponsor for c in cmds if c.sponsor is not None}
+    known: dict[str, Any] = {}
+    ids = sorted(wanted)
+    for start in range(0, len(ids), IN_CHUNK):
+        rows = await session.execute(
+            select(
+                members.c.member,
+                members.c.sponsor,
+                members.c.merchant,
+                members.c.seq,
+                members.c.depth,
+            ).where(members.c.member.in_(ids[start : start + IN_CHUNK]))
+        )
+        known.update({row.member: row for row in rows})
+    depth_of: dict[str, int] = {m: int(row.depth) for m, row in known.items()}
+    results: list[BatchItemResult] = []
+    new_rows: list[dict[str, Any]] = []
+    in_batch: set[str] = set()
+    for cmd in cmds:
+        error: str | None = None
+        at_fault = "member"
+        existing = known.get(cmd.member)
+        if cmd.member in in_batch:
+            error = f"member '{cmd.member}' appears twice in the batch"
+        elif existing is not None:
+            if existing.sponsor == cmd.sponsor and bool(existing.merchant) == cmd.merchant:
+                results.append(BatchItemResult(cmd.member, "exists", int(existing.seq)))
+                in_batch.add(cmd.member)
+                continue
+            error = f"member '{cmd.member}' already exists with another registration"
+        elif cmd.sponsor is not None and cmd.sponsor == cmd.member:
+            error, at_fault = str(SelfSponsor(cmd.member)), "sponsor"
+        elif cmd.sponsor is not None and cmd.sponsor not in depth_of:
+            error, at_fault = str(UnknownSponsor(cmd.sponsor)), "sponsor"
+        in_batch.add(cmd.member)
+        if error is not None:
+            results.append(BatchItemResult(cmd.member, "refused", error=error, field=at_fault))
+            continue
+        depth = 0 if cmd.sponsor is None else depth_of[cmd.sponsor] + 1
+        depth_of[cmd.member] = depth
+        new_rows.append(
+            {
+                "member": cmd.member,
+                "sponsor": cmd.sponsor,
+                "merchant": cmd.merchant,
+                "depth": depth,
+                "spend_cents": 0,
+                "registered_at": datetime.now(UTC),
+            }
+        )
+        results.append(BatchItemResult(cmd.member, "created"))
+    refused = any(r.status == "refused" for r in results)
+    if not new_rows or (atomic and refused):
+        return results  # nothing to write (the caller's unit of work rolls back)
+    seqs = await _next_seqs(session, len(new_rows))
+    for row, seq in zip(new_rows, seqs, strict=True):
+        row["seq"] = seq
+    await session.execute(insert(members), new_rows)
+    seq_of = {row["member"]: row["seq"] for row in new_rows}
+    results = [
+        BatchItemResult(r.member, r.status, seq_of[r.member]) if r.status == "created" else r
+        for r in results
+    ]
+    uow.emit_many(
+        contracts.MEMBERS,
+        [
+            contracts.MemberRegistered(
+                member=row["member"],
+                sponsor=row["sponsor"],
+                merchant=row["merchant"],
+                seq=row["seq"],
+            )
+            for row in new_rows
+        ],
+    )
+    await uow.commit()
+    return results
+
+
+async def _next_seqs(session: AsyncSession, count: int) -> list[int]:
+    """``count`` new registration numbers, ascending (PostgreSQL: the sequence; SQLite:
+    after the largest, under the write lock this transaction holds)."""
+    if session.get_bind().dialect.name == "postgresql":
+        rows = await session.execute(
+            select(member_seq.next_value()).select_from(func.generate_series(1, count))
+        )
+        return sorted(int(value) for (value,) in rows)
+    top = (await session.execute(select(func.coalesce(func.max(members.c.seq), 0)))).scalar_one()
+    return list(range(int(top) + 1, int(top) + 1 + count))
+
+
 # ------------------------------------------------------------------ subscriptions
 
 
