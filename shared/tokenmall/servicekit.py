@@ -108,6 +108,44 @@ GROUPS_PER_PAGE = 500
 RECENT_PROVISIONS = 10_000
 
 
+_FAILED = object()  # Service._try_in_run: the handler raised (not a missing dependency)
+
+
+@dataclass
+class _RunState:
+    """What one batched run (Service._apply_run) has done so far."""
+
+    claimed: list[str] = field(default_factory=list)  # inbox rows to write
+    applied: list[Event] = field(default_factory=list)
+    provided: set[str] = field(default_factory=set)  # by the run
+    fresh: set[str] = field(default_factory=set)  # provided, not yet looked at
+    # per key, its parked messages of this run in arrival order: [event, body, waits for]
+    waiting: dict[str, list[list[Any]]] = field(default_factory=dict)
+    by_dependency: dict[str, set[str]] = field(default_factory=dict)  # -> keys waiting
+
+    def park(self, event: Event, body: bytes, dependency: str) -> None:
+        self.waiting.setdefault(event.key, []).append([event, body, dependency])
+        self.by_dependency.setdefault(dependency, set()).add(event.key)
+
+    def parked_rows(
+        self, sub: Subscription, park_day: Callable[[Event], int | None]
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "consumer": sub.consumer,
+                "key": key,
+                "waiting_for": waits,
+                "topic": sub.topic,
+                "event_id": event.event_id,
+                "event_type": event.type,
+                "body": body,
+                "day": park_day(event),
+            }
+            for key, queue in self.waiting.items()
+            for event, body, waits in queue
+        ]
+
+
 class _KeyHasParked(Exception):
     """Inside ``Service._apply``: the event's key has parked events; apply those that
     can go first, then try again."""
@@ -319,6 +357,9 @@ class Service:
         # dependencies provided in this process, and when (a count): whether an event
         # may pass its key's parked ones (Service._apply)
         self._provisions = 0
+        # +1 whenever the service rebuilds its in-memory state from the database (dividends
+        # reloads its engine after a failed input): a batched run then starts over
+        self.memory_epoch = 0
         self._partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._recent_provisions: OrderedDict[str, int] = OrderedDict()
         self._forgotten_up_to = 0
@@ -494,61 +535,131 @@ class Service:
 
     async def _apply_run(self, sub: Subscription, run: list[tuple[Event, bytes]]) -> int:
         """Apply the messages of ``run`` from the first on, in one transaction: the inbox
-        looked up and written in one statement each, one commit.  Stops before the first
-        message that needs the one-by-one way — its key has parked events, or its
-        handler raised (missing a dependency, rejected, failing): then the transaction
-        is rolled back (a failing handler may have written) and the messages before it
-        are applied again without it.  Returns how many messages of ``run`` are done
-        (committed, or skipped as duplicates); the next one goes one by one."""
+        looked up and written in one statement each, each handler in a savepoint, one
+        commit.  A message missing a dependency is parked in the same transaction (its
+        key's later messages of the run behind it) and applied right there when a later
+        message of the run provides what it waits for.  Stops before the first message
+        that needs the one-by-one way — its key has parked events in the database, or
+        its handler failed (rejected, raising): its savepoint is rolled back, the
+        messages before it commit, and it goes alone (retries, dead letter).  Should the
+        service's in-memory state have been rebuilt from the database meanwhile (a
+        handler failed after changing it: ``memory_epoch``), the whole transaction is
+        rolled back and the messages before the failing one are applied again.
+        Returns how many messages of ``run`` are done (committed, parked or skipped as
+        duplicates); the next one goes one by one."""
         started = time.perf_counter()
+        epoch = self.memory_epoch
         done = len(run)
-        failed = False
-        applied: list[Event] = []
+        emitted, parked = False, []
         async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
             await uow.begin_write()
-            ids = [event.event_id for event, _ in run]
-            seen = await uow.claimed(sub.consumer, ids)
+            seen = await uow.claimed(sub.consumer, [event.event_id for event, _ in run])
             held = await self.parking.keys_with_parked(
                 uow.session, sub.consumer, {event.key for event, _ in run}
             )
             uow.handlers_may_commit = False  # their commit would leave the inbox rows out
-            for i, (event, _) in enumerate(run):
+            state = _RunState()
+            rebuilt = False
+            for i, (event, body) in enumerate(run):
                 if event.event_id in seen:
                     self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                     continue  # delivered twice: applied once
                 if event.key in held or self._raise_on == (sub.consumer, event.type):
                     done = i
                     break
-                uow.causation_id = event.event_id
-                try:
-                    await sub.handler(event, uow)
-                except Exception:
-                    done, failed = i, True
-                    break
                 seen.add(event.event_id)
-                applied.append(event)
-            if failed:
+                # the run's parked ones of its key cannot go (what they wait for has not
+                # come, or they would have gone): like those in the table, they do not
+                # hold it up
+                outcome = await self._try_in_run(sub, uow, event, state)
+                if outcome is _FAILED or self.memory_epoch != epoch:
+                    rebuilt = self.memory_epoch != epoch
+                    seen.discard(event.event_id)
+                    done = i
+                    break
+                state.claimed.append(event.event_id)
+                if isinstance(outcome, str):  # missing: parked here, woken in this run
+                    state.park(event, body, outcome)
+                    continue
+                await self._resolve_in_run(sub, uow, state)
+                if self.memory_epoch != epoch:
+                    rebuilt, done = True, i
+                    break
+            if rebuilt:
                 await uow.session.rollback()
             else:
                 uow.handlers_may_commit = True
-                await uow.claim_many(sub.consumer, [event.event_id for event in applied])
+                await uow.claim_many(sub.consumer, state.claimed)
+                parked = state.parked_rows(sub, self.park_day)
+                await self.parking.park_many(uow.session, parked)
                 emitted = bool(uow.events)
                 self.providing(uow.provided)
+                await self.check_lease(uow.session)
                 await uow.commit()
-        if failed:
-            # what came before it, without it (the same state: the same effects)
+        if rebuilt:
+            # what came before the failing one, again, on the rebuilt state
             return await self._apply_run(sub, run[:done]) if done else 0
-        for event in applied:
+        for event in state.applied:
             self._fault_point(sub.consumer)
             self.metrics.consumed.labels(self.name, event.type).inc()
             self.metrics.latency.labels(self.name, event.type).observe(
                 time.perf_counter() - started
             )
+        if parked:
+            self.metrics.parked_total.labels(self.name, sub.consumer).inc(len(parked))
         if emitted:
             self.committed()
         if uow.provided:
             await self.unpark(uow.provided)
         return done
+
+    async def _try_in_run(
+        self, sub: Subscription, uow: UnitOfWork, event: Event, state: _RunState
+    ) -> object:
+        """The handler in a savepoint: None (applied), the dependency it misses, or
+        _FAILED (rolled back to the savepoint either way but applied)."""
+        mark, provided = len(uow.events), set(uow.provided)
+        uow.causation_id = event.event_id
+        savepoint = await uow.session.begin_nested()
+        try:
+            await sub.handler(event, uow)
+        except Exception as exc:
+            await savepoint.rollback()
+            del uow.events[mark:]
+            uow.provided = provided
+            return exc.dependency if isinstance(exc, Missing) else _FAILED
+        await savepoint.commit()
+        state.applied.append(event)
+        state.fresh |= uow.provided - provided
+        state.provided |= uow.provided
+        return None
+
+    async def _resolve_in_run(self, sub: Subscription, uow: UnitOfWork, state: _RunState) -> None:
+        """Apply the run's parked messages whose dependency the run provided, per key in
+        arrival order (skipping, like the unparking, those still waiting), and what those
+        provide in turn."""
+        while state.fresh:
+            dependency = state.fresh.pop()
+            for key in sorted(state.by_dependency.pop(dependency, ())):
+                queue = state.waiting.get(key, [])
+                still_missing: set[str] = set()
+                for entry in list(queue):
+                    event, _, waits = entry
+                    if waits in still_missing or waits not in state.provided:
+                        still_missing.add(waits)
+                        continue
+                    outcome = await self._try_in_run(sub, uow, event, state)
+                    if outcome is None:
+                        queue.remove(entry)
+                        continue
+                    # still missing (maybe something else now), or failing: it stays
+                    # parked (a failing one is retried by the unparking after the commit)
+                    if isinstance(outcome, str):
+                        entry[2] = outcome
+                        state.by_dependency.setdefault(outcome, set()).add(key)
+                    still_missing.add(entry[2])
+                if not queue:
+                    state.waiting.pop(key, None)
 
     async def _handle_event(self, sub: Subscription, event: Event, body: bytes) -> None:
         started = time.perf_counter()
@@ -641,6 +752,7 @@ class Service:
                 raise _KeyHasParked
             emitted = bool(uow.events) or uow.committed
             self.providing(uow.provided)
+            await self.check_lease(uow.session)  # fencing: only the active process commits
             await uow.commit()
         self._fault_point(sub.consumer)
         if emitted:
@@ -745,6 +857,7 @@ class Service:
                 await sub.handler(event, uow)
                 emitted = bool(uow.events) or uow.committed
                 self.providing(uow.provided)
+                await self.check_lease(uow.session)
                 await uow.commit()
         except Missing as missing:
             await self._still_parked(parked, missing.dependency, None)

@@ -75,20 +75,12 @@ def build_app(
         return partial(fn, svc=svc)
 
     subscriptions = [
-        # one by one: the engine lives in memory, and a rolled-back batch would leave it
-        # ahead of the database (a batched engine path is what applies them in bulk)
+        # batched like the others: a handler that fails after moving the engine reloads
+        # it (svc.memory_epoch), and the run starts over on the reloaded engine
+        Subscription(contracts.MEMBERS, bound(handlers.on_member_registered), "dividends-members"),
+        Subscription(contracts.ORDERS, bound(handlers.on_order), "dividends-orders"),
         Subscription(
-            contracts.MEMBERS,
-            bound(handlers.on_member_registered),
-            "dividends-members",
-            batched=False,
-        ),
-        Subscription(contracts.ORDERS, bound(handlers.on_order), "dividends-orders", batched=False),
-        Subscription(
-            contracts.WALLET_REQUESTS,
-            bound(handlers.on_wallet_request),
-            "dividends-requests",
-            batched=False,
+            contracts.WALLET_REQUESTS, bound(handlers.on_wallet_request), "dividends-requests"
         ),
     ]
 

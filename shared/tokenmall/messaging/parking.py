@@ -170,6 +170,26 @@ class ParkingLot:
             )
         )
 
+    async def park_many(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """Park several events in one statement (``rows``: the columns of :meth:`park`, the
+        body as bytes); ids follow the list's order (per-key order)."""
+        if not rows:
+            return
+        now = _now()
+        await session.execute(
+            self.table.insert(),
+            [
+                row
+                | {
+                    "body": row["body"].decode("utf-8", errors="replace"),
+                    "parked_at": now,
+                    "attempts": 0,
+                    "next_try_at": now + retry_delay(0),
+                }
+                for row in rows
+            ],
+        )
+
     async def groups(
         self,
         session: AsyncSession,

@@ -197,3 +197,121 @@ def test_a_handler_that_commits_by_itself_is_refused_in_a_poll(tmp_path: Path) -
         assert app.state.svc.broker.dead_letters == []
 
     run(tmp_path, scenario)
+
+
+def test_a_refund_before_its_order_in_one_poll_is_applied_in_that_poll(tmp_path: Path) -> None:
+    """The refund misses its order: parked inside the poll's transaction; the order comes
+    later in the poll, provides it, and the refund goes right after it — one transaction,
+    nothing left parked."""
+
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        await register(client, "a", "b")
+        statements = inbox_statements(app)
+        await batch(
+            app,
+            refunded("o1", "a", "10"),
+            paid("b1", "b", "3"),
+            paid("o1", "a", "10"),
+            paid("o2", "a", "5"),
+        )
+        assert statements == ["SELECT", "INSERT"]
+        assert (await spend(client, "a"), await spend(client, "b")) == ("5.00", "3.00")
+        assert (await client.get("/v1/parked")).json()["total"] == 0
+        # a refund whose order never comes stays parked, in the table, from the poll
+        await batch(app, refunded("lost", "b", "1"), paid("b2", "b", "4"))
+        [parked] = (await client.get("/v1/parked")).json()["items"]
+        assert parked["waiting_for"] == "order:lost"
+        assert await spend(client, "b") == "7.00"  # not held up by it
+
+    run(tmp_path, scenario)
+
+
+def test_dividends_applies_a_poll_of_referrals_before_their_sponsors_in_one_run(
+    tmp_path: Path,
+) -> None:
+    """The engine's consumers are batched too: referrals that came before their sponsors
+    (other partitions, one poll) join as soon as the sponsor has, in the same run, and
+    an order before its member's registration follows it; equal to simulate."""
+    from tests.unit.services.test_day_boundaries import dividends_app, equals_simulate_of_its_log
+    from tokenmall.testing import member_registered
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[])
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver_batch(
+                contracts.MEMBERS,
+                [
+                    member_registered("C", "B", seq=3),
+                    member_registered("B", "A", seq=2),
+                    member_registered("D", "C", seq=4),
+                    member_registered("A", seq=1),
+                ],
+            )
+            await broker.deliver_batch(
+                contracts.ORDERS,
+                [paid("o1", "E", "3000"), paid("o2", "A", "1000")],
+            )
+            assert (await client.get("/v1/parked")).json()["total"] == 1  # E's order
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("E", "D", seq=5)])
+            assert (await client.get("/v1/parked")).json()["total"] == 0
+            members = (await client.get("/v1/members")).json()["members"]
+            assert sorted(members) == ["A", "B", "C", "D", "E"]
+            assert (await client.post("/v1/settlements/1")).status_code == 200
+            await equals_simulate_of_its_log(client)
+            assert broker.dead_letters == []
+
+    asyncio.run(go())
+
+
+def test_dividends_starts_a_run_over_when_a_failure_rebuilt_its_engine(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """'boom' fails after the engine applied it (its log row cannot be written): the
+    engine is rebuilt from the database, which lacks the run's first orders too — so the
+    run starts over on the rebuilt engine, those orders apply once, 'boom' goes alone
+    (dead-lettered after its tries), and the engine still equals simulate of its log."""
+    from tests.unit.services.test_day_boundaries import dividends_app, equals_simulate_of_its_log
+    from tokenmall.testing import member_registered
+    from tokenmall_dividends.service_layer import handlers
+
+    original = handlers._record
+
+    async def fails_for_boom(svc: Any, uow: Any, kind: str, input_id: str, *args: Any) -> Any:
+        if input_id == "order:boom":
+            raise RuntimeError("the log row could not be written")
+        return await original(svc, uow, kind, input_id, *args)
+
+    monkeypatch.setattr(handlers, "_record", fails_for_boom)
+
+    async def go() -> None:
+        app, _ = dividends_app(
+            tmp_path, day_watermarks=[], handler_attempts=2, handler_backoff_seconds=0
+        )
+        async with running(app) as client:
+            svc = app.state.svc
+            broker: FakeBroker = svc.broker
+            await broker.deliver_batch(
+                contracts.MEMBERS,
+                [member_registered("A", seq=1), member_registered("B", "A", seq=2)],
+            )
+            epoch = svc.memory_epoch
+            await broker.deliver_batch(
+                contracts.ORDERS,
+                [
+                    paid("o1", "A", "1000"),
+                    paid("o2", "B", "2000"),
+                    paid("boom", "A", "50"),
+                    paid("o3", "B", "300"),
+                ],
+            )
+            assert svc.memory_epoch > epoch  # rebuilt
+            log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
+            orders = [row["input_id"] for row in log if row["input_id"].startswith("order:")]
+            assert orders == ["order:o1", "order:o2", "order:o3"]
+            [(_, _, headers)] = broker.dead_letters
+            assert "could not be written" in headers["reason"]
+            assert (await client.post("/v1/settlements/1")).status_code == 200
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())

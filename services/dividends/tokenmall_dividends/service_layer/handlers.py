@@ -53,9 +53,12 @@ async def apply(
     input_id: str,
     payload: dict[str, Any],
     member: str | None = None,
+    commit: bool = True,
 ) -> Outcome:
     """Apply one input; the caller holds ``host.lock`` (taken before any database write,
-    so a consumer and an HTTP command never wait on each other's locks in turn)."""
+    so a consumer and an HTTP command never wait on each other's locks in turn).
+    ``commit``: end the transaction (commands); an event handler leaves that to the kit,
+    which commits the effect with the message's inbox row (and a poll's others)."""
     host = host_of(svc)
     assert host.lock.locked(), "apply() runs under the host's lock"
     await uow.begin_write()
@@ -82,6 +85,7 @@ async def apply(
             plan_before,
             (accepted, reason, result),
             seconds,
+            commit,
         )
     except BaseException:
         # the engine ran ahead of the database (an insert or the commit failed): rebuild it
@@ -108,6 +112,7 @@ async def _record(
     plan_before: Any,
     outcome: tuple[bool, str | None, Any],
     seconds: float,
+    commit: bool,
 ) -> Outcome:
     """The input's events, log row (and after a settlement its snapshot), committed."""
     host = host_of(svc)
@@ -189,9 +194,10 @@ async def _record(
             day_metrics.wait.labels(svc.name).observe(max(0.0, waited.total_seconds()))
         if seconds > 0:
             svc.metrics.fanout.labels(svc.name).set(result.members_released / seconds)
-    await svc.check_lease(uow.session)  # fencing: only the active process commits
-    await uow.commit()
-    svc.committed()
+    if commit:
+        await svc.check_lease(uow.session)  # fencing: only the active process commits
+        await uow.commit()
+        svc.committed()
     return Outcome(accepted, reason, result, seconds)
 
 
@@ -202,6 +208,7 @@ async def load_engine(svc: Service, default_plan: dict[str, Any] | None = None) 
     """Rebuild the engine: the latest snapshot, then every accepted input logged after it."""
     assert svc.sessions is not None
     host = host_of(svc)
+    svc.memory_epoch += 1  # a batched run in progress starts over on the rebuilt engine
     async with svc.sessions() as session:
         snap = (
             await session.execute(
@@ -263,6 +270,7 @@ async def on_member_registered(event: contracts.Event, uow: UnitOfWork, svc: Ser
             "seq": event.seq,
         },
         event.member,
+        commit=False,
     )
     uow.provide(f"member:{event.member}")
 
@@ -290,7 +298,9 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
             "amount": str(event.amount),
             "stable": str(event.stable),
         }
-        await apply(svc, uow, "order", f"order:{event.order_id}", payload, event.member)
+        await apply(
+            svc, uow, "order", f"order:{event.order_id}", payload, event.member, commit=False
+        )
         uow.provide(f"order:{event.order_id}")
     elif isinstance(event, contracts.OrderRefunded):
         if not await _logged(uow, f"order:{event.order_id}"):
@@ -303,6 +313,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
             f"refund:{event.order_id}",
             {"order_id": event.order_id},
             event.member,
+            commit=False,
         )
 
 
@@ -317,7 +328,9 @@ async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Servic
     payload = event.model_dump(
         mode="json", include={"member", "kind", "points", "stable", "asset", "amount", "reason"}
     )
-    await apply(svc, uow, "request", f"request:{event.request_id}", payload, event.member)
+    await apply(
+        svc, uow, "request", f"request:{event.request_id}", payload, event.member, commit=False
+    )
 
 
 # ------------------------------------------------------------------ commands (HTTP)
