@@ -109,12 +109,14 @@ RECENT_PROVISIONS = 10_000
 
 
 _FAILED = object()  # Service._try_in_run: the handler raised (not a missing dependency)
+_TAKEN = object()  # Service._try_in_run: the parked row was gone (another process applied it)
 
 
 @dataclass
 class _RunState:
     """What one batched run (Service._apply_run) has done so far."""
 
+    epoch: int = 0  # the service's memory_epoch when the run began
     claimed: list[str] = field(default_factory=list)  # inbox rows to write
     applied: list[Event] = field(default_factory=list)
     provided: set[str] = field(default_factory=set)  # by the run
@@ -558,7 +560,7 @@ class Service:
                 uow.session, sub.consumer, {event.key for event, _ in run}
             )
             uow.handlers_may_commit = False  # their commit would leave the inbox rows out
-            state = _RunState()
+            state = _RunState(epoch=epoch)
             rebuilt = False
             for i, (event, body) in enumerate(run):
                 if event.event_id in seen:
@@ -585,6 +587,10 @@ class Service:
                 if self.memory_epoch != epoch:
                     rebuilt, done = True, i
                     break
+            if not rebuilt and state.provided:
+                # this consumer's events parked by earlier polls on what the run provided
+                await self._unpark_in_run(sub, uow, state)
+                rebuilt = self.memory_epoch != epoch
             if rebuilt:
                 await uow.session.rollback()
             else:
@@ -614,13 +620,23 @@ class Service:
         return done
 
     async def _try_in_run(
-        self, sub: Subscription, uow: UnitOfWork, event: Event, state: _RunState
+        self,
+        sub: Subscription,
+        uow: UnitOfWork,
+        event: Event,
+        state: _RunState,
+        take: int | None = None,
     ) -> object:
         """The handler in a savepoint: None (applied), the dependency it misses, or
-        _FAILED (rolled back to the savepoint either way but applied)."""
+        _FAILED (rolled back to the savepoint either way but applied); ``take``: the
+        parked row it comes from, deleted in the same savepoint (gone already: _TAKEN,
+        another process applied it)."""
         mark, provided = len(uow.events), set(uow.provided)
         uow.causation_id = event.event_id
         savepoint = await uow.session.begin_nested()
+        if take is not None and not await self.parking.take(uow.session, take):
+            await savepoint.rollback()
+            return _TAKEN
         try:
             await sub.handler(event, uow)
         except Exception as exc:
@@ -633,6 +649,38 @@ class Service:
         state.fresh |= uow.provided - provided
         state.provided |= uow.provided
         return None
+
+    async def _unpark_in_run(self, sub: Subscription, uow: UnitOfWork, state: _RunState) -> None:
+        """Apply, in the run's transaction, this consumer's parked events (from the table)
+        waiting for what the run provided — per key in arrival order, skipping those
+        still waiting, and what they provide in turn — instead of a transaction each
+        after the commit.  Each goes in a savepoint with the deletion of its row (a row
+        another process took first is skipped); one still missing something gets its
+        new dependency, one that fails stays for the unparking after the commit."""
+        looked: set[str] = set()
+        while True:
+            dependencies = state.provided - looked
+            if not dependencies:
+                return
+            looked |= dependencies
+            for key in await self.parking.keys_waiting_for(uow.session, sub.consumer, dependencies):
+                still_missing: set[str] = set()
+                for parked in await self.parking.of_group(uow.session, sub.consumer, key):
+                    waits = parked.waiting_for
+                    if waits in still_missing or waits not in state.provided:
+                        still_missing.add(waits)
+                        continue
+                    event = decode(parked.body.encode())
+                    outcome = await self._try_in_run(sub, uow, event, state, take=parked.id)
+                    if isinstance(outcome, str):
+                        await self.parking.still_waiting(uow.session, parked, outcome, None)
+                        still_missing.add(outcome)
+                    elif outcome is _FAILED:
+                        still_missing.add(waits)
+                    elif outcome is None:
+                        self.metrics.unparked.labels(self.name, sub.consumer).inc()
+                    if self.memory_epoch != state.epoch:
+                        return  # the run starts over
 
     async def _resolve_in_run(self, sub: Subscription, uow: UnitOfWork, state: _RunState) -> None:
         """Apply the run's parked messages whose dependency the run provided, per key in

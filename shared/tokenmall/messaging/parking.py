@@ -126,6 +126,24 @@ class ParkingLot:
         )
         return {row.key for row in rows}
 
+    async def keys_waiting_for(
+        self, session: AsyncSession, consumer: str, dependencies: Iterable[str]
+    ) -> list[str]:
+        """The keys of this consumer's events parked on one of ``dependencies``, oldest
+        first."""
+        t = self.table
+        wanted = sorted(set(dependencies))
+        found: dict[str, int] = {}
+        for start in range(0, len(wanted), 5000):  # below every driver's parameter bound
+            rows = await session.execute(
+                select(t.c.key, func.min(t.c.id).label("first"))
+                .where(t.c.consumer == consumer, t.c.waiting_for.in_(wanted[start : start + 5000]))
+                .group_by(t.c.key)
+            )
+            for row in rows:
+                found[row.key] = min(found.get(row.key, row.first), row.first)
+        return sorted(found, key=found.__getitem__)
+
     async def dependencies_of(self, session: AsyncSession, consumer: str, key: str) -> set[str]:
         """What the parked events of this consumer and key wait for (empty: none parked)."""
         t = self.table

@@ -315,3 +315,40 @@ def test_dividends_starts_a_run_over_when_a_failure_rebuilt_its_engine(
             await equals_simulate_of_its_log(client)
 
     asyncio.run(go())
+
+
+def test_events_parked_by_earlier_polls_go_inside_the_poll_that_provides_them(
+    tmp_path: Path,
+) -> None:
+    """C waits for B (parked by the first poll), B for A (the second); the poll with A
+    applies B and then C inside its own transaction, not one transaction each after."""
+    from tests.unit.services.test_day_boundaries import dividends_app, equals_simulate_of_its_log
+    from tokenmall.testing import member_registered
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[], parked_sweep_seconds=3600)
+        async with running(app) as client:
+            svc = app.state.svc
+            broker: FakeBroker = svc.broker
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("C", "B", seq=3)])
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("B", "A", seq=2)])
+            parked = (await client.get("/v1/parked")).json()["items"]
+            assert [p["waiting_for"] for p in parked] == ["member:B", "member:A"]
+            one_by_one: list[int] = []
+            original = svc._apply_parked
+
+            async def counted(sub: Any, parked: Any) -> Any:
+                one_by_one.append(parked.id)
+                return await original(sub, parked)
+
+            svc._apply_parked = counted
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("A", seq=1)])
+            assert one_by_one == []
+            assert (await client.get("/v1/parked")).json()["total"] == 0
+            log = (await client.get("/v1/inputs", params={"limit": 10})).json()["items"]
+            joins = [row["input_id"] for row in log if row["input_id"].startswith("join:")]
+            assert joins == ["join:A", "join:B", "join:C"]
+            assert (await client.post("/v1/settlements/1")).status_code == 200
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
