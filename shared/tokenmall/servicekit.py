@@ -117,6 +117,7 @@ class _RunState:
     """What one batched run (Service._apply_run) has done so far."""
 
     epoch: int = 0  # the service's memory_epoch when the run began
+    parks: int = 0  # messages of the run that had to wait (parked, maybe woken in it)
     claimed: list[str] = field(default_factory=list)  # inbox rows to write
     applied: list[Event] = field(default_factory=list)
     provided: set[str] = field(default_factory=set)  # by the run
@@ -126,6 +127,7 @@ class _RunState:
     by_dependency: dict[str, set[str]] = field(default_factory=dict)  # -> keys waiting
 
     def park(self, event: Event, body: bytes, dependency: str) -> None:
+        self.parks += 1
         self.waiting.setdefault(event.key, []).append([event, body, dependency])
         self.by_dependency.setdefault(dependency, set()).add(event.key)
 
@@ -611,8 +613,9 @@ class Service:
             self.metrics.latency.labels(self.name, event.type).observe(
                 time.perf_counter() - started
             )
-        if parked:
-            self.metrics.parked_total.labels(self.name, sub.consumer).inc(len(parked))
+        if state.parks:  # every wait counts, also one the run itself ended
+            self.metrics.parked_total.labels(self.name, sub.consumer).inc(state.parks)
+            self.metrics.unparked.labels(self.name, sub.consumer).inc(state.parks - len(parked))
         if emitted:
             self.committed()
         if uow.provided:

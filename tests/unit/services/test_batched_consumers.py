@@ -217,6 +217,9 @@ def test_a_refund_before_its_order_in_one_poll_is_applied_in_that_poll(tmp_path:
         assert statements == ["SELECT", "INSERT"]
         assert (await spend(client, "a"), await spend(client, "b")) == ("5.00", "3.00")
         assert (await client.get("/v1/parked")).json()["total"] == 0
+        metrics = (await client.get("/metrics")).text
+        assert metric(metrics, "tokenmall_events_parked_total") == 1  # it did wait
+        assert metric(metrics, "tokenmall_events_unparked_total") == 1
         # a refund whose order never comes stays parked, in the table, from the poll
         await batch(app, refunded("lost", "b", "1"), paid("b2", "b", "4"))
         [parked] = (await client.get("/v1/parked")).json()["items"]
