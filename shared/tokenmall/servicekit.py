@@ -79,8 +79,8 @@ class ServiceSettings(BaseSettings):
     # fault: those are retried until they pass (capped backoff) and never dead-lettered.
     handler_attempts: int = Field(default=5, ge=1, le=100)
     # Consumers apply what one poll returns — up to this many messages — in one
-    # transaction (Service.handle_batch); dividends, whose engine lives in memory, one
-    # by one.  A poll that finds nothing waits consumer_poll_ms for the next.
+    # transaction (Service.handle_batch).  A poll that finds nothing waits
+    # consumer_poll_ms for the next.
     consumer_batch: int = Field(default=500, ge=1, le=10_000)
     consumer_poll_ms: int = Field(default=25, ge=1, le=5_000)
     handler_backoff_seconds: float = Field(default=0.1, ge=0, le=60)
@@ -167,13 +167,12 @@ def is_outage(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
-    from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
 
     # the broker did not answer in time (a metadata request, a send): not the message's
-    # fault; aiokafka marks the other passing conditions (no leader yet, …) retriable
-    if isinstance(exc, KafkaTimeoutError | KafkaConnectionError):
-        return True
-    if isinstance(exc, KafkaError) and exc.retriable:
+    # fault; aiokafka marks the other passing conditions (no connection, no leader yet,
+    # …) retriable
+    if isinstance(exc, KafkaTimeoutError) or (isinstance(exc, KafkaError) and exc.retriable):
         return True
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
@@ -307,8 +306,9 @@ class Subscription:
     topic: str
     handler: Handler
     consumer: str  # inbox consumer name and Kafka group id suffix
-    # what one poll returns is applied in one transaction (the handler only writes to
-    # the database: a rolled-back attempt leaves nothing behind in memory)
+    # what one poll returns is applied in one transaction (Service.handle_batch); False:
+    # message by message (Service.handle).  A handler keeping state in memory bumps
+    # Service.memory_epoch when it rebuilds it, so a rolled-back run can start over.
     batched: bool = True
 
 
@@ -540,10 +540,10 @@ class Service:
     async def _apply_run(self, sub: Subscription, run: list[tuple[Event, bytes]]) -> int:
         """Apply the messages of ``run`` from the first on, in one transaction: the inbox
         looked up and written in one statement each, each handler in a savepoint, one
-        commit.  A message missing a dependency is parked in the same transaction (its
-        key's later messages of the run behind it) and applied right there when a later
-        message of the run provides what it waits for.  Stops before the first message
-        that needs the one-by-one way — its key has parked events in the database, or
+        commit.  A message missing a dependency is parked in the same transaction and
+        applied right there when a later message of the run provides what it waits for
+        (it does not hold up the later messages of its key, as in the table).  Stops
+        before the first message that needs the one-by-one way — its key has parked events in the database, or
         its handler failed (rejected, raising): its savepoint is rolled back, the
         messages before it commit, and it goes alone (retries, dead letter).  Should the
         service's in-memory state have been rebuilt from the database meanwhile (a
@@ -601,9 +601,7 @@ class Service:
                 parked = state.parked_rows(sub, self.park_day)
                 await self.parking.park_many(uow.session, parked)
                 emitted = bool(uow.events)
-                self.providing(uow.provided)
-                await self.check_lease(uow.session)
-                await uow.commit()
+                await self._commit(uow)
         if rebuilt:
             # what came before the failing one, again, on the rebuilt state
             return await self._apply_run(sub, run[:done]) if done else 0
@@ -802,13 +800,19 @@ class Service:
                 # can be provided meanwhile.)
                 raise _KeyHasParked
             emitted = bool(uow.events) or uow.committed
-            self.providing(uow.provided)
-            await self.check_lease(uow.session)  # fencing: only the active process commits
-            await uow.commit()
+            await self._commit(uow)
         self._fault_point(sub.consumer)
         if emitted:
             self.committed()
         return uow.provided
+
+    async def _commit(self, uow: UnitOfWork) -> None:
+        """The commit of a consumed message's (or a poll's) transaction: what it provides
+        noted first (Service._apply decides by it), then the fencing check — only the
+        active process commits."""
+        self.providing(uow.provided)
+        await self.check_lease(uow.session)
+        await uow.commit()
 
     def providing(self, dependencies: set[str]) -> None:
         """A transaction about to commit provides ``dependencies`` (noted before the
@@ -907,9 +911,7 @@ class Service:
                     return set()  # another process applied it
                 await sub.handler(event, uow)
                 emitted = bool(uow.events) or uow.committed
-                self.providing(uow.provided)
-                await self.check_lease(uow.session)
-                await uow.commit()
+                await self._commit(uow)
         except Missing as missing:
             await self._still_parked(parked, missing.dependency, None)
             return None

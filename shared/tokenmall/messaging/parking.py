@@ -171,21 +171,20 @@ class ParkingLot:
         body: bytes,
         day: int | None = None,
     ) -> None:
-        now = _now()
-        await session.execute(
-            self.table.insert().values(
-                consumer=consumer,
-                key=key,
-                waiting_for=waiting_for,
-                topic=topic,
-                event_id=event_id,
-                event_type=event_type,
-                body=body.decode("utf-8", errors="replace"),
-                parked_at=now,
-                attempts=0,
-                next_try_at=now + retry_delay(0),
-                day=day,
-            )
+        await self.park_many(
+            session,
+            [
+                {
+                    "consumer": consumer,
+                    "key": key,
+                    "waiting_for": waiting_for,
+                    "topic": topic,
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "body": body,
+                    "day": day,
+                }
+            ],
         )
 
     async def park_many(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
