@@ -543,9 +543,10 @@ class Service:
         commit.  A message missing a dependency is parked in the same transaction and
         applied right there when a later message of the run provides what it waits for
         (it does not hold up the later messages of its key, as in the table).  Stops
-        before the first message that needs the one-by-one way — its key has parked events in the database, or
-        its handler failed (rejected, raising): its savepoint is rolled back, the
-        messages before it commit, and it goes alone (retries, dead letter).  Should the
+        before the first message that needs the one-by-one way — its key has parked
+        events in the database, or its handler failed (rejected, raising): its savepoint
+        is rolled back, the messages before it commit, and it goes alone (retries, dead
+        letter).  Should the
         service's in-memory state have been rebuilt from the database meanwhile (a
         handler failed after changing it: ``memory_epoch``), the whole transaction is
         rolled back and the messages before the failing one are applied again.
