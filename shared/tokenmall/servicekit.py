@@ -121,10 +121,16 @@ class _RunState:
     claimed: list[str] = field(default_factory=list)  # inbox rows to write
     applied: list[Event] = field(default_factory=list)
     provided: set[str] = field(default_factory=set)  # by the run
-    fresh: set[str] = field(default_factory=set)  # provided, not yet looked at
+    # provided, not yet looked at, in the order provided: the messages they wake go in
+    # that order, the same whether the run went message by message or in bulk
+    fresh: dict[str, None] = field(default_factory=dict)
     # per key, its parked messages of this run in arrival order: [event, body, waits for]
     waiting: dict[str, list[list[Any]]] = field(default_factory=dict)
     by_dependency: dict[str, set[str]] = field(default_factory=dict)  # -> keys waiting
+
+    def newly_provided(self, dependencies: set[str]) -> None:
+        self.fresh.update(dict.fromkeys(sorted(dependencies - self.provided)))
+        self.provided |= dependencies
 
     def park(self, event: Event, body: bytes, dependency: str) -> None:
         self.parks += 1
@@ -275,6 +281,18 @@ class ServiceMetrics:
 
 
 Handler = Callable[[Event, UnitOfWork], Awaitable[None]]
+# Many consecutive messages of one poll at once (Subscription.bulk): what the handler
+# would do to each, in order, with the database work done in bulk.  One outcome per
+# message taken, in order: None (applied, or nothing to do) or the Missing it waits for
+# (nothing of it applied).  It may stop early (fewer outcomes): the next message then
+# goes through the handler alone (which rejects it, retries it...).  It sets
+# ``uow.causation_id`` to a message's id before emitting for it.  Raising: nothing of
+# the call is kept; a service keeping state in memory rebuilds it (memory_epoch) first.
+# It stops after a message whose effect set ``uow.wanted_provided`` (it provided what a
+# message parked in the run waits for): that one goes next, as it would one by one.  A
+# message it finds missing something adds that to ``uow.wanted`` (it is parked in the run
+# too).
+BulkHandler = Callable[[list[Event], UnitOfWork], Awaitable[list[Missing | None]]]
 
 
 def _failure(exc: BaseException, attempt: int) -> str:
@@ -310,6 +328,9 @@ class Subscription:
     # message by message (Service.handle).  A handler keeping state in memory bumps
     # Service.memory_epoch when it rebuilds it, so a rolled-back run can start over.
     batched: bool = True
+    # the same effects for many messages at once, inside a batched run (BulkHandler);
+    # None: the handler, one message at a time (each in a savepoint)
+    bulk: BulkHandler | None = None
 
 
 @dataclass
@@ -537,7 +558,9 @@ class Service:
                 time.perf_counter() - started
             )
 
-    async def _apply_run(self, sub: Subscription, run: list[tuple[Event, bytes]]) -> int:
+    async def _apply_run(
+        self, sub: Subscription, run: list[tuple[Event, bytes]], bulk: bool = True
+    ) -> int:
         """Apply the messages of ``run`` from the first on, in one transaction: the inbox
         looked up and written in one statement each, each handler in a savepoint, one
         commit.  A message missing a dependency is parked in the same transaction and
@@ -550,6 +573,8 @@ class Service:
         service's in-memory state have been rebuilt from the database meanwhile (a
         handler failed after changing it: ``memory_epoch``), the whole transaction is
         rolled back and the messages before the failing one are applied again.
+        A subscription with a bulk handler has the consecutive messages that need no
+        special care applied by it at once (``bulk`` False: by the handler, one each).
         Returns how many messages of ``run`` are done (committed, parked or skipped as
         duplicates); the next one goes one by one."""
         started = time.perf_counter()
@@ -564,14 +589,41 @@ class Service:
             )
             uow.handlers_may_commit = False  # their commit would leave the inbox rows out
             state = _RunState(epoch=epoch)
-            rebuilt = False
-            for i, (event, body) in enumerate(run):
+            rebuilt = redo_alone = False
+            # the next message goes through the handler alone (not the bulk handler)
+            alone = sub.bulk is None or not bulk
+            i = 0
+            while i < len(run):
+                event, body = run[i]
                 if event.event_id in seen:
                     self.metrics.duplicates.labels(self.name, sub.consumer).inc()
+                    i += 1
                     continue  # delivered twice: applied once
                 if event.key in held or self._raise_on == (sub.consumer, event.type):
                     done = i
                     break
+                if not alone:
+                    stretch = self._bulk_stretch(sub, run, i, seen, held)
+                    taken = await self._try_bulk(sub, uow, stretch, state)
+                    if self.memory_epoch != epoch:
+                        # the bulk call failed after moving the service's memory: all of
+                        # the run again, message by message, on the rebuilt state
+                        rebuilt, done, redo_alone = True, len(run), True
+                        break
+                    if taken is None:  # it failed, nothing moved: one by one from here
+                        bulk = False
+                        taken = 0
+                    seen.update(e.event_id for e, _ in stretch[:taken])
+                    i += taken
+                    # it stopped early: the message it left goes alone, then bulk again
+                    # (unless it stopped for messages of the run waiting on it: bulk on)
+                    alone = (taken < len(stretch) and not uow.wanted_provided) or not bulk
+                    await self._resolve_in_run(sub, uow, state)
+                    if self.memory_epoch != epoch:
+                        rebuilt, done = True, i
+                        break
+                    continue
+                alone = sub.bulk is None or not bulk
                 seen.add(event.event_id)
                 # the run's parked ones of its key cannot go (what they wait for has not
                 # come, or they would have gone): like those in the table, they do not
@@ -583,12 +635,13 @@ class Service:
                     done = i
                     break
                 state.claimed.append(event.event_id)
+                i += 1
                 if isinstance(outcome, str):  # missing: parked here, woken in this run
                     state.park(event, body, outcome)
                     continue
                 await self._resolve_in_run(sub, uow, state)
                 if self.memory_epoch != epoch:
-                    rebuilt, done = True, i
+                    rebuilt, done = True, i - 1
                     break
             if not rebuilt and state.provided:
                 # this consumer's events parked by earlier polls on what the run provided
@@ -603,9 +656,11 @@ class Service:
                 await self.parking.park_many(uow.session, parked)
                 emitted = bool(uow.events)
                 await self._commit(uow)
+        if redo_alone:
+            return await self._apply_run(sub, run, bulk=False)
         if rebuilt:
             # what came before the failing one, again, on the rebuilt state
-            return await self._apply_run(sub, run[:done]) if done else 0
+            return await self._apply_run(sub, run[:done], bulk=bulk) if done else 0
         for event in state.applied:
             self._fault_point(sub.consumer)
             self.metrics.consumed.labels(self.name, event.type).inc()
@@ -620,6 +675,67 @@ class Service:
         if uow.provided:
             await self.unpark(uow.provided)
         return done
+
+    def _bulk_stretch(
+        self,
+        sub: Subscription,
+        run: list[tuple[Event, bytes]],
+        start: int,
+        seen: set[str],
+        held: set[str],
+    ) -> list[tuple[Event, bytes]]:
+        """The messages from ``start`` on that a bulk call may take: up to the first one
+        applied already (or twice in the stretch), of a key with parked events in the
+        table, or marked for fault injection."""
+        ids: set[str] = set()
+        end = start
+        while end < len(run):
+            event = run[end][0]
+            if (
+                event.event_id in seen
+                or event.event_id in ids
+                or event.key in held
+                or self._raise_on == (sub.consumer, event.type)
+            ):
+                break
+            ids.add(event.event_id)
+            end += 1
+        return run[start:end]
+
+    async def _try_bulk(
+        self,
+        sub: Subscription,
+        uow: UnitOfWork,
+        stretch: list[tuple[Event, bytes]],
+        state: _RunState,
+    ) -> int | None:
+        """The bulk handler on ``stretch`` in a savepoint: how many messages it took (those
+        missing a dependency parked in the run), or None if it raised (rolled back)."""
+        assert sub.bulk is not None
+        mark, provided = len(uow.events), set(uow.provided)
+        savepoint = await uow.session.begin_nested()
+        uow.wanted, uow.wanted_provided = set(state.by_dependency), False
+        try:
+            outcomes = await sub.bulk([event for event, _ in stretch], uow)
+        except Exception:
+            log.warning("%s: a bulk call failed; one by one", sub.consumer, exc_info=True)
+            await savepoint.rollback()
+            del uow.events[mark:]
+            uow.provided = provided
+            return None
+        finally:
+            uow.wanted = set()
+        await savepoint.commit()
+        if len(outcomes) > len(stretch):  # pragma: no cover - a handler's bug
+            raise RuntimeError(f"{sub.consumer}: more outcomes than messages")
+        for (event, body), outcome in zip(stretch, outcomes, strict=False):
+            state.claimed.append(event.event_id)
+            if outcome is None:
+                state.applied.append(event)
+            else:  # missing: parked here, woken in this run
+                state.park(event, body, outcome.dependency)
+        state.newly_provided(uow.provided - provided)
+        return len(outcomes)
 
     async def _try_in_run(
         self,
@@ -648,8 +764,7 @@ class Service:
             return exc.dependency if isinstance(exc, Missing) else _FAILED
         await savepoint.commit()
         state.applied.append(event)
-        state.fresh |= uow.provided - provided
-        state.provided |= uow.provided
+        state.newly_provided(uow.provided - provided)
         return None
 
     async def _unpark_in_run(self, sub: Subscription, uow: UnitOfWork, state: _RunState) -> None:
@@ -689,7 +804,8 @@ class Service:
         arrival order (skipping, like the unparking, those still waiting), and what those
         provide in turn."""
         while state.fresh:
-            dependency = state.fresh.pop()
+            dependency = next(iter(state.fresh))
+            del state.fresh[dependency]
             for key in sorted(state.by_dependency.pop(dependency, ())):
                 queue = state.waiting.get(key, [])
                 still_missing: set[str] = set()

@@ -77,8 +77,18 @@ def build_app(
     subscriptions = [
         # batched like the others: a handler that fails after moving the engine reloads
         # it (svc.memory_epoch), and the run starts over on the reloaded engine
-        Subscription(contracts.MEMBERS, bound(handlers.on_member_registered), "dividends-members"),
-        Subscription(contracts.ORDERS, bound(handlers.on_order), "dividends-orders"),
+        Subscription(
+            contracts.MEMBERS,
+            bound(handlers.on_member_registered),
+            "dividends-members",
+            bulk=bound(handlers.on_members_registered),
+        ),
+        Subscription(
+            contracts.ORDERS,
+            bound(handlers.on_order),
+            "dividends-orders",
+            bulk=bound(handlers.on_orders),
+        ),
         Subscription(
             contracts.WALLET_REQUESTS, bound(handlers.on_wallet_request), "dividends-requests"
         ),

@@ -40,6 +40,11 @@ class UnitOfWork:
         self.events: list[tuple[str, Event, int | None]] = []
         self.causation_id: str | None = None
         self.provided: set[str] = set()  # dependencies this work brought into being
+        # set by the kit around a bulk handler: dependencies that messages parked in the
+        # run wait for; providing one sets ``wanted_provided`` (the bulk handler then
+        # stops, so the waiting messages go next — where one by one they would have)
+        self.wanted: set[str] = set()
+        self.wanted_provided = False
         self._committed = False
         # False while the kit applies several messages in this transaction: a handler's
         # own commit would commit their effects without their inbox rows
@@ -111,6 +116,8 @@ class UnitOfWork:
         """This work brings ``dependency`` (e.g. "member:A") into being: events parked on
         it are applied once the transaction has committed."""
         self.provided.add(dependency)
+        if dependency in self.wanted:
+            self.wanted_provided = True
 
     def emit(self, topic: str, event: Event, partition: int | None = None) -> Event:
         """Write ``event`` to the outbox at commit; ``partition`` overrides the key's

@@ -270,22 +270,13 @@ def test_dividends_applies_a_poll_of_referrals_before_their_sponsors_in_one_run(
 def test_dividends_starts_a_run_over_when_a_failure_rebuilt_its_engine(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    """'boom' fails after the engine applied it (its log row cannot be written): the
-    engine is rebuilt from the database, which lacks the run's first orders too — so the
-    run starts over on the rebuilt engine, those orders apply once, 'boom' goes alone
-    (dead-lettered after its tries), and the engine still equals simulate of its log."""
+    """'boom' fails after the engine applied it (its log row cannot be written — in the
+    bulk insert of the run's orders, then alone): the engine is rebuilt from the
+    database, which lacks the run's first orders too — so the run starts over on the
+    rebuilt engine, those orders apply once, 'boom' goes alone (dead-lettered after its
+    tries), and the engine still equals simulate of its log."""
     from tests.unit.services.test_day_boundaries import dividends_app, equals_simulate_of_its_log
     from tokenmall.testing import member_registered
-    from tokenmall_dividends.service_layer import handlers
-
-    original = handlers._record
-
-    async def fails_for_boom(svc: Any, uow: Any, kind: str, input_id: str, *args: Any) -> Any:
-        if input_id == "order:boom":
-            raise RuntimeError("the log row could not be written")
-        return await original(svc, uow, kind, input_id, *args)
-
-    monkeypatch.setattr(handlers, "_record", fails_for_boom)
 
     async def go() -> None:
         app, _ = dividends_app(
@@ -294,6 +285,17 @@ def test_dividends_starts_a_run_over_when_a_failure_rebuilt_its_engine(
         async with running(app) as client:
             svc = app.state.svc
             broker: FakeBroker = svc.broker
+
+            def fail_boom_log_row(
+                conn: Any, cursor: Any, statement: str, params: Any, *_: Any
+            ) -> None:
+                rows = params if isinstance(params, list) else [params]
+                if statement.startswith("INSERT INTO inputs") and any(
+                    "order:boom" in map(str, row) for row in rows
+                ):
+                    raise RuntimeError("the log row could not be written")
+
+            sa_event.listen(svc.engine.sync_engine, "before_cursor_execute", fail_boom_log_row)
             await broker.deliver_batch(
                 contracts.MEMBERS,
                 [member_registered("A", seq=1), member_registered("B", "A", seq=2)],

@@ -41,6 +41,8 @@ def host_of(svc: Service) -> EngineHost:
     return host
 
 
+IN_LIST_CHUNK = 900  # ids per IN (...) list: SQLite allows 999 parameters by default
+
 # inputs that arrive as events; their ids are namespaced by kind, so an order id and a
 # request id chosen alike by clients never meet in the input log
 EVENT_INPUTS = ("join", "order", "refund", "request")
@@ -94,6 +96,17 @@ async def apply(
     finally:
         if kind in EVENT_INPUTS:
             closing.closer_of(svc).poke()  # a settlement may have waited for this one
+
+
+async def _logged_many(uow: UnitOfWork, input_ids: list[str]) -> set[str]:
+    """Which of ``input_ids`` are in the input log already (one statement)."""
+    found: set[str] = set()
+    for start in range(0, len(input_ids), IN_LIST_CHUNK):
+        stmt = select(inputs.c.input_id).where(
+            inputs.c.input_id.in_(input_ids[start : start + IN_LIST_CHUNK])
+        )
+        found.update((await uow.session.execute(stmt)).scalars())
+    return found
 
 
 async def _logged(uow: UnitOfWork, input_id: str) -> bool:
@@ -273,6 +286,159 @@ async def on_member_registered(event: contracts.Event, uow: UnitOfWork, svc: Ser
         commit=False,
     )
     uow.provide(f"member:{event.member}")
+
+
+_STOP = object()  # a bulk call leaves this event to its handler alone
+
+
+@dataclass
+class _BulkInputs:
+    """The input-log rows a bulk call writes at once, and what it has applied (an input
+    id taken twice in one call is refused like a logged one: the handler decides)."""
+
+    svc: Service
+    uow: UnitOfWork
+    day: int
+    logged: set[str]
+    rows: list[dict[str, Any]]
+
+    @classmethod
+    async def start(cls, svc: Service, uow: UnitOfWork, input_ids: list[str]) -> _BulkInputs:
+        assert host_of(svc).lock.locked(), "bulk handlers run under the host's lock"
+        await uow.begin_write()
+        logged = await _logged_many(uow, input_ids)
+        return cls(svc, uow, host_of(svc).engine.day, logged, [])
+
+    def log(
+        self, kind: str, input_id: str, payload: dict[str, Any], accepted: bool, reason: str | None
+    ) -> None:
+        self.logged.add(input_id)
+        self.rows.append(
+            {
+                "input_id": input_id,
+                "kind": kind,
+                "payload": json.dumps(payload, default=str),
+                "day": self.day,
+                "accepted": accepted,
+                "reason": reason,
+                "created_at": datetime.now(UTC),
+            }
+        )
+
+    async def write(self) -> None:
+        if self.rows:
+            await self.uow.session.execute(insert(inputs), self.rows)
+
+
+async def _bulk(
+    svc: Service,
+    uow: UnitOfWork,
+    events: list[contracts.Event],
+    input_id: Any,
+    one: Any,
+) -> list[Missing | None]:
+    """What ``one(batch, event)`` does for each event in order — an outcome, or
+    ``_STOP`` where the event needs its handler alone — with one lookup of the input log
+    before and one insert after.  The engine moved and something failed: it is rebuilt
+    from the database (``memory_epoch``) before the error propagates."""
+    ids = [i for i in (input_id(e) for e in events) if i is not None]
+    batch = await _BulkInputs.start(svc, uow, ids)
+    outcomes: list[Missing | None] = []
+    try:
+        for event in events:
+            uow.causation_id = event.event_id
+            outcome = one(batch, event)
+            if outcome is _STOP:
+                break
+            outcomes.append(outcome)
+            if isinstance(outcome, Missing):
+                uow.wanted.add(outcome.dependency)  # parked in the run: woken when it comes
+            if uow.wanted_provided:
+                break  # a message parked in the run waits for this one: it goes next
+        await batch.write()
+    except BaseException:
+        await load_engine(svc)
+        raise
+    finally:
+        closing.closer_of(svc).poke()  # a settlement may have waited for these
+    return outcomes
+
+
+async def on_members_registered(
+    events: list[contracts.Event], uow: UnitOfWork, svc: Service
+) -> list[Missing | None]:
+    """:func:`on_member_registered` for many registrations at once (Subscription.bulk)."""
+    host = host_of(svc)
+
+    def one(batch: _BulkInputs, event: contracts.Event) -> object:
+        if not isinstance(event, contracts.MemberRegistered):
+            return _STOP
+        engine = host.engine
+        if event.member in engine.index:
+            return None  # joined already
+        if event.sponsor is not None and event.sponsor not in engine.index:
+            return Missing(f"member:{event.sponsor}", f"sponsor {event.sponsor!r} not joined")
+        input_id = f"join:{event.member}"
+        if input_id in batch.logged:
+            return _STOP  # an old id in a new event: the handler rejects it
+        payload = {
+            "member": event.member,
+            "sponsor": event.sponsor,
+            "merchant": event.merchant,
+            "seq": event.seq,
+        }
+        accepted, reason, _ = host.call("join", payload)
+        host.engine.take_outputs()
+        batch.log("join", input_id, payload, accepted, reason)
+        uow.provide(f"member:{event.member}")
+        return None
+
+    def input_id(event: contracts.Event) -> str | None:
+        return f"join:{event.member}" if isinstance(event, contracts.MemberRegistered) else None
+
+    return await _bulk(svc, uow, events, input_id, one)
+
+
+async def on_orders(
+    events: list[contracts.Event], uow: UnitOfWork, svc: Service
+) -> list[Missing | None]:
+    """:func:`on_order` for many paid orders at once (Subscription.bulk); markers and
+    refunds go through the handler alone."""
+    host = host_of(svc)
+
+    def one(batch: _BulkInputs, event: contracts.Event) -> object:
+        if not isinstance(event, contracts.OrderPaid):
+            return _STOP
+        engine = host.engine
+        if event.member not in engine.index:
+            return Missing(f"member:{event.member}", f"member {event.member!r} not joined")
+        if event.day is not None and event.day != engine.day:
+            return _STOP  # early (parked) or late (counted, with a warning): the handler
+        input_id = f"order:{event.order_id}"
+        if input_id in batch.logged:
+            return _STOP
+        payload = {
+            "order_id": event.order_id,
+            "member": event.member,
+            "amount": str(event.amount),
+            "stable": str(event.stable),
+        }
+        try:
+            accepted, reason, _ = host.call("order", payload)
+        except AmountError:
+            return _STOP  # malformed: the handler rejects it (the engine did not move)
+        uow.emit(
+            contracts.DIVIDENDS,
+            host.input_applied(input_id, event.member, accepted, reason, batch.day),
+        )
+        batch.log("order", input_id, payload, accepted, reason)
+        uow.provide(f"order:{event.order_id}")
+        return None
+
+    def input_id(event: contracts.Event) -> str | None:
+        return f"order:{event.order_id}" if isinstance(event, contracts.OrderPaid) else None
+
+    return await _bulk(svc, uow, events, input_id, one)
 
 
 def _require_member(svc: Service, member: str) -> None:

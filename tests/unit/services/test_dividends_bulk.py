@@ -1,0 +1,164 @@
+"""Dividends' bulk consumers: a poll of registrations or paid orders is applied by one
+bulk call (one input-log lookup, one insert) with exactly the effects of the handler
+applied one message at a time — same input log, same engine, same dead letters —
+whatever the arrival order, duplicates and parking."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import event as sa_event
+
+from tests.unit.services.test_day_boundaries import (
+    dividends_app,
+    equals_simulate_of_its_log,
+    settled,
+)
+from tokenmall import contracts
+from tokenmall.messaging import parking
+from tokenmall.testing import FakeBroker, drain, member_registered, running
+
+
+def schedule(seed: int) -> list[tuple[str, list[contracts.Event]]]:
+    """Polls of a random population: registrations shuffled (referrals before their
+    sponsors), orders before their members' registrations, one poll redelivered, one
+    order id reused by a new event."""
+    rng = random.Random(seed)
+    members = [
+        member_registered(f"m{i}", f"m{rng.randrange(i)}" if i else None, seq=i + 1)
+        for i in range(40)
+    ]
+    rng.shuffle(members)
+    orders: list[contracts.Event] = [
+        contracts.OrderPaid(
+            order_id=f"o{j}",
+            member=f"m{rng.randrange(40)}",
+            amount=Decimal(rng.choice(["100", "999.99", "3000", "50000"])),
+        )
+        for j in range(60)
+    ]
+    orders.append(contracts.OrderPaid(order_id="o3", member="m0", amount=Decimal("10")))
+    rng.shuffle(orders)
+    polls: list[tuple[str, list[contracts.Event]]] = []
+    while members or orders:
+        for topic, queue in ((contracts.MEMBERS, members), (contracts.ORDERS, orders)):
+            size = rng.randint(1, 25)
+            if queue:
+                polls.append((topic, queue[:size]))
+                del queue[:size]
+    polls.insert(rng.randrange(len(polls)), polls[rng.randrange(len(polls))])  # again
+    return polls
+
+
+async def outcome(tmp_path: Path, polls: Any, bulk: bool) -> dict[str, Any]:
+    # no sweeper, no retry coming due: parked events are woken only by what they wait for
+    # (else by the clock, at moments of its own)
+    app, publisher = dividends_app(tmp_path, day_watermarks=[], parked_sweep_seconds=3600)
+    async with running(app) as client:
+        svc = app.state.svc
+        if not bulk:
+            for sub in svc.subscriptions.values():
+                sub.bulk = None
+        broker: FakeBroker = svc.broker
+        for topic, events in polls:
+            await broker.deliver_batch(topic, list(events))
+        requested = await client.post("/v1/settlements/1")
+        assert requested.status_code in (200, 202), requested.text
+        await settled(client, 1)  # the closer may take longer than the request waits
+        if bulk:
+            await equals_simulate_of_its_log(client)
+        log = (await client.get("/v1/inputs", params={"limit": 1000})).json()["items"]
+        result = {
+            "log": [(row["input_id"], row["accepted"]) for row in log],
+            "members": (await client.get("/v1/members", params={"limit": 1000})).json(),
+            "state": (await client.get("/v1/state")).json(),
+            "parked": (await client.get("/v1/parked")).json()["total"],
+            "dead": sorted(headers["reason"] for _, _, headers in broker.dead_letters),
+        }
+        await drain(app)
+        result["events"] = [
+            e.model_dump(mode="json", exclude={"event_id", "occurred_at", "producer"})
+            for e in publisher.events()
+        ]
+        return result
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 10**6))
+def test_bulk_equals_one_by_one_whatever_the_arrival_order(tmp_path: Path, seed: int) -> None:
+    polls = schedule(seed)
+
+    async def go() -> None:
+        tag = random.random()
+        with_bulk = await outcome(tmp_path / f"bulk-{seed}-{tag}", polls, bulk=True)
+        alone = await outcome(tmp_path / f"alone-{seed}-{tag}", polls, bulk=False)
+        assert with_bulk["log"] == alone["log"]
+        assert with_bulk == alone
+        assert with_bulk["parked"] == 0
+        # o3 twice (a new event, an old order id): refused once, by the handler
+        assert len(with_bulk["dead"]) == 1 and "already applied" in with_bulk["dead"][0]
+
+    with mock.patch.object(parking, "RETRY_FIRST_SECONDS", 3600):
+        asyncio.run(go())
+
+
+def test_a_poll_of_registrations_is_one_lookup_and_one_insert(tmp_path: Path) -> None:
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[])
+        async with running(app) as client:
+            svc = app.state.svc
+            statements: list[str] = []
+
+            def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+                statements.append(statement.split("(")[0].strip())
+
+            sa_event.listen(svc.engine.sync_engine, "before_cursor_execute", record)
+            polls = [member_registered(f"n{i}", f"n{i - 1}" if i else None) for i in range(300)]
+            await svc.broker.deliver_batch(contracts.MEMBERS, polls)
+            sa_event.remove(svc.engine.sync_engine, "before_cursor_execute", record)
+            assert statements.count("INSERT INTO inputs") == 1
+            assert sum(s.startswith("SELECT inputs.input_id") for s in statements) == 1
+            state = (await client.get("/v1/state")).json()
+            assert state["members"] == 300
+
+    asyncio.run(go())
+
+
+def test_orders_of_another_day_and_malformed_ones_go_through_the_handler(
+    tmp_path: Path,
+) -> None:
+    """The bulk call leaves to the handler what needs its care: an order of a later day
+    waits for that day (parked), a malformed amount is dead-lettered; the orders around
+    them are applied."""
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[])
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("A", seq=1)])
+            good = contracts.OrderPaid(order_id="g1", member="A", amount=Decimal("100"), day=1)
+            later = contracts.OrderPaid(order_id="l1", member="A", amount=Decimal("5"), day=2)
+            bad = contracts.OrderPaid(order_id="b1", member="A", amount=Decimal("1.001"))
+            after = contracts.OrderPaid(order_id="g2", member="A", amount=Decimal("7"))
+            await broker.deliver_batch(contracts.ORDERS, [good, later, bad, after])
+            log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
+            assert [row["input_id"] for row in log if row["kind"] == "order"] == [
+                "order:g1",
+                "order:g2",
+            ]
+            [parked] = (await client.get("/v1/parked")).json()["items"]
+            assert parked["waiting_for"] == "day:2"
+            [(_, _, headers)] = broker.dead_letters
+            assert "1.001" in headers["reason"] or "cent" in headers["reason"]
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
