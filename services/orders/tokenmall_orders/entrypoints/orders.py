@@ -220,3 +220,95 @@ async def member_orders(
     """A member's orders, oldest first."""
     views = await _run(handlers.member_orders(member, svc.uow(), limit=limit, offset=offset))
     return JSONResponse(views)
+
+
+class PaidOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: Id = Field(description=f"{ID_DOC}; the mall's order id (idempotency key)")
+    member: MemberId = Field(description=MEMBER_DOC)
+    amount: Decimal = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
+    stable: Decimal = Field(Decimal(0), description="the part paid in stable points, ≤ amount")
+
+
+class PaidOrderBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    orders: list[PaidOrder] = Field(min_length=1, max_length=handlers.MAX_BATCH)
+
+
+class PaidOrderResult(BaseModel):
+    order_id: str
+    status: Literal["accepted", "exists", "refused"] = Field(
+        description="accepted: paid now, the rules' verdict follows (GET /v1/orders/{id}); "
+        "exists: paid before with the same member, amount and stable part (sending a "
+        "batch again is harmless); refused: nothing changed, see error"
+    )
+    order: OrderPublic | None = Field(None, description="the order as it stands")
+    error: str | None = Field(None, description="why it was refused")
+    code: int | None = Field(
+        None, description="the HTTP status a single create + pay would have answered"
+    )
+    field: str | None = Field(None, description="the item's field at fault, if one is")
+
+
+class PaidOrderBatchResult(BaseModel):
+    items: list[PaidOrderResult] = Field(description="one per order of the batch, in order")
+    accepted: int
+    existing: int
+    refused: int
+
+
+@router.post(
+    "/orders:batch",
+    response_model=PaidOrderBatchResult,
+    responses={
+        422: {
+            "model": ErrorBody,
+            "description": "bad body; with atomic=true: a refused item (field names it), "
+            "nothing paid",
+        },
+        503: {"model": ErrorBody, "description": "atomic=true: the wallet did not answer"},
+    },
+)
+async def pay_orders(
+    body: PaidOrderBatch,
+    svc: ServiceDep,
+    atomic: Annotated[
+        bool, Query(description="all or nothing: one refused item and none is paid (422)")
+    ] = False,
+) -> PaidOrderBatchResult:
+    """Up to 1,000 orders the mall's payment system has paid, each created and paid in
+    one step (stable parts held in the wallet like a single pay), with one write
+    transaction and one ``OrderPaid`` each; idempotent per order id, refused per item."""
+    items = [handlers.PaidOrderItem(o.order_id, o.member, o.amount, o.stable) for o in body.orders]
+    wallet = cast(Wallet, svc.state["wallet"])
+    registry = cast(MemberRegistry | None, svc.state.get("registry"))
+    results, emitted = await handlers.pay_orders(items, svc.uow(), wallet, registry, atomic)
+    refused = [(i, r) for i, r in enumerate(results) if r.status == "refused"]
+    if atomic and refused:
+        index, first = refused[0]
+        raise ApiError(
+            503 if first.code == 503 else 422,  # 503: the wallet, try again
+            f"item {index} (order {first.order_id!r}): {first.error}; nothing was paid "
+            f"({len(refused)} of {len(results)} refused)",
+            field=f"body.orders[{index}]" + (f".{first.field}" if first.field else ""),
+        )
+    if emitted:
+        svc.committed()  # the relay publishes what the transaction emitted at once
+    return PaidOrderBatchResult(
+        items=[
+            PaidOrderResult(
+                order_id=r.order_id,
+                status=r.status,  # type: ignore[arg-type]
+                order=None if r.order is None else OrderPublic(**r.order),
+                error=r.error,
+                code=r.code,
+                field=None if r.field is None else f"body.orders[{i}].{r.field}",
+            )
+            for i, r in enumerate(results)
+        ],
+        accepted=sum(1 for r in results if r.status == "accepted"),
+        existing=sum(1 for r in results if r.status == "exists"),
+        refused=sum(1 for r in results if r.status == "refused"),
+    )

@@ -13,6 +13,7 @@ nothing, so repeating one runs it again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -35,7 +36,12 @@ from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cent
 from tokenmall.registry import MemberRegistry, learn_member
 from tokenmall.servicekit import Rejected
 from tokenmall_orders.adapters.tables import business_days, idempotency, members, orders
-from tokenmall_orders.adapters.wallet import InsufficientFunds, Wallet, WalletError
+from tokenmall_orders.adapters.wallet import (
+    InsufficientFunds,
+    Wallet,
+    WalletError,
+    WalletUnavailable,
+)
 
 # created → pending (paid by the mall; OrderPaid published) → paid | refused (the rules'
 # verdict, InputApplied from dividends); paid → refunded
@@ -152,21 +158,27 @@ async def create_order(
     return await _create_order(cmd, uow)
 
 
-async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
-    amount = _cents(cmd.amount, "amount")
-    stable = _cents(cmd.stable, "stable")
+def _checked_amounts(amount_: Decimal, stable_: Decimal) -> tuple[int, int]:
+    """An order's amount and stable part in cents, or Invalid naming the field."""
+    amount = _cents(amount_, "amount")
+    stable = _cents(stable_, "stable")
     if amount <= 0:
-        raise Invalid(f"amount must be greater than 0, got {str(cmd.amount)!r}")
+        raise Invalid(f"amount must be greater than 0, got {str(amount_)!r}")
     if amount > MAX_CASH_CENTS:
         raise Invalid(
-            f"amount must be at most {format_cents(MAX_CASH_CENTS)}, got {str(cmd.amount)!r}"
+            f"amount must be at most {format_cents(MAX_CASH_CENTS)}, got {str(amount_)!r}"
         )
     if stable < 0:
-        raise Invalid(f"stable must not be negative, got {str(cmd.stable)!r}")
+        raise Invalid(f"stable must not be negative, got {str(stable_)!r}")
     if stable > amount:
         raise Invalid(
             f"stable ({format_cents(stable)}) must not exceed the amount ({format_cents(amount)})"
         )
+    return amount, stable
+
+
+async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
+    amount, stable = _checked_amounts(cmd.amount, cmd.stable)
     fingerprint = _fingerprint("create", cmd.member, amount, stable, cmd.order_id)
     order = Order(cmd.order_id or str(uuid4()), cmd.member, amount, stable, CREATED)
     async with uow:
@@ -356,6 +368,279 @@ async def _release_hold(wallet: Wallet, order: Order) -> None:
             await wallet.release(order.order_id)
         except WalletError as exc:
             log.warning("order %r deleted, but its hold was not released: %s", order.order_id, exc)
+
+
+# --- paid orders in bulk (POST /v1/orders:batch) -------------------------------------
+
+MAX_BATCH = 1000  # paid orders per call
+HOLDS_AT_ONCE = 16  # wallet calls in flight for the stable parts of one batch
+IN_LIST_CHUNK = 500  # ids per IN (...) list and rows per multi-row insert
+
+
+@dataclass(frozen=True)
+class PaidOrderItem:
+    """An order the mall's payment system has paid: created and paid in one step."""
+
+    order_id: str
+    member: str
+    amount: Decimal
+    stable: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class PaidItemResult:
+    """accepted: created (or found created) and paid now, pending the rules' verdict;
+    exists: paid before with the same member, amount and stable part (a batch sent again
+    is harmless; ``order`` is how it stands); refused: nothing changed (``error``, with
+    the status code and field a single create + pay would have answered)."""
+
+    order_id: str
+    status: str  # accepted | exists | refused | skipped (atomic: another was refused)
+    order: dict[str, Any] | None = None
+    error: str | None = None
+    code: int | None = None
+    field: str | None = None
+
+
+def _refused(order_id: str, code: int, error: str, field: str | None = None) -> PaidItemResult:
+    return PaidItemResult(order_id, "refused", error=error, code=code, field=field)
+
+
+async def pay_orders(
+    items: list[PaidOrderItem],
+    uow: UnitOfWork,
+    wallet: Wallet,
+    registry: MemberRegistry | None = None,
+    atomic: bool = False,
+) -> tuple[list[PaidItemResult], bool]:
+    """Create and pay up to MAX_BATCH orders: what ``create`` + ``pay`` does to each, with
+    one read and one write transaction for all (a multi-row insert, one ``OrderPaid``
+    each).  Per order id idempotent; per item refused (invalid amounts, unknown member,
+    an order id taken by another order, too few stable points) without holding up the
+    others — or, ``atomic``, the whole batch (none paid, the holds it placed released).
+    Returns the results in the items' order and whether anything was paid."""
+    results: dict[int, PaidItemResult] = {}
+    wanted: dict[str, tuple[int, Order]] = {}
+    for i, item in enumerate(items):
+        try:
+            amount, stable = _checked_amounts(item.amount, item.stable)
+        except Invalid as exc:
+            field = str(exc).split(" ", 1)[0]
+            results[i] = _refused(item.order_id, 422, str(exc), field)
+            continue
+        if item.order_id in wanted:
+            results[i] = _refused(
+                item.order_id,
+                422,
+                f"order {item.order_id!r} appears twice in the batch",
+                "order_id",
+            )
+            continue
+        wanted[item.order_id] = (i, Order(item.order_id, item.member, amount, stable, CREATED))
+    async with uow:
+        existing = await _load_many(uow, list(wanted))
+        known = await _known_members(uow, {order.member for _, order in wanted.values()})
+    unknown = {order.member for _, order in wanted.values()} - known
+    if unknown and registry is not None:
+        known |= await _learn_members(uow, registry, unknown)
+    to_pay: list[tuple[int, Order]] = []
+    for order_id, (i, order) in wanted.items():
+        current = existing.get(order_id)
+        if current is None and order.member not in known:
+            results[i] = _refused(
+                order_id, 404, f"member {order.member!r} is not registered", "member"
+            )
+        elif current is not None and not _same_order(current, order):
+            results[i] = _refused(
+                order_id,
+                409,
+                f"order {order_id!r} already exists with another member, amount or stable part",
+                "order_id",
+            )
+        elif current is not None and current.status != CREATED:
+            results[i] = PaidItemResult(order_id, "exists", order=current.view())
+        else:
+            to_pay.append((i, order))
+    if atomic and results:
+        return [results.get(i) or _untouched(item) for i, item in enumerate(items)], False
+    held = await _hold_stable_parts(wallet, [o for _, o in to_pay], results, wanted)
+    if atomic and results:
+        for _, order in to_pay:
+            if order.order_id in held:
+                await _release_hold(wallet, order)
+        return [results.get(i) or _untouched(item) for i, item in enumerate(items)], False
+    paying = [(i, order) for i, order in to_pay if i not in results]
+    paid, day = await _mark_paid(uow, [order for _, order in paying])
+    for i, order in paying:
+        if order.order_id in paid:
+            view = dataclasses.replace(order, day=day).view(PENDING)
+            results[i] = PaidItemResult(order.order_id, "accepted", order=view)
+    lost = [(i, order) for i, order in paying if order.order_id not in paid]
+    if lost:  # changed by a concurrent request between the read and the write
+        async with uow:
+            now = await _load_many(uow, [order.order_id for _, order in lost])
+        for i, order in lost:
+            current = now.get(order.order_id)
+            if current is not None and _same_order(current, order) and current.status != CREATED:
+                results[i] = PaidItemResult(order.order_id, "exists", order=current.view())
+                continue
+            if order.order_id in held and (
+                current is None
+                or (current.member, current.stable_cents) != (order.member, order.stable_cents)
+            ):
+                await _release_hold(wallet, order)  # as pay_order does (see there)
+            results[i] = _refused(
+                order.order_id, 409, f"order {order.order_id!r} changed while being paid; try again"
+            )
+    return [results[i] for i in range(len(items))], bool(paid)
+
+
+def _untouched(item: PaidOrderItem) -> PaidItemResult:
+    """An item of an atomic batch that another item's refusal left alone."""
+    return PaidItemResult(item.order_id, "skipped")
+
+
+async def _hold_stable_parts(
+    wallet: Wallet,
+    orders_: list[Order],
+    results: dict[int, PaidItemResult],
+    wanted: dict[str, tuple[int, Order]],
+) -> set[str]:
+    """Hold the stable parts (a few wallet calls at a time, outside any transaction; a
+    member's in the batch's order); an order whose hold the wallet refuses is refused.
+    Returns the order ids held."""
+    gate = asyncio.Semaphore(HOLDS_AT_ONCE)
+    held: set[str] = set()
+
+    async def hold(order: Order) -> None:
+        index = wanted[order.order_id][0]
+        async with gate:
+            try:
+                await wallet.hold(
+                    hold_id=order.order_id,
+                    member=order.member,
+                    asset="stable",
+                    amount_cents=order.stable_cents,
+                )
+            except InsufficientFunds:
+                results[index] = _refused(
+                    order.order_id,
+                    409,
+                    f"member {order.member!r} holds fewer stable points than "
+                    f"{format_cents(order.stable_cents)}",
+                    "stable",
+                )
+                return
+            except WalletUnavailable as exc:
+                results[index] = _refused(
+                    order.order_id, 503, f"the wallet is unavailable, try again: {exc}"
+                )
+                return
+            except WalletError as exc:
+                results[index] = _refused(order.order_id, 502, str(exc))
+                return
+        held.add(order.order_id)
+
+    async def hold_in_order(of_member: list[Order]) -> None:
+        for order in of_member:  # a member's in the batch's order, as one by one
+            await hold(order)
+
+    by_member: dict[str, list[Order]] = {}
+    for order in orders_:
+        if order.stable_cents > 0:
+            by_member.setdefault(order.member, []).append(order)
+    await asyncio.gather(*(hold_in_order(of_member) for of_member in by_member.values()))
+    return held
+
+
+async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> tuple[set[str], int | None]:
+    """One write transaction: new orders inserted as pending, created ones moved to
+    pending, one OrderPaid each.  Returns the order ids paid (one another request
+    created or paid meanwhile is left out) and the business day stamped."""
+    if not orders_:
+        return set(), None
+    paid: set[str] = set()
+    async with uow:
+        await uow.begin_write()
+        # the day row stays locked until this commits: the day cannot close in between
+        day = await business_day.stamp(uow.session, business_days)
+        now = _now()
+        current = await _load_many(uow, [order.order_id for order in orders_])
+        new = [order for order in orders_ if order.order_id not in current]
+        for start in range(0, len(new), IN_LIST_CHUNK):
+            rows = [
+                {
+                    "order_id": order.order_id,
+                    "member": order.member,
+                    "amount_cents": order.amount_cents,
+                    "stable_cents": order.stable_cents,
+                    "status": PENDING,
+                    "created_at": now,
+                    "paid_at": now,
+                    "day": day,
+                }
+                for order in new[start : start + IN_LIST_CHUNK]
+            ]
+            inserted = await uow.session.execute(
+                _insert_ignoring_conflicts(uow, orders, rows).returning(orders.c.order_id)
+            )
+            paid.update(inserted.scalars())
+        for order in orders_:
+            found = current.get(order.order_id)
+            if (
+                found is not None
+                and found.status == CREATED
+                and _same_order(found, order)
+                and await _transition(uow, order, CREATED, PENDING, paid_at=now, day=day)
+            ):
+                paid.add(order.order_id)
+        for order in orders_:
+            if order.order_id in paid:
+                uow.emit(
+                    contracts.ORDERS,
+                    OrderPaid(
+                        order_id=order.order_id,
+                        member=order.member,
+                        causation_id=order.order_id,
+                        amount=cents_to_decimal(order.amount_cents),
+                        stable=cents_to_decimal(order.stable_cents),
+                        day=day,
+                    ),
+                )
+        await uow.commit()
+    return paid, day
+
+
+async def _load_many(uow: UnitOfWork, order_ids: list[str]) -> dict[str, Order]:
+    found: dict[str, Order] = {}
+    for start in range(0, len(order_ids), IN_LIST_CHUNK):
+        chunk = order_ids[start : start + IN_LIST_CHUNK]
+        rows = await uow.session.execute(_select_orders().where(orders.c.order_id.in_(chunk)))
+        found.update((row.order_id, Order(*row)) for row in rows)
+    return found
+
+
+async def _known_members(uow: UnitOfWork, wanted: set[str]) -> set[str]:
+    names, known = sorted(wanted), set[str]()
+    for start in range(0, len(names), IN_LIST_CHUNK):
+        chunk = names[start : start + IN_LIST_CHUNK]
+        rows = await uow.session.execute(
+            select(members.c.member).where(members.c.member.in_(chunk))
+        )
+        known.update(rows.scalars())
+    return known
+
+
+async def _learn_members(uow: UnitOfWork, registry: MemberRegistry, wanted: set[str]) -> set[str]:
+    """Members whose registration event has not arrived yet, from the registry (one after
+    the other: rare, a mall that registered them a moment ago — read-your-writes)."""
+    return {m for m in sorted(wanted) if await learn_member(uow, registry, m, member_registered)}
+
+
+def _insert_ignoring_conflicts(uow: UnitOfWork, table: Any, rows: list[dict[str, Any]]) -> Any:
+    dialect = uow.session.get_bind().dialect.name
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert_(table).values(rows).on_conflict_do_nothing()
 
 
 # --- event handlers (tokenmall.members) -----------------------------------------------
