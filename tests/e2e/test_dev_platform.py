@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,23 @@ def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
             time.sleep(0.2)
         last = httpx.get(urls["dividends"] + "/v1/members/+8613800002999")
         assert last.status_code == 200, last.text  # the engine has the last one
+
+        # the mall's paid orders from a CSV: each one's verdict final in the orders service
+        orders = tmp_path / "orders.csv"
+        lines = ["order_id,member,amount"]
+        lines += [f"csv-{i},+86138{i * 7 % 3000:08d},{i % 50 + 1}.10" for i in range(2000)]
+        orders.write_text("\n".join(lines) + "\n")
+        before = httpx.get(urls["orders"] + "/v1/sales").json()
+        imported = tokenmall("import", "orders", str(orders), "--batch", "500", "--json", env=env)
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        assert json.loads(imported.stdout)["created"] == 2000
+        expected = Decimal(before["paid"]) + sum(Decimal(f"{i % 50 + 1}.10") for i in range(2000))
+        deadline = time.monotonic() + 60
+        while Decimal(httpx.get(urls["orders"] + "/v1/sales").json()["paid"]) != expected:
+            assert time.monotonic() < deadline, "the rules' verdicts did not all arrive"
+            time.sleep(0.2)
+        verdict = httpx.get(urls["orders"] + "/v1/orders/csv-1999").json()
+        assert verdict["status"] == "paid", verdict
     finally:
         down = tokenmall("dev", "down", env=env)
     assert down.returncode == 0, down.stderr

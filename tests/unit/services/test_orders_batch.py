@@ -3,21 +3,27 @@ per item refused, idempotent per order id, each verdict readable like a single o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 
 from tests.unit.services.test_orders import (
     Client,
     FakeWallet,
     count_rows,
+    make_app,
     published,
     run,
     verdict,
 )
 from tokenmall.contracts import OrderPaid
+from tokenmall.imports import BadRow, import_orders, progress_path
+from tokenmall.testing import MemoryRegistry
 from tokenmall_orders.adapters.wallet import WalletUnavailable
 
 
@@ -224,3 +230,59 @@ def test_an_atomic_batch_is_paid_whole_or_not_at_all(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json()["accepted"] == 2
 
     run(tmp_path, scenario, wallet=wallet)
+
+
+def write_orders(path: Path, rows: list[str]) -> Path:
+    path.write_text("order_id,member,amount,stable\n" + "".join(r + "\n" for r in rows))
+    return path
+
+
+def test_import_orders_in_batches_resumes_after_a_bad_row(tmp_path: Path) -> None:
+    registry = MemoryRegistry()
+    for member in ("A", "B"):
+        registry.register(member)
+    wallet = FakeWallet(B=200_000)
+    rows = [f"o{i},{'AB'[i % 2]},{i % 90 + 1}.25,{'1' if i % 2 else ''}" for i in range(2500)]
+    rows[1502] = "o1502,ghost,5,"  # line 1504 of the file
+    path = write_orders(tmp_path / "orders.csv", rows)
+    with TestClient(make_app(tmp_path, wallet, registry)) as service:
+        sent: list[int] = []
+        service.event_hooks["request"] = [lambda request: sent.append(len(request.content))]
+        with pytest.raises(BadRow, match=r"line 1504: .*member 'ghost' is not registered"):
+            import_orders(path, service, batch=1000)
+        assert len(sent) == 2
+        assert json.loads(progress_path(path).read_text())["rows_done"] == 1000
+        assert service.get("/v1/orders/o999").json()["status"] == "pending"
+        assert service.get("/v1/orders/o1000").status_code == 404  # its batch: nothing
+        assert len(wallet.holds) == 500  # the odd ones of the first thousand only
+
+        rows[1502] = "o1502,A,5,"
+        write_orders(path, rows)
+        sent.clear()
+        report = import_orders(path, service, batch=1000)
+        assert len(sent) == 2
+        assert (report.rows, report.skipped, report.created) == (2500, 1000, 1500)
+        assert report.as_json()["orders_per_second"] > 0
+        assert len(wallet.holds) == 1250
+        assert service.get("/v1/orders/o2499").json()["stable"] == "1.00"
+        sent.clear()
+        assert import_orders(path, service).skipped == 2500 and sent == []
+
+
+def test_import_orders_names_the_line_of_a_malformed_row(tmp_path: Path) -> None:
+    with TestClient(make_app(tmp_path)) as service:
+        cases = [
+            (["a,A,5,", "b,A,1.001,"], r"line 3: amount .*1\.001"),
+            (["a,A,5,", "b,A,5,6"], r"line 3: amount must be > 0 and stable"),
+            (["a b,A,5,"], r"line 2: order_id 'a b' is not an id"),
+            (["a,A,0,"], r"line 2: amount must be > 0"),
+        ]
+        for rows, message in cases:
+            path = write_orders(tmp_path / "o.csv", rows)
+            with pytest.raises(BadRow, match=message):
+                import_orders(path, service, batch=10)
+            assert service.get("/v1/orders/a").status_code == 404
+        path = tmp_path / "h.csv"
+        path.write_text("order,who\nx,y\n")
+        with pytest.raises(BadRow, match=r"line 1: a header"):
+            import_orders(path, service)
