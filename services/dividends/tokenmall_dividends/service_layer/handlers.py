@@ -10,6 +10,7 @@ propagates (the message is then redelivered).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,15 +18,19 @@ from typing import Any, cast
 from uuid import uuid4
 
 from sqlalchemy import CursorResult, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import contracts
-from tokenmall.engine import Engine, Plan
+from tokenmall.engine import Engine, Plan, snapshot
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError
 from tokenmall.servicekit import Rejected, Service
 from tokenmall_dividends.adapters.tables import day_closings, inputs, settlements, snapshots
 from tokenmall_dividends.service_layer import closing
 from tokenmall_dividends.service_layer.host import EngineHost
+from tokenmall_dividends.service_layer.snapshots import writer_of as snapshot_writer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,11 +181,8 @@ async def _record(
         primary_key = cast(CursorResult[Any], logged).inserted_primary_key
         assert primary_key is not None
         seq = primary_key[0]
-        await uow.session.execute(
-            insert(snapshots).values(
-                seq=seq, day=host.engine.day, state=host.snapshot(), created_at=now
-            )
-        )
+        # copied now, under the lock; compressed and written after the commit
+        captured = (seq, host.engine.day, host.capture())
         await uow.session.execute(
             insert(settlements).values(
                 day=result.day,
@@ -211,6 +213,8 @@ async def _record(
         await svc.check_lease(uow.session)  # fencing: only the active process commits
         await uow.commit()
         svc.committed()
+        if settled_now:
+            snapshot_writer(svc).submit(*captured)
     return Outcome(accepted, reason, result, seconds)
 
 
@@ -223,16 +227,8 @@ async def load_engine(svc: Service, default_plan: dict[str, Any] | None = None) 
     host = host_of(svc)
     svc.memory_epoch += 1  # a batched run in progress starts over on the rebuilt engine
     async with svc.sessions() as session:
-        snap = (
-            await session.execute(
-                select(snapshots.c.seq, snapshots.c.state).order_by(snapshots.c.seq.desc()).limit(1)
-            )
-        ).first()
-        after = 0
-        if snap is not None:
-            host.restore(snap.state)
-            after = snap.seq
-        else:
+        after = await _restore_newest_snapshot(session, host)
+        if after == 0:
             host.engine = Engine(Plan.from_mapping(default_plan or {}), record=True)
         rows = (
             await session.execute(
@@ -246,6 +242,27 @@ async def load_engine(svc: Service, default_plan: dict[str, Any] | None = None) 
         if not accepted:  # pragma: no cover - it was accepted when it was logged
             raise RuntimeError(f"replaying the input log diverged: {reason}")
         host.engine.take_outputs()
+
+
+async def _restore_newest_snapshot(session: AsyncSession, host: EngineHost) -> int:
+    """The newest snapshot that loads (a damaged one is skipped for the one before it);
+    the seq of the last input it includes, 0 if none does."""
+    seqs = (
+        await session.execute(select(snapshots.c.seq).order_by(snapshots.c.seq.desc()))
+    ).scalars()
+    for seq in list(seqs):
+        state = (
+            await session.execute(select(snapshots.c.state).where(snapshots.c.seq == seq))
+        ).scalar_one()
+        try:
+            host.restore(state)
+        except (snapshot.SnapshotError, TypeError) as exc:
+            log.error(
+                "engine snapshot at input %d does not load (%s); trying an older one", seq, exc
+            )
+            continue
+        return int(seq)
+    return 0
 
 
 async def start(svc: Service, default_plan: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from aiokafka.partitioner import murmur2
 
 from tokenmall import contracts
-from tokenmall.engine import Engine, Plan, PlanError, Refused
+from tokenmall.engine import Engine, Plan, PlanError, Refused, snapshot
 from tokenmall.engine.ledger import BatchPosting, Posting, ReleaseBatch
 from tokenmall.money import cents_to_decimal, to_cents, to_units, units_to_decimal
 
@@ -233,11 +233,16 @@ class EngineHost:
 
     # ------------------------------------------------------------ persistence
 
+    def capture(self) -> snapshot.Captured:
+        """The engine's state, copied (under the lock; sealed into bytes outside it)."""
+        return snapshot.capture(self.engine)
+
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.engine, protocol=pickle.HIGHEST_PROTOCOL)
+        return snapshot.dumps(self.engine)
 
     def restore(self, state: bytes) -> None:
-        engine = pickle.loads(state)
+        # pickle: written by a version before the snapshot format (in our own database)
+        engine = snapshot.loads(state) if snapshot.is_snapshot(state) else pickle.loads(state)
         if not isinstance(engine, Engine):
             raise TypeError("snapshot is not an engine")
         self.engine = engine
