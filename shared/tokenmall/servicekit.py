@@ -273,6 +273,34 @@ class ServiceMetrics:
             ["service"],
             registry=self.registry,
         )
+        # the fan-out of a settlement, as counters (dashboards take their rate())
+        self.members_released = Counter(
+            "tokenmall_members_released",
+            "Members a settlement released value to (dividends)",
+            ["service"],
+            registry=self.registry,
+        )
+        self.release_lines = Counter(
+            "tokenmall_release_lines_booked",
+            "Release lines (a member's releases of one day in one asset) booked (wallet)",
+            ["service"],
+            registry=self.registry,
+        )
+        self.settlement_phase = Histogram(
+            "tokenmall_settlement_phase_seconds",
+            "A settlement's phases: engine (the engine settles the day; dividends), publish "
+            "(its commit → every release message published; dividends), book (the "
+            "settlement → every release line booked; wallet)",
+            ["service", "phase"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "tokenmall_consumer_lag",
+            "Messages on the topic not yet consumed, per consumer group (Kafka only)",
+            ["service", "group"],
+            registry=self.registry,
+        )
         self.service = service
 
     def published_events(self, types: list[str]) -> None:
@@ -331,6 +359,9 @@ class Subscription:
     # the same effects for many messages at once, inside a batched run (BulkHandler);
     # None: the handler, one message at a time (each in a savepoint)
     bulk: BulkHandler | None = None
+    # after the commit of each message applied (never one rolled back, parked or seen
+    # twice): a service's own counters of what the events carried
+    on_applied: Callable[[Event], None] | None = None
 
 
 @dataclass
@@ -388,6 +419,8 @@ class Service:
         self._partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._recent_provisions: OrderedDict[str, int] = OrderedDict()
         self._forgotten_up_to = 0
+        # told the types of what the relay published (a service's own metrics)
+        self.on_published: Callable[[list[str]], None] | None = None
 
     @property
     def role(self) -> str:
@@ -504,6 +537,8 @@ class Service:
         """The relay published (and marked) outbox rows of these event types."""
         self.metrics.published_events(types)
         self.progress += len(types)
+        if self.on_published is not None:
+            self.on_published(types)
 
     def committed(self) -> None:
         """Call after a transaction that emitted events: the relay publishes at once."""
@@ -663,6 +698,8 @@ class Service:
             return await self._apply_run(sub, run[:done], bulk=bulk) if done else 0
         for event in state.applied:
             self._fault_point(sub.consumer)
+            if sub.on_applied is not None:
+                sub.on_applied(event)
             self.metrics.consumed.labels(self.name, event.type).inc()
             self.metrics.latency.labels(self.name, event.type).observe(
                 time.perf_counter() - started
@@ -919,6 +956,8 @@ class Service:
             emitted = bool(uow.events) or uow.committed
             await self._commit(uow)
         self._fault_point(sub.consumer)
+        if waiting_for is None and sub.on_applied is not None:
+            sub.on_applied(event)
         if emitted:
             self.committed()
         return uow.provided
@@ -1044,6 +1083,8 @@ class Service:
             return None
         self.metrics.unparked.labels(self.name, sub.consumer).inc()
         self.progress += 1
+        if sub.on_applied is not None:
+            sub.on_applied(event)
         if emitted:
             self.committed()
         return uow.provided
@@ -1225,18 +1266,39 @@ class LagProbe:
         return self._known
 
     async def lag(self) -> int:
+        return sum((await self.lag_by_group()).values())
+
+    async def lag_by_group(self) -> dict[str, int]:
         partitions = await self._partitions()
         everything = [tp for tps in partitions.values() for tp in tps]
         ends_call = self.ends.end_offsets(everything) if everything else asyncio.sleep(0, {})
         ends, *commits = await asyncio.gather(
             ends_call, *(self.admin.list_consumer_group_offsets(g) for g in self.groups)
         )
-        total = 0
-        for (_group, topic), committed in zip(self.groups.items(), commits, strict=True):
+        lags: dict[str, int] = {}
+        for (group, topic), committed in zip(self.groups.items(), commits, strict=True):
+            lags[group] = 0
             for tp in partitions.get(topic, []):
                 done = committed[tp].offset if tp in committed else 0
-                total += max(0, ends[tp] - max(done, 0))
-        return total
+                lags[group] += max(0, ends[tp] - max(done, 0))
+        return lags
+
+
+LAG_WATCH_SECONDS = 10.0
+
+
+async def watch_lag(service: Service, probe: LagProbe) -> None:
+    """The consumer-lag gauge, per group, every LAG_WATCH_SECONDS."""
+    gauge = service.metrics.consumer_lag
+    while True:
+        try:
+            for group, lag in (await probe.lag_by_group()).items():
+                gauge.labels(service.name, group).set(lag)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker is away: the gauge keeps its last values
+            log.info("%s: consumer lag unknown: %r", service.name, exc)
+        await asyncio.sleep(LAG_WATCH_SECONDS)
 
 
 class PrefixedPublisher:
@@ -1386,15 +1448,19 @@ def create_app(
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
         sweeper = asyncio.create_task(service.sweep_parked_forever(), name=f"{service.name}-parked")
         probe = None
+        watching: asyncio.Task[None] | None = None
         if real_kafka and subscriptions:
             groups = {f"{prefix}tokenmall-{s.consumer}": prefix + s.topic for s in subscriptions}
             probe = LagProbe(settings.kafka_bootstrap, groups)
             await probe.start()
             service.state["lag_probe"] = probe
+            watching = asyncio.create_task(
+                watch_lag(service, probe), name=f"{service.name}-consumer-lag"
+            )
         try:
             yield
         finally:
-            for task in (relay_task, sweeper, leading):
+            for task in (relay_task, sweeper, leading, watching):
                 if task is None:
                     continue
                 task.cancel()

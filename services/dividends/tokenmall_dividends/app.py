@@ -22,7 +22,7 @@ from tokenmall.servicekit import (
 )
 from tokenmall_dividends.adapters import tables
 from tokenmall_dividends.entrypoints import input_log, plans, settlements, state
-from tokenmall_dividends.service_layer import closing, handlers, snapshots
+from tokenmall_dividends.service_layer import closing, handlers, phases, snapshots
 from tokenmall_dividends.service_layer.host import EngineHost
 
 DEFAULT_PORT = 8103
@@ -68,6 +68,7 @@ def build_app(
     host = svc.state["host"] = EngineHost(max_message_bytes=settings.max_message_bytes)
     svc.state["day_metrics"] = closing.DayMetrics(svc)
     svc.state["snapshots"] = snapshots.SnapshotWriter(svc)
+    svc.state["phases"] = phases.SettlementPhases(svc)
     closer = svc.state["closer"] = closing.DayCloser(svc)
     svc.park_day = lambda event: closing.park_day(svc, event)
     svc.exclusive = host.lock  # consumers take the engine's lock before any database write

@@ -25,6 +25,7 @@ from tokenmall.servicekit import (
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.entrypoints import balances, holds, requests
 from tokenmall_wallet.service_layer import handlers
+from tokenmall_wallet.service_layer.fanout import ReleaseFanout
 from tokenmall_wallet.service_layer.handlers import WalletError
 
 DEFAULT_PORT = 8102
@@ -61,10 +62,11 @@ def build_app(
             elapsed = max(time.perf_counter() - started, 1e-9)
             svc.metrics.fanout.labels(svc.name).set(len(event.members) / elapsed)
 
+    fanout = ReleaseFanout(svc)
     subscriptions = [
         Subscription(MEMBERS, handlers.on_members, "wallet-members"),
         # InputApplied, ReleaseComputed (batches keyed onto their partition), DaySettled
-        Subscription(DIVIDENDS, on_dividends, "wallet-dividends"),
+        Subscription(DIVIDENDS, on_dividends, "wallet-dividends", on_applied=fanout.applied),
     ]
     app = create_app(
         svc,

@@ -28,6 +28,7 @@ from tokenmall.servicekit import Rejected, Service
 from tokenmall_dividends.adapters.tables import day_closings, inputs, settlements, snapshots
 from tokenmall_dividends.service_layer import closing
 from tokenmall_dividends.service_layer.host import EngineHost
+from tokenmall_dividends.service_layer.phases import SETTLEMENT_MESSAGES, phases_of
 from tokenmall_dividends.service_layer.snapshots import writer_of as snapshot_writer
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,10 @@ async def _record(
     refused_plan = not accepted and kind in ("plan", "initial_plan")
     if kind == "settle":
         if settled_now:
-            uow.emit_many(
-                contracts.DIVIDENDS,
-                host.settlement_events(
-                    result.day, result, plan_changed=host.engine.plan is not plan_before
-                ),
+            settlement_events = host.settlement_events(
+                result.day, result, plan_changed=host.engine.plan is not plan_before
             )
+            uow.emit_many(contracts.DIVIDENDS, settlement_events)
         else:
             host.engine.take_outputs()
     elif kind == "initial_plan" and accepted:
@@ -215,6 +214,8 @@ async def _record(
         svc.committed()
         if settled_now:
             snapshot_writer(svc).submit(*captured)
+            messages = sum(e.type in SETTLEMENT_MESSAGES for e in settlement_events)
+            phases_of(svc).settled(result.members_released, seconds, messages)
     return Outcome(accepted, reason, result, seconds)
 
 
