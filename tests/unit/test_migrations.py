@@ -377,7 +377,7 @@ def test_0004_gives_rows_parked_before_it_the_day_their_body_carries(
                 parked | {"event_id": f"e{i}", "body": body},
             )
     engine.dispose()
-    assert migrations.upgrade(service, url).applied == ["0004"]
+    assert migrations.upgrade(service, url).applied[0] == "0004"  # and any later ones
     engine = create_engine(url)
     with engine.connect() as conn:
         days = conn.execute(text("SELECT event_id, day FROM parked ORDER BY id")).all()

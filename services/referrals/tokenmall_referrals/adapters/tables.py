@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from tokenmall import messaging
@@ -44,6 +45,10 @@ members = Table(
     Column("depth", Integer, nullable=False),  # 0 for a member without a sponsor
     Column("spend_cents", BigInteger, nullable=False, default=0),  # net of refunds
     Column("registered_at", DateTime(timezone=True), nullable=False),
+    # team performance (RULES §1): the spend of everyone below, at any depth, excluding the
+    # member; kept current by the order handlers, so that reading one member reads one
+    # row.  Last, with a server default, as revision 0005 added it to existing rows.
+    Column("team_cents", BigInteger, nullable=False, default=0, server_default=text("0")),
 )
 Index("members_sponsor", members.c.sponsor, members.c.seq)
 

@@ -9,14 +9,15 @@ claim.  They raise :class:`Rejected`
 before writing anything: the transaction rolls back and the message is
 dead-lettered with the reason.
 
-The read views compute team performance and star levels set-based, over NumPy
-arrays of all members (``tokenmall.engine.settlement``), never by walking the tree
-member by member.
+Team performance is kept on each member's row (``members.team_cents``): whatever
+moves a member's spend moves the team performance of everyone above by the same
+amount, in one statement (a recursive CTE up the sponsor chain).  A read therefore
+reads the rows it shows — never the whole forest — and computes their star levels
+with the engine's own ``star_levels``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -25,13 +26,24 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Subquery,
+    Table,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import contracts
 from tokenmall.engine.plan import MAX_CASH_CENTS, Plan
-from tokenmall.engine.settlement import I64, star_levels, team_performance
+from tokenmall.engine.settlement import star_levels
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, to_cents
 from tokenmall.servicekit import Rejected
@@ -132,8 +144,7 @@ async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
         .returning(members.c.seq)
     )
     seq = int(inserted.scalar_one())
-    plan = await current_plan(session)
-    star = int(star_levels(np.zeros(1, dtype=np.int64), plan.team if plan else None)[0])
+    [star] = await _stars(session, [0])  # nobody below a new member yet
     uow.emit(
         contracts.MEMBERS,
         contracts.MemberRegistered(
@@ -313,11 +324,7 @@ async def order_refused(order_id: str, uow: UnitOfWork) -> None:
     await session.execute(
         update(member_orders).where(member_orders.c.order_id == order_id).values(refunded=True)
     )
-    await session.execute(
-        update(members)
-        .where(members.c.member == order.member)
-        .values(spend_cents=members.c.spend_cents - order.amount_cents)
-    )
+    await _move_spend(session, order.member, -int(order.amount_cents))
 
 
 async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
@@ -339,11 +346,7 @@ async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
     if not recorded:
         log.info("order '%s' already counted; ignoring %s", event.order_id, event.event_id)
         return
-    await session.execute(
-        update(members)
-        .where(members.c.member == event.member)
-        .values(spend_cents=members.c.spend_cents + amount)
-    )
+    await _move_spend(session, event.member, amount)
 
 
 async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> None:
@@ -371,10 +374,52 @@ async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> Non
     )
     if not marked.rowcount:  # type: ignore[attr-defined]
         return  # refunded concurrently
+    await _move_spend(session, order.member, -int(order.amount_cents))
+
+
+async def _move_spend(session: AsyncSession, member: str, delta: int) -> None:
+    """``delta`` cents on the member's spend, and on the team performance of everyone
+    above them."""
     await session.execute(
         update(members)
-        .where(members.c.member == order.member)
-        .values(spend_cents=members.c.spend_cents - order.amount_cents)
+        .where(members.c.member == member)
+        .values(spend_cents=members.c.spend_cents + delta)
+    )
+    moved = select(
+        literal(member, String).label("member"), literal(delta, BigInteger).label("delta")
+    ).subquery("moved")
+    await _add_to_uplines(session, moved)
+
+
+async def _add_to_uplines(session: AsyncSession, moved: Subquery) -> None:
+    """Add each ``moved`` row's ``delta`` to the team performance (``team_cents``) of
+    every member above its ``member``, up to the root — in one statement, whatever the
+    depth or the number of rows: a recursive CTE carries each delta up the sponsor chain
+    (one primary-key lookup per step), the deltas reaching the same member are summed,
+    and one UPDATE … FROM adds the sums (SQLite ≥ 3.33 and PostgreSQL alike)."""
+    below = members.alias("below")
+    upline = (
+        select(below.c.sponsor.label("member"), moved.c.delta.label("delta"))
+        .join_from(moved, below, below.c.member == moved.c.member)
+        .where(below.c.sponsor.is_not(None))
+        .cte("upline", recursive=True)
+    )
+    above = members.alias("above")
+    upline = upline.union_all(
+        select(above.c.sponsor, upline.c.delta).where(
+            above.c.member == upline.c.member, above.c.sponsor.is_not(None)
+        )
+    )
+    # PostgreSQL's sum of BIGINT is NUMERIC: back to exact integer cents
+    totals = (
+        select(upline.c.member, cast(func.sum(upline.c.delta), BigInteger).label("delta"))
+        .group_by(upline.c.member)
+        .cte("upline_totals")
+    )
+    await session.execute(
+        update(members)
+        .where(members.c.member == totals.c.member)
+        .values(team_cents=members.c.team_cents + totals.c.delta)
     )
 
 
@@ -418,15 +463,14 @@ async def get_member(uow: UnitOfWork, member: str) -> MemberDetail:
         .scalars()
         .all()
     )
-    seqs, performance, stars = await team_stats(session)
-    i = int(np.searchsorted(seqs, row.seq))
+    [star] = await _stars(session, [int(row.team_cents)])
     return MemberDetail(
         row.member,
         row.sponsor,
         bool(row.merchant),
         int(row.spend_cents),
-        int(performance[i]),
-        int(stars[i]),
+        int(row.team_cents),
+        star,
         int(row.seq),
         list(referrals),
     )
@@ -443,57 +487,36 @@ async def list_members(uow: UnitOfWork, offset: int, limit: int) -> tuple[list[M
                 members.c.sponsor,
                 members.c.merchant,
                 members.c.spend_cents,
+                members.c.team_cents,
             )
             .order_by(members.c.seq)
             .offset(offset)
             .limit(limit)
         )
     ).all()
-    # after the page: members are never removed, so every paged member is in the arrays
-    seqs, performance, stars = await team_stats(session)
-    at = np.searchsorted(seqs, np.asarray([r.seq for r in page], dtype=np.int64))
+    total = (await session.execute(select(func.count()).select_from(members))).scalar_one()
+    stars = await _stars(session, [int(r.team_cents) for r in page])
     out = [
         MemberSummary(
-            r.member, r.sponsor, bool(r.merchant), int(r.spend_cents), int(p), int(s), int(r.seq)
+            r.member,
+            r.sponsor,
+            bool(r.merchant),
+            int(r.spend_cents),
+            int(r.team_cents),
+            star,
+            int(r.seq),
         )
-        for r, p, s in zip(page, performance[at].tolist(), stars[at].tolist(), strict=True)
+        for r, star in zip(page, stars, strict=True)
     ]
-    return out, int(seqs.size)
+    return out, int(total)
 
 
-async def team_stats(session: AsyncSession) -> tuple[I64, I64, I64]:
-    """(seq, team performance in cents, star) of every member, in registration order."""
-    seqs, parent, depth, spend = await tree_arrays(session)
-    performance = team_performance(parent, depth, spend)
+async def _stars(session: AsyncSession, team_cents: list[int]) -> list[int]:
+    """The star levels under the plan in force of members with these team performances
+    (a member's star depends on their own team performance alone)."""
     plan = await current_plan(session)
-    stars = star_levels(performance, plan.team if plan else None)
-    return seqs, performance, stars
-
-
-async def tree_arrays(session: AsyncSession) -> tuple[I64, I64, I64, I64]:
-    """The whole forest as arrays: seq, parent index (-1: none), depth, spend cents."""
-    sponsor = members.alias("sponsor_row")
-    rows = (
-        await session.execute(
-            select(
-                members.c.seq,
-                func.coalesce(sponsor.c.seq, -1),
-                members.c.depth,
-                members.c.spend_cents,
-            )
-            .select_from(members.outerjoin(sponsor, sponsor.c.member == members.c.sponsor))
-            .order_by(members.c.seq)
-        )
-    ).all()
-    data = np.fromiter(
-        itertools.chain.from_iterable(rows), dtype=np.int64, count=4 * len(rows)
-    ).reshape(-1, 4)
-    seqs = np.ascontiguousarray(data[:, 0])
-    sponsor_seq = data[:, 1]
-    parent = np.full(seqs.size, -1, dtype=np.int64)
-    has = sponsor_seq >= 0
-    parent[has] = np.searchsorted(seqs, sponsor_seq[has])
-    return (seqs, parent, np.ascontiguousarray(data[:, 2]), np.ascontiguousarray(data[:, 3]))
+    performance = np.asarray(team_cents, dtype=np.int64)
+    return [int(star) for star in star_levels(performance, plan.team if plan else None)]
 
 
 async def current_plan(session: AsyncSession) -> Plan | None:
@@ -520,6 +543,7 @@ async def _member_row(session: AsyncSession, member: str) -> Any:
                 members.c.merchant,
                 members.c.seq,
                 members.c.spend_cents,
+                members.c.team_cents,
             ).where(members.c.member == member)
         )
     ).one_or_none()
