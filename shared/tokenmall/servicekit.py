@@ -322,6 +322,38 @@ Handler = Callable[[Event, UnitOfWork], Awaitable[None]]
 # too).
 BulkHandler = Callable[[list[Event], UnitOfWork], Awaitable[list[Missing | None]]]
 
+# what one event makes, for row_per_event: (its row or None, the dependency it provides
+# or None); None instead: the event needs its handler alone (it refuses it, say)
+RowOf = Callable[[Event], tuple[dict[str, Any] | None, str | None] | None]
+
+
+def row_per_event(
+    row_of: RowOf, write: Callable[[UnitOfWork, list[dict[str, Any]]], Awaitable[None]]
+) -> BulkHandler:
+    """A bulk handler for events whose whole effect is one row each (e.g. a read model of
+    members): the rows of the events taken, written by one ``write`` call."""
+
+    async def bulk(events: list[Event], uow: UnitOfWork) -> list[Missing | None]:
+        rows: list[dict[str, Any]] = []
+        taken = 0
+        for event in events:
+            made = row_of(event)
+            if made is None:
+                break
+            row, provides = made
+            if row is not None:
+                rows.append(row)
+            taken += 1
+            if provides is not None:
+                uow.provide(provides)
+                if uow.wanted_provided:
+                    break  # a message parked in the run waits for this one: it goes next
+        if rows:
+            await write(uow, rows)
+        return [None] * taken
+
+    return bulk
+
 
 def _failure(exc: BaseException, attempt: int) -> str:
     return f"handler failed after {attempt} attempt(s): {type(exc).__name__}: {exc}"
@@ -419,6 +451,7 @@ class Service:
         self._partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._recent_provisions: OrderedDict[str, int] = OrderedDict()
         self._forgotten_up_to = 0
+        self._swept_since_active = False  # see unpark
         # told the types of what the relay published (a service's own metrics)
         self.on_published: Callable[[list[str]], None] | None = None
 
@@ -997,10 +1030,18 @@ class Service:
     async def unpark(
         self, dependencies: set[str], groups: list[tuple[str, str]] | None = None
     ) -> None:
-        """Apply the events parked on ``dependencies`` (and those due for a retry, and every
-        event of ``groups``: (consumer, key)), with everything their effects provide in
-        turn; per key in arrival order."""
+        """Apply the events parked on ``dependencies`` (and every event of ``groups``:
+        (consumer, key)), with everything their effects provide in turn; per key in
+        arrival order.  Without dependencies (the sweeper): those due for a retry.  Only
+        then: after a commit, retrying every due event would cost each commit a
+        transaction per parked event, while a dependency this process provides wakes
+        its waiters at once (one another process provided: the next sweep)."""
         pending = set(dependencies)
+        due = not dependencies
+        # a single writer provides every dependency itself (and wakes the waiters then):
+        # its sweeps retry only failed handlers — but the first after it became active
+        # all that is due (what a process before it provided and died before waking)
+        failed_only = self.singleton and self._swept_since_active
         async with self._unparking:  # one pass at a time in this process
             provided: set[str] = set()
             after = 0  # a pass goes through the groups in pages of GROUPS_PER_PAGE
@@ -1009,7 +1050,12 @@ class Service:
                 if groups is None:
                     async with self.uow() as uow:
                         page = await self.parking.groups(
-                            uow.session, pending, limit=GROUPS_PER_PAGE, after=after
+                            uow.session,
+                            pending,
+                            limit=GROUPS_PER_PAGE,
+                            after=after,
+                            due=due,
+                            failed_only=failed_only,
                         )
                     groups = [(consumer, key) for consumer, key, _ in page]
                     more = len(page) == GROUPS_PER_PAGE
@@ -1022,6 +1068,7 @@ class Service:
                 if not provided:
                     return
                 pending, provided = provided, set()  # what the pass provided, in turn
+                due = False
 
     async def _unpark_group(self, consumer: str, key: str) -> set[str]:
         sub = self.subscriptions.get(consumer)
@@ -1110,6 +1157,7 @@ class Service:
                 continue  # a standby applies nothing
             try:
                 await self.unpark(set())
+                self._swept_since_active = True
             except asyncio.CancelledError:
                 raise
             except Exception:

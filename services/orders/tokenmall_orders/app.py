@@ -17,6 +17,7 @@ from tokenmall.servicekit import (
     ServiceSettings,
     Subscription,
     create_app,
+    row_per_event,
 )
 from tokenmall_orders.adapters import tables
 from tokenmall_orders.adapters.wallet import HttpWallet, Wallet
@@ -65,8 +66,18 @@ def build_app(
         await handlers.order_verdict(event, uow)
 
     subscriptions = [
-        Subscription(contracts.MEMBERS, handlers.member_registered, consumer=f"{NAME}-members"),
-        Subscription(contracts.DIVIDENDS, on_dividends, consumer=f"{NAME}-verdicts"),
+        Subscription(
+            contracts.MEMBERS,
+            handlers.member_registered,
+            consumer=f"{NAME}-members",
+            bulk=row_per_event(handlers.member_row, handlers.write_members),
+        ),
+        Subscription(
+            contracts.DIVIDENDS,
+            on_dividends,
+            consumer=f"{NAME}-verdicts",
+            bulk=handlers.order_verdicts,
+        ),
     ]
     app = create_app(
         svc,

@@ -21,6 +21,7 @@ from tokenmall.servicekit import (
     ServiceSettings,
     Subscription,
     create_app,
+    row_per_event,
 )
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.entrypoints import balances, holds, requests
@@ -64,7 +65,12 @@ def build_app(
 
     fanout = ReleaseFanout(svc)
     subscriptions = [
-        Subscription(MEMBERS, handlers.on_members, "wallet-members"),
+        Subscription(
+            MEMBERS,
+            handlers.on_members,
+            "wallet-members",
+            bulk=row_per_event(handlers.member_row, handlers.write_members),
+        ),
         # InputApplied, ReleaseComputed (batches keyed onto their partition), DaySettled
         Subscription(DIVIDENDS, on_dividends, "wallet-dividends", on_applied=fanout.applied),
     ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall.messaging.tables import MessagingTables
@@ -213,19 +213,27 @@ class ParkingLot:
         dependencies: Iterable[str],
         limit: int = 500,
         after: int = 0,
+        due: bool = True,
+        failed_only: bool = False,
     ) -> list[tuple[str, str, int]]:
         """(consumer, key, first id) of the groups with an event parked on one of
-        ``dependencies`` or due for a retry, oldest first; ``after``: the page after the
-        one whose last group's first id it is."""
+        ``dependencies`` or (``due``) due for a retry — ``failed_only``: only those whose
+        handler failed, not those waiting for a dependency — oldest first; ``after``: the
+        page after the one whose last group's first id it is."""
         t = self.table
         deps = sorted(set(dependencies))
-        condition = t.c.next_try_at <= _now()
-        if deps:
-            condition = or_(condition, t.c.waiting_for.in_(deps))
+        conditions: list[ColumnElement[bool]] = [t.c.waiting_for.in_(deps)] if deps else []
+        if due:
+            retry: ColumnElement[bool] = t.c.next_try_at <= _now()
+            if failed_only:
+                retry = and_(retry, t.c.last_error.is_not(None))
+            conditions.append(retry)
+        if not conditions:
+            return []
         first = func.min(t.c.id).label("first")
         rows = await session.execute(
             select(t.c.consumer, t.c.key, first)
-            .where(condition)
+            .where(or_(*conditions))
             .group_by(t.c.consumer, t.c.key)
             .having(first > after)
             .order_by(first)

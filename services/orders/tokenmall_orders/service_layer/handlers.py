@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from tokenmall import business_day, contracts
 from tokenmall.contracts import Event, InputApplied, MemberRegistered, OrderPaid, OrderRefunded
 from tokenmall.engine.plan import MAX_CASH_CENTS
-from tokenmall.messaging import UnitOfWork
+from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
 from tokenmall.registry import MemberRegistry, learn_member
 from tokenmall.servicekit import Rejected
@@ -659,6 +659,22 @@ async def member_registered(event: Event, uow: UnitOfWork) -> None:
     await _remember_member(uow, event.member)
 
 
+def member_row(event: Event) -> tuple[dict[str, Any] | None, str | None] | None:
+    """:func:`member_registered` as a row (Subscription.bulk, servicekit.row_per_event)."""
+    if not isinstance(event, MemberRegistered):
+        return None, None
+    if not event.member or len(event.member) > 200:
+        return None  # the handler refuses it
+    return {"member": event.member}, f"member:{event.member}"
+
+
+async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
+    for start in range(0, len(rows), IN_LIST_CHUNK):
+        await uow.session.execute(
+            _insert_ignoring_conflicts(uow, members, rows[start : start + IN_LIST_CHUNK])
+        )
+
+
 async def _remember_member(uow: UnitOfWork, member: str) -> None:
     dialect = uow.session.get_bind().dialect.name
     stmt: Any
@@ -690,6 +706,38 @@ async def order_verdict(event: Event, uow: UnitOfWork) -> None:
             **counted_in,
         )
     )
+
+
+async def order_verdicts(events: list[Event], uow: UnitOfWork) -> list[Missing | None]:
+    """:func:`order_verdict` for many verdicts at once (Subscription.bulk): the accepted
+    ones of one business day by one UPDATE, a refused one with its reason; any other
+    event (day closing) goes to the handler alone."""
+    decided: dict[str, InputApplied] = {}  # the first verdict of an order decides
+    taken = 0
+    for event in events:
+        if not isinstance(event, InputApplied):
+            break
+        taken += 1
+        kind, _, order_id = event.input_id.partition(":")
+        if kind == "order":
+            decided.setdefault(order_id, event)
+    now = _now()
+    accepted: dict[int | None, list[str]] = {}
+    for order_id, event in decided.items():
+        if event.accepted:
+            accepted.setdefault(event.day, []).append(order_id)
+        else:
+            await order_verdict(event, uow)
+    for day, ids in accepted.items():
+        counted_in = {} if day is None else {"day": day}
+        for start in range(0, len(ids), IN_LIST_CHUNK):
+            await uow.session.execute(
+                update(orders)
+                .where(orders.c.order_id.in_(ids[start : start + IN_LIST_CHUNK]))
+                .where(orders.c.status == PENDING)
+                .values(status=PAID, reason=None, decided_at=now, **counted_in)
+            )
+    return [None] * taken
 
 
 # --- queries --------------------------------------------------------------------------

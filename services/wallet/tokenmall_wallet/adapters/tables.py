@@ -146,6 +146,19 @@ async def add_member(session: AsyncSession, member: str, merchant: bool, seq: in
     await session.execute(stmt)
 
 
+MEMBER_ROWS_PER_INSERT = 300  # three parameters each, well under SQLite's limit
+
+
+async def add_members(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """:func:`add_member` for many (``member``, ``merchant``, ``seq``) rows: multi-row
+    inserts ignoring the members registered already."""
+    for start in range(0, len(rows), MEMBER_ROWS_PER_INSERT):
+        chunk = rows[start : start + MEMBER_ROWS_PER_INSERT]
+        await session.execute(
+            _dialect_insert(session, members).values(chunk).on_conflict_do_nothing()
+        )
+
+
 class AlreadyBooked(Exception):
     """A release line for that member, day and asset exists already."""
 

@@ -166,6 +166,18 @@ async def on_members(event: Event, uow: UnitOfWork) -> None:
         uow.provide(f"member:{event.member}")
 
 
+def member_row(event: Event) -> tuple[dict[str, Any] | None, str | None] | None:
+    """:func:`on_members` as a row (Subscription.bulk, servicekit.row_per_event)."""
+    if not isinstance(event, MemberRegistered):
+        return None, None
+    row = {"member": event.member, "merchant": event.merchant, "seq": event.seq}
+    return row, f"member:{event.member}"
+
+
+async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
+    await tables.add_members(uow.session, rows)
+
+
 async def on_dividends(event: Event, uow: UnitOfWork) -> None:
     """InputApplied, ReleaseComputed and DaySettled; other types are not the wallet's."""
     if isinstance(event, InputApplied):
