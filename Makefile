@@ -46,9 +46,10 @@ integration: $(STAMP) kafka
 
 ## Heavy runs, not part of the tests: 1M-member settlement, orders/s, and the default
 ## projection of each preset against its 60 s bound (each prints JSON).
-bench: $(STAMP)
+bench: $(STAMP) kafka
 	$(BIN)/tokenmall bench engine --json
 	$(BIN)/tokenmall bench project
+	$(BIN)/tokenmall bench platform --members 20000 --orders-single 2000 --orders-batch 20000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -445,6 +445,38 @@ def bench_project_command(
     sys.stdout.write(json.dumps(result, indent=2) + "\n")
 
 
+@bench_app.command("platform")
+def bench_platform_command(
+    members: Annotated[int, typer.Option(help="members imported (a forest to depth 50)")] = 20_000,
+    orders_single: Annotated[
+        int, typer.Option(help="orders created and paid one by one, 32 at a time")
+    ] = 2_000,
+    orders_batch: Annotated[int, typer.Option(help="orders through orders:batch")] = 20_000,
+    postgres: Annotated[
+        bool, typer.Option("--postgres/--sqlite", help="the platform to start when none runs")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+) -> None:
+    """A mall's traffic through the dev platform, end to end (JSON): import, orders one by
+    one and in batches, a settlement, CPU per process kind, the raw floors of Kafka and
+    PostgreSQL measured in the same run, and whether the result equals simulate.  Uses the
+    running dev platform (it must be fresh: `tokenmall dev reset`), or starts one and
+    stops it after."""
+    from tokenmall.platform_bench import bench_platform
+
+    result = bench_platform(
+        members,
+        orders_single,
+        orders_batch,
+        seed=seed,
+        postgres=postgres,
+        on_phase=lambda phase: err.print(f"[dim]bench:[/dim] {escape(phase)}"),
+    )
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    if not result["equal_to_simulate"] or result["error_count"]:
+        raise typer.Exit(1)
+
+
 @app.command("events")
 def events_command(
     as_json: Annotated[bool, typer.Option("--json", help="topics and event JSON Schemas")] = False,

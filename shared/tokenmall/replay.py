@@ -63,7 +63,7 @@ class Platform:
             raise PlatformError(f"{service} GET {path}: {response.status_code} {response.text}")
         return response.json()
 
-    async def wait_quiet(self) -> None:
+    async def wait_quiet(self, poll_seconds: float = 0.01) -> None:
         """Until every service reports nothing to publish and nothing to consume, twice in
         a row with nothing handled or published in between.
 
@@ -94,7 +94,8 @@ class Platform:
             if time.monotonic() > deadline:
                 raise PlatformError(f"the platform did not settle down: {states}")
             if not quiet:  # the second quiet round follows at once
-                await asyncio.sleep(0.01)
+                # (every /v1/sync asks the broker for the lag: a long wait polls slower)
+                await asyncio.sleep(poll_seconds)
 
     async def is_fresh(self) -> bool:
         state = await self.json("dividends", "/v1/state")
