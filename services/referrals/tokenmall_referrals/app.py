@@ -38,7 +38,12 @@ def build_app(
         tables=tables.messaging_tables,
     )
     subscriptions = [
-        Subscription(contracts.ORDERS, handlers.on_order_event, consumer="referrals-orders"),
+        Subscription(
+            contracts.ORDERS,
+            handlers.on_order_event,
+            consumer="referrals-orders",
+            bulk=handlers.orders_paid,
+        ),
         Subscription(contracts.DIVIDENDS, handlers.on_dividends_event, consumer="referrals-plans"),
     ]
     return create_app(

@@ -72,7 +72,13 @@ def build_app(
             bulk=row_per_event(handlers.member_row, handlers.write_members),
         ),
         # InputApplied, ReleaseComputed (batches keyed onto their partition), DaySettled
-        Subscription(DIVIDENDS, on_dividends, "wallet-dividends", on_applied=fanout.applied),
+        Subscription(
+            DIVIDENDS,
+            on_dividends,
+            "wallet-dividends",
+            bulk=handlers.orders_decided,
+            on_applied=fanout.applied,
+        ),
     ]
     app = create_app(
         svc,

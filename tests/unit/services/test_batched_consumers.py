@@ -139,6 +139,7 @@ def test_a_failing_handler_mid_poll_rolls_back_only_its_own_effect(tmp_path: Pat
         await register(client, "a")
         sub = app.state.svc.subscriptions[CONSUMER]
         original = sub.handler
+        sub.bulk = None  # the handler below, on every message
 
         async def explodes_after_writing(event: contracts.Event, uow: Any) -> None:
             await original(event, uow)
@@ -185,6 +186,7 @@ def test_a_handler_that_commits_by_itself_is_refused_in_a_poll(tmp_path: Path) -
         await register(client, "a")
         sub = app.state.svc.subscriptions[CONSUMER]
         original = sub.handler
+        sub.bulk = None  # the handler below, on every message
 
         async def commits(event: contracts.Event, uow: Any) -> None:
             await original(event, uow)

@@ -121,3 +121,60 @@ def test_a_poll_of_verdicts_is_one_update_per_day_and_each_refusal_its_own(
         assert Decimal((await client.get("/v1/sales")).json()["paid"]) == paid
 
     test_orders.run(tmp_path, scenario)
+
+
+def test_the_wallet_books_a_poll_of_order_verdicts_like_one_by_one(tmp_path: Path) -> None:
+    """Postings of many orders' verdicts in one journal insert and summed deltas, their
+    stable holds captured or released — the same books as one message at a time."""
+
+    def verdicts() -> list[Any]:
+        out: list[Any] = []
+        for i in range(60):
+            accepted = i % 7 != 0
+            postings = (
+                [test_wallet.line("stable", "m:A", "sales", "1.00", "order_stable")]
+                if accepted
+                else []
+            )
+            out.append(
+                InputApplied(
+                    input_id=f"order:h{i}", member="A", accepted=accepted, postings=postings
+                )
+            )
+        out.insert(20, out[3])  # redelivered: booked once
+        return out
+
+    async def books(bulk: bool) -> tuple[Any, ...]:
+        app, _ = test_wallet.make_app(tmp_path / ("bulk" if bulk else "alone"))
+        async with running(app) as client:
+            if not bulk:
+                app.state.svc.subscriptions["wallet-dividends"].bulk = None
+            await test_wallet.register(app, "A")
+            await test_wallet.fund(app, "A", "stable", "100")
+            for i in range(60):
+                hold = {"hold_id": f"h{i}", "member": "A", "asset": "stable", "amount": "1"}
+                assert (await client.post("/v1/holds", json=hold)).status_code == 201
+            await app.state.svc.broker.deliver_batch(contracts.DIVIDENDS, verdicts())
+            balances = await test_wallet.member(client, "A")
+            async with app.state.svc.sessions() as session:
+                holds = sorted(
+                    (
+                        await session.execute(
+                            select(wallet_tables.holds.c.hold_id, wallet_tables.holds.c.status)
+                        )
+                    ).all()
+                )
+            journal = await count(app, wallet_tables.journal)
+            return balances, holds, journal, await test_wallet.sums_by_asset(app)
+
+    async def go() -> None:
+        alone, bulk = await books(False), await books(True)
+        assert bulk == alone
+        balances, holds, journal, sums = bulk
+        accepted = sum(1 for i in range(60) if i % 7 != 0)
+        assert journal == 1 + accepted  # the funding, then one posting per accepted order
+        assert balances["stable"] == f"{100 - accepted}.00"
+        assert dict(holds)["h0"] == "released" and dict(holds)["h1"] == "captured"
+        assert all(v == 0 for v in sums.values())
+
+    asyncio.run(go())

@@ -36,6 +36,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -347,6 +348,102 @@ async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
         log.info("order '%s' already counted; ignoring %s", event.order_id, event.event_id)
         return
     await _move_spend(session, event.member, amount)
+
+
+IN_LIST_CHUNK = 400  # ids per IN (...) list, rows per multi-row statement
+
+
+async def orders_paid(events: list[contracts.Event], uow: UnitOfWork) -> list[Missing | None]:
+    """:func:`order_paid` for the paid orders of a poll at once (Subscription.bulk): one
+    lookup of their members, one insert of the new orders, one spend update per member
+    and one statement moving every upline; a refund or a malformed order goes to the
+    handler alone."""
+    session = uow.session
+    paid: list[tuple[contracts.OrderPaid, int]] = []
+    for event in events:
+        if not isinstance(event, contracts.OrderPaid):
+            break
+        try:
+            paid.append((event, _order_cents(event)))
+        except Rejected:
+            break
+    if not paid:
+        return []
+    known = await _known_members(session, {event.member for event, _ in paid})
+    outcomes: list[Missing | None] = []
+    rows: dict[str, dict[str, Any]] = {}  # the first event of an order id counts
+    for event, amount in paid:
+        if event.member not in known:
+            outcomes.append(Missing(f"member:{event.member}", f"unknown member '{event.member}'"))
+            uow.wanted.add(f"member:{event.member}")  # parked in the run
+            continue
+        outcomes.append(None)
+        rows.setdefault(
+            event.order_id,
+            {
+                "order_id": event.order_id,
+                "member": event.member,
+                "amount_cents": amount,
+                "refunded": False,
+            },
+        )
+        uow.provide(f"order:{event.order_id}")
+        if uow.wanted_provided:
+            break  # a message parked in the run waits for this one: it goes next
+    recorded = await _insert_ignoring(session, member_orders, list(rows.values()))
+    deltas: dict[str, int] = {}
+    for order_id in recorded:
+        row = rows[order_id]
+        deltas[row["member"]] = deltas.get(row["member"], 0) + int(row["amount_cents"])
+    await _move_spends(session, deltas)
+    return outcomes
+
+
+async def _known_members(session: AsyncSession, wanted: set[str]) -> set[str]:
+    names, known = sorted(wanted), set[str]()
+    for start in range(0, len(names), IN_LIST_CHUNK):
+        chunk = names[start : start + IN_LIST_CHUNK]
+        found = await session.execute(select(members.c.member).where(members.c.member.in_(chunk)))
+        known.update(found.scalars())
+    return known
+
+
+async def _insert_ignoring(
+    session: AsyncSession, table: Table, rows: list[dict[str, Any]]
+) -> list[str]:
+    """Multi-row INSERT … ON CONFLICT DO NOTHING; the order ids inserted."""
+    dialect = session.get_bind().dialect.name
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    inserted: list[str] = []
+    for start in range(0, len(rows), IN_LIST_CHUNK):
+        stmt = (
+            insert_(table)
+            .values(rows[start : start + IN_LIST_CHUNK])
+            .on_conflict_do_nothing()
+            .returning(table.c.order_id)
+        )
+        inserted.extend((await session.execute(stmt)).scalars())
+    return inserted
+
+
+async def _move_spends(session: AsyncSession, deltas: dict[str, int]) -> None:
+    """:func:`_move_spend` for many members: their spends, then every upline at once."""
+    items = sorted(deltas.items())
+    for member, delta in items:
+        await session.execute(
+            update(members)
+            .where(members.c.member == member)
+            .values(spend_cents=members.c.spend_cents + delta)
+        )
+    for start in range(0, len(items), IN_LIST_CHUNK):
+        chunk = items[start : start + IN_LIST_CHUNK]
+        moved = union_all(
+            *(
+                select(literal(m, String).label("member"), literal(d, BigInteger).label("delta"))
+                for m, d in chunk
+            )
+        ).subquery("moved")
+        await _add_to_uplines(session, moved)
 
 
 async def order_refunded(event: contracts.OrderRefunded, uow: UnitOfWork) -> None:

@@ -42,7 +42,7 @@ from tokenmall.contracts import (
     WalletRequest,
     to_json,
 )
-from tokenmall.messaging import UnitOfWork
+from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import (
     AmountError,
     cents_to_decimal,
@@ -222,6 +222,47 @@ async def input_applied(event: InputApplied, uow: UnitOfWork) -> None:
         )
         # accepted: the postings already moved the value; refused: nothing moves
         await _set_hold(session, ident, "released")
+
+
+HOLD_IDS_PER_UPDATE = 500
+
+
+async def orders_decided(events: list[Event], uow: UnitOfWork) -> list[Missing | None]:
+    """:func:`input_applied` for the engine's verdicts on a poll's orders at once
+    (Subscription.bulk): one journal insert, the balance deltas summed, one hold update
+    per outcome; any other event (a request's verdict, a release batch, a day event)
+    goes to the handler alone."""
+    deltas: defaultdict[tuple[str, str], int] = defaultdict(int)
+    rows: list[dict[str, Any]] = []
+    holds_to: dict[str, list[str]] = {"captured": [], "released": []}
+    taken = 0
+    for event in events:
+        if not isinstance(event, InputApplied) or not event.input_id.startswith("order:"):
+            break
+        own: defaultdict[tuple[str, str], int] = defaultdict(int)
+        try:
+            rows.extend(_posting_rows(event.postings, event.event_id, event.input_id, own))
+        except Rejected:
+            break  # its handler refuses it
+        for key, delta in own.items():
+            deltas[key] += delta
+        order_id = event.input_id.partition(":")[2]
+        holds_to["captured" if event.accepted else "released"].append(order_id)
+        taken += 1
+    session = uow.session
+    await tables.insert_journal(session, rows)
+    await tables.apply_deltas(session, deltas)
+    for status, ids in holds_to.items():
+        for start in range(0, len(ids), HOLD_IDS_PER_UPDATE):
+            await session.execute(
+                update(holds)
+                .where(
+                    holds.c.hold_id.in_(ids[start : start + HOLD_IDS_PER_UPDATE]),
+                    holds.c.status == "held",
+                )
+                .values(status=status)
+            )
+    return [None] * taken
 
 
 async def _set_hold(session: AsyncSession, hold_id: str, status: str) -> None:
