@@ -456,6 +456,9 @@ def bench_platform_command(
         bool, typer.Option("--postgres/--sqlite", help="the platform to start when none runs")
     ] = True,
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    preset: Annotated[
+        str, typer.Option(help="the plan preset activated first (points, cycle, equity)")
+    ] = "points",
 ) -> None:
     """A mall's traffic through the dev platform, end to end (JSON): import, orders one by
     one and in batches, a settlement, CPU per process kind, the raw floors of Kafka and
@@ -470,6 +473,7 @@ def bench_platform_command(
         orders_batch,
         seed=seed,
         postgres=postgres,
+        preset=preset,
         on_phase=lambda phase: err.print(f"[dim]bench:[/dim] {escape(phase)}"),
     )
     sys.stdout.write(json.dumps(result, indent=2) + "\n")

@@ -21,7 +21,8 @@ SCHEMA_VERSION = 1
 
 # topic -> what flows on it (the README's catalogue is generated from this)
 TOPICS: dict[str, str] = {
-    "tokenmall.members": "referrals → all: members registered (key: member)",
+    "tokenmall.members": "referrals → all: members registered one by one (key: member) and "
+    "in batches (key: registrations, so batches keep their order)",
     "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member); "
     "day markers (one per partition)",
     "tokenmall.wallet-requests": "wallet → dividends: trades, adjustments (key: member); "
@@ -67,6 +68,60 @@ class MemberRegistered(Event):
     # registration order as referrals assigned it (ascending, gaps allowed): consumers
     # order members by it, never by when the event happened to arrive
     seq: int = Field(ge=1, le=2**62)
+
+
+class Registration(BaseModel):
+    """One member of a :class:`MembersRegistered` batch (the fields of MemberRegistered)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    member: str = Field(min_length=1, max_length=200)
+    sponsor: str | None = Field(None, min_length=1, max_length=200)
+    merchant: bool = False
+    seq: int = Field(ge=1, le=2**62)
+
+
+REGISTRATIONS_KEY = "registrations"
+
+
+class MembersRegistered(Event):
+    """Many registrations of one ``POST /v1/members:batch``, in registration order: each
+    member's sponsor registered earlier in the same event, in an earlier event or one by
+    one.  Every batch has the same key, so batches reach consumers in the order referrals
+    registered them (a member only ever registers once, so no per-member order is at
+    stake); a consumer applies it as the ``MemberRegistered`` of each member in turn."""
+
+    type: Literal["MembersRegistered"] = "MembersRegistered"
+    members: list[Registration] = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        return REGISTRATIONS_KEY
+
+
+# what one MembersRegistered may hold: members, and bytes of their JSON (under the broker's
+# 1 MB message.max.bytes with room for the envelope)
+REGISTRATION_BATCH_MEMBERS = 2000
+REGISTRATION_BATCH_BYTES = 512_000
+
+
+def registration_batches(registrations: list[Registration]) -> list[MembersRegistered]:
+    """``registrations`` (in order) as consecutive MembersRegistered of bounded size."""
+    batches: list[MembersRegistered] = []
+    chunk: list[Registration] = []
+    size = 0
+    for registration in registrations:
+        # the JSON of one entry: its ids, the keys and punctuation, the flag and the seq
+        entry = len(registration.member) + len(registration.sponsor or "") + 80
+        full = len(chunk) >= REGISTRATION_BATCH_MEMBERS or size + entry > REGISTRATION_BATCH_BYTES
+        if chunk and full:
+            batches.append(MembersRegistered(members=chunk))
+            chunk, size = [], 0
+        chunk.append(registration)
+        size += entry
+    if chunk:
+        batches.append(MembersRegistered(members=chunk))
+    return batches
 
 
 class OrderPaid(Event):
@@ -215,6 +270,7 @@ class PlanActivated(Event):
 
 AnyEvent = Annotated[
     MemberRegistered
+    | MembersRegistered
     | OrderPaid
     | OrderRefunded
     | WalletRequest
@@ -263,6 +319,7 @@ def _problems(exc: ValidationError) -> str:
 
 EVENT_TYPES: tuple[type[Event], ...] = (
     MemberRegistered,
+    MembersRegistered,
     OrderPaid,
     OrderRefunded,
     WalletRequest,

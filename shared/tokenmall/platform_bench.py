@@ -62,12 +62,13 @@ def order_amounts(count: int, seed: int) -> list[str]:
 
 @dataclass
 class ProcessKinds:
-    services: list[int]
+    services: dict[str, list[int]]  # service name → its processes
     kafka: list[int]
     postgres: list[int]
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds used so far by each kind (PostgreSQL: the server and its backends)."""
+        """CPU seconds used so far by each kind (PostgreSQL: the server and its backends),
+        and by each service (``service:<name>``) to show where the services' share goes."""
         import psutil
 
         def seconds(pids: list[int], children: bool) -> float:
@@ -83,17 +84,25 @@ class ProcessKinds:
                     continue
             return total
 
+        by_service = {
+            f"service:{name}": seconds(pids, children=False)
+            for name, pids in sorted(self.services.items())
+        }
         return {
-            "services": seconds(self.services, children=False),
+            "services": sum(by_service.values()),
             "kafka": seconds(self.kafka, children=False),
             "postgres": seconds(self.postgres, children=True),
+            **by_service,
         }
 
 
 def process_kinds(state: dict[str, Any]) -> ProcessKinds:
     import psutil
 
-    services = [int(p["pid"]) for _, _, p in devenv.processes(state) if p.get("pid")]
+    services: dict[str, list[int]] = {}
+    for name, _, process in devenv.processes(state):
+        if process.get("pid"):
+            services.setdefault(name, []).append(int(process["pid"]))
     kafka_dir = (state.get("kafka") or {}).get("dir")
     kafka = [
         p.pid
@@ -281,6 +290,7 @@ async def run_bench(
     seed: int,
     workdir: Path,
     state: dict[str, Any],
+    preset: str | None = "points",
     on_phase: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     urls = devenv.service_urls(state)
@@ -291,6 +301,15 @@ async def run_bench(
         await platform.wait_quiet()
         if not await platform.is_fresh():
             raise RuntimeError("the platform is not fresh: run `tokenmall dev reset` first")
+        if preset:  # the base plan releases nothing: a settlement would fan out to no one
+            answer = await platform.call(
+                "dividends",
+                "POST",
+                "/v1/plan",
+                json={"plan": {"preset": preset}, "activate_now": True},
+            )
+            if answer.status_code != 202:
+                raise RuntimeError(f"plan {preset!r}: {answer.status_code} {answer.text[:200]}")
         people = population(members, seed)
         path = workdir / "members.csv"
         with path.open("w", newline="") as handle:
@@ -361,6 +380,7 @@ async def run_bench(
 
     result: dict[str, Any] = {
         "members": members,
+        "plan_preset": preset,
         "database": "postgres" if state.get("run", {}).get("postgres") else "sqlite",
         "import_members_per_second": round(members / import_seconds, 1),
         "orders_single": single,
@@ -394,6 +414,7 @@ def bench_platform(
     batched: int,
     seed: int = 7,
     postgres: bool = True,
+    preset: str | None = "points",
     on_phase: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Run the bench against the dev platform, starting (and then stopping) a fresh one
@@ -410,7 +431,7 @@ def bench_platform(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             return asyncio.run(
-                run_bench(members, single, batched, seed, Path(tmp), state, on_phase)
+                run_bench(members, single, batched, seed, Path(tmp), state, preset, on_phase)
             )
     finally:
         if started_here:

@@ -322,32 +322,32 @@ Handler = Callable[[Event, UnitOfWork], Awaitable[None]]
 # too).
 BulkHandler = Callable[[list[Event], UnitOfWork], Awaitable[list[Missing | None]]]
 
-# what one event makes, for row_per_event: (its row or None, the dependency it provides
-# or None); None instead: the event needs its handler alone (it refuses it, say)
-RowOf = Callable[[Event], tuple[dict[str, Any] | None, str | None] | None]
+# what one event makes, for rows_per_event: (its rows, the dependencies they provide);
+# None instead: the event needs its handler alone (it refuses it, say)
+RowsOf = Callable[[Event], tuple[list[dict[str, Any]], list[str]] | None]
 
 
-def row_per_event(
-    row_of: RowOf, write: Callable[[UnitOfWork, list[dict[str, Any]]], Awaitable[None]]
+def rows_per_event(
+    rows_of: RowsOf, write: Callable[[UnitOfWork, list[dict[str, Any]]], Awaitable[None]]
 ) -> BulkHandler:
-    """A bulk handler for events whose whole effect is one row each (e.g. a read model of
-    members): the rows of the events taken, written by one ``write`` call."""
+    """A bulk handler for events whose whole effect is rows of one table (e.g. a read
+    model of members, one row per member registered): the rows of the events taken,
+    written by one ``write`` call."""
 
     async def bulk(events: list[Event], uow: UnitOfWork) -> list[Missing | None]:
         rows: list[dict[str, Any]] = []
         taken = 0
         for event in events:
-            made = row_of(event)
+            made = rows_of(event)
             if made is None:
                 break
-            row, provides = made
-            if row is not None:
-                rows.append(row)
+            made_rows, provides = made
+            rows.extend(made_rows)
             taken += 1
-            if provides is not None:
-                uow.provide(provides)
-                if uow.wanted_provided:
-                    break  # a message parked in the run waits for this one: it goes next
+            for dependency in provides:
+                uow.provide(dependency)
+            if provides and uow.wanted_provided:
+                break  # a message parked in the run waits for this one: it goes next
         if rows:
             await write(uow, rows)
         return [None] * taken
@@ -1082,9 +1082,13 @@ class Service:
             if parked.waiting_for in still_missing:
                 continue  # what an earlier one of its key still lacks: it waits too
             outcome = await self._apply_parked(sub, parked)
-            if outcome is None:
-                # it still waits; the later ones that wait for something else may go (an
-                # event is not held up by one that cannot be applied)
+            if isinstance(outcome, str):
+                # it still waits, maybe for something else now: the later ones waiting
+                # for that wait too, those waiting for anything else may go (an event is
+                # not held up by one that cannot be applied)
+                still_missing.add(outcome)
+                continue
+            if outcome is None:  # it failed and is retried later: none passes it
                 still_missing.add(parked.waiting_for)
                 continue
             provided |= outcome
@@ -1103,9 +1107,10 @@ class Service:
         await self.unpark(set(), [(parked.consumer, parked.key)])
         return parked
 
-    async def _apply_parked(self, sub: Subscription, parked: ParkedEvent) -> set[str] | None:
-        """Apply one parked event in a transaction that also deletes its row; None when it
-        must wait longer (its dependency is still missing, or it failed and has tries left)."""
+    async def _apply_parked(self, sub: Subscription, parked: ParkedEvent) -> set[str] | str | None:
+        """Apply one parked event in a transaction that also deletes its row: what it
+        provided; the dependency it still waits for (the same or another); None when it
+        failed and has tries left."""
         event = decode(parked.body.encode())
         try:
             async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
@@ -1117,7 +1122,7 @@ class Service:
                 await self._commit(uow)
         except Missing as missing:
             await self._still_parked(parked, missing.dependency, None)
-            return None
+            return missing.dependency
         except Rejected as exc:
             await self._drop_parked(parked, str(exc))
             return set()

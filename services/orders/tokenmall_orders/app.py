@@ -17,7 +17,7 @@ from tokenmall.servicekit import (
     ServiceSettings,
     Subscription,
     create_app,
-    row_per_event,
+    rows_per_event,
 )
 from tokenmall_orders.adapters import tables
 from tokenmall_orders.adapters.wallet import HttpWallet, Wallet
@@ -70,7 +70,7 @@ def build_app(
             contracts.MEMBERS,
             handlers.member_registered,
             consumer=f"{NAME}-members",
-            bulk=row_per_event(handlers.member_row, handlers.write_members),
+            bulk=rows_per_event(handlers.member_rows, handlers.write_members),
         ),
         Subscription(
             contracts.DIVIDENDS,

@@ -21,7 +21,7 @@ from tokenmall.servicekit import (
     ServiceSettings,
     Subscription,
     create_app,
-    row_per_event,
+    rows_per_event,
 )
 from tokenmall_wallet.adapters import tables
 from tokenmall_wallet.entrypoints import balances, holds, requests
@@ -69,7 +69,7 @@ def build_app(
             MEMBERS,
             handlers.on_members,
             "wallet-members",
-            bulk=row_per_event(handlers.member_row, handlers.write_members),
+            bulk=rows_per_event(handlers.member_rows, handlers.write_members),
         ),
         # InputApplied, ReleaseComputed (batches keyed onto their partition), DaySettled
         Subscription(

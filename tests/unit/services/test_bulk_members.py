@@ -69,12 +69,15 @@ def test_a_batch_registers_in_order_with_per_item_results(tmp_path: Path) -> Non
             assert (b["sponsor"], b["merchant"]) == ("a", True)
             assert (await client.get("/v1/members/root")).json()["referrals"] == ["a"]
             await drain(app)
-            registered = [
-                e for e in publisher.events(contracts.MEMBERS) if e.type == "MemberRegistered"
-            ]
-            assert [(e.member, e.seq) for e in registered][1:] == [  # type: ignore[attr-defined]
-                ("a", seqs[0]),
-                ("b", seqs[1]),
+            published = publisher.events(contracts.MEMBERS)
+            # root one by one, then the batch's members as one MembersRegistered in order
+            assert [e.type for e in published] == ["MemberRegistered", "MembersRegistered"]
+            batch = published[1]
+            assert isinstance(batch, contracts.MembersRegistered)
+            assert batch.key == contracts.REGISTRATIONS_KEY
+            assert [(r.member, r.sponsor, r.merchant, r.seq) for r in batch.members] == [
+                ("a", "root", False, seqs[0]),
+                ("b", "a", True, seqs[1]),
             ]
             # the same batch again: nothing new
             again = (await client.post("/v1/members:batch", json={"members": items[:3]})).json()

@@ -46,12 +46,15 @@ def test_a_lease_has_one_holder_and_a_takeover_fences_the_old_one(tmp_path: Path
         async with engine.begin() as conn:
             await conn.run_sync(messaging.leases.metadata.create_all)
         sessions = make_sessions(engine)
-        a = Lease(sessions, messaging, "engine", LEASE, holder="a")
-        b = Lease(sessions, messaging, "engine", LEASE, holder="b")
+        # longer than the apps' lease: a loaded machine must not let it lapse between
+        # two statements of this test
+        lease = 2.0
+        a = Lease(sessions, messaging, "engine", lease, holder="a")
+        b = Lease(sessions, messaging, "engine", lease, holder="b")
         assert await a.acquire() and a.fence == 1
         assert not await b.acquire()
         assert await a.acquire() and a.fence == 1  # renewed, not taken over
-        await asyncio.sleep(LEASE * 1.5)  # a stops renewing (hung)
+        await asyncio.sleep(lease * 1.5)  # a stops renewing (hung)
         assert await b.acquire() and b.fence == 2
         async with sessions() as session:
             with pytest.raises(LeaseLost):

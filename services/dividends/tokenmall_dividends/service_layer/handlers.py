@@ -282,7 +282,16 @@ async def start(svc: Service, default_plan: dict[str, Any]) -> None:
 
 async def on_member_registered(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
     """Referrals validated the registration: it is applied, never judged again here.  A
-    referral that overtook its sponsor waits (parked) until the sponsor has joined."""
+    referral that overtook its sponsor waits (parked) until the sponsor has joined (a
+    batch of registrations waits whole, and joins once every sponsor has)."""
+    if isinstance(event, contracts.MembersRegistered):
+        problem = _out_of_order(event)
+        if problem is not None:
+            raise Rejected(problem)
+        outcomes = await on_members_registered([event], uow, svc)
+        if outcomes and isinstance(outcomes[0], Missing):
+            raise outcomes[0]
+        return
     assert isinstance(event, contracts.MemberRegistered)
     engine = host_of(svc).engine
     if event.member in engine.index:
@@ -307,6 +316,20 @@ async def on_member_registered(event: contracts.Event, uow: UnitOfWork, svc: Ser
 
 
 _STOP = object()  # a bulk call leaves this event to its handler alone
+
+
+def _out_of_order(event: contracts.MembersRegistered) -> str | None:
+    """Why a batch of registrations cannot be applied in its order (a sponsor named after
+    its referral, or a member twice: referrals never sends that), None if it can."""
+    before: set[str] = set()
+    named = {r.member for r in event.members}
+    if len(named) < len(event.members):
+        return "a member is registered twice in the batch"
+    for registration in event.members:
+        if registration.sponsor in named and registration.sponsor not in before:
+            return f"sponsor {registration.sponsor!r} comes after its referral in the batch"
+        before.add(registration.member)
+    return None
 
 
 @dataclass
@@ -352,14 +375,15 @@ async def _bulk(
     svc: Service,
     uow: UnitOfWork,
     events: list[contracts.Event],
-    input_id: Any,
+    input_ids: Any,
     one: Any,
 ) -> list[Missing | None]:
     """What ``one(batch, event)`` does for each event in order — an outcome, or
     ``_STOP`` where the event needs its handler alone — with one lookup of the input log
-    before and one insert after.  The engine moved and something failed: it is rebuilt
-    from the database (``memory_epoch``) before the error propagates."""
-    ids = [i for i in (input_id(e) for e in events) if i is not None]
+    (of the ``input_ids`` of every event) before and one insert after.  The engine moved
+    and something failed: it is rebuilt from the database (``memory_epoch``) before the
+    error propagates."""
+    ids = [i for event in events for i in input_ids(event)]
     batch = await _BulkInputs.start(svc, uow, ids)
     outcomes: list[Missing | None] = []
     try:
@@ -388,7 +412,42 @@ async def on_members_registered(
     """:func:`on_member_registered` for many registrations at once (Subscription.bulk)."""
     host = host_of(svc)
 
+    def join(batch: _BulkInputs, registration: contracts.Registration) -> None:
+        payload = {
+            "member": registration.member,
+            "sponsor": registration.sponsor,
+            "merchant": registration.merchant,
+            "seq": registration.seq,
+        }
+        accepted, reason, _ = host.call("join", payload)
+        host.engine.take_outputs()
+        batch.log("join", f"join:{registration.member}", payload, accepted, reason)
+        uow.provide(f"member:{registration.member}")
+
+    def many(batch: _BulkInputs, event: contracts.MembersRegistered) -> object:
+        """All of a batch or, while a sponsor has not joined, none of it (parked whole:
+        the engine cannot take back the members before)."""
+        if _out_of_order(event) is not None:
+            return _STOP  # the handler rejects it
+        index = host.engine.index
+        fresh = [
+            r
+            for r in event.members
+            if r.member not in index and f"join:{r.member}" not in batch.logged
+        ]
+        before: set[str] = set()
+        for registration in fresh:
+            sponsor = registration.sponsor
+            if sponsor is not None and sponsor not in index and sponsor not in before:
+                return Missing(f"member:{sponsor}", f"sponsor {sponsor!r} not joined")
+            before.add(registration.member)
+        for registration in fresh:
+            join(batch, registration)
+        return None
+
     def one(batch: _BulkInputs, event: contracts.Event) -> object:
+        if isinstance(event, contracts.MembersRegistered):
+            return many(batch, event)
         if not isinstance(event, contracts.MemberRegistered):
             return _STOP
         engine = host.engine
@@ -411,10 +470,16 @@ async def on_members_registered(
         uow.provide(f"member:{event.member}")
         return None
 
-    def input_id(event: contracts.Event) -> str | None:
-        return f"join:{event.member}" if isinstance(event, contracts.MemberRegistered) else None
+    def input_ids(event: contracts.Event) -> list[str]:
+        if isinstance(event, contracts.MembersRegistered):
+            # joined already is known from the engine; the log is asked about the others
+            index = host.engine.index
+            return [f"join:{r.member}" for r in event.members if r.member not in index]
+        if isinstance(event, contracts.MemberRegistered):
+            return [f"join:{event.member}"]
+        return []
 
-    return await _bulk(svc, uow, events, input_id, one)
+    return await _bulk(svc, uow, events, input_ids, one)
 
 
 async def on_orders(
@@ -453,10 +518,10 @@ async def on_orders(
         uow.provide(f"order:{event.order_id}")
         return None
 
-    def input_id(event: contracts.Event) -> str | None:
-        return f"order:{event.order_id}" if isinstance(event, contracts.OrderPaid) else None
+    def input_ids(event: contracts.Event) -> list[str]:
+        return [f"order:{event.order_id}"] if isinstance(event, contracts.OrderPaid) else []
 
-    return await _bulk(svc, uow, events, input_id, one)
+    return await _bulk(svc, uow, events, input_ids, one)
 
 
 def _require_member(svc: Service, member: str) -> None:

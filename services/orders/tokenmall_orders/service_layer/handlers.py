@@ -29,7 +29,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from tokenmall import business_day, contracts
-from tokenmall.contracts import Event, InputApplied, MemberRegistered, OrderPaid, OrderRefunded
+from tokenmall.contracts import (
+    Event,
+    InputApplied,
+    MemberRegistered,
+    MembersRegistered,
+    OrderPaid,
+    OrderRefunded,
+)
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
@@ -647,25 +654,34 @@ def _insert_ignoring_conflicts(uow: UnitOfWork, table: Any, rows: list[dict[str,
 
 
 async def member_registered(event: Event, uow: UnitOfWork) -> None:
-    """Add the member to the read model (ignored if present).
+    """Add the member (or a batch's members) to the read model (ignored if present).
 
     The service kit claims the event in the inbox and commits this transaction
     after the handler returns, so this handler does not commit itself.
     """
-    if not isinstance(event, MemberRegistered):
-        return  # other events on the members topic do not concern orders
-    if not event.member or len(event.member) > 200:
+    made = member_rows(event)
+    if made is None:
+        assert isinstance(event, MemberRegistered)
         raise Rejected(f"member id must be 1–200 characters, got {event.member!r}")
-    await _remember_member(uow, event.member)
+    rows, provides = made
+    if rows:
+        await write_members(uow, rows)
+    for dependency in provides:
+        uow.provide(dependency)
 
 
-def member_row(event: Event) -> tuple[dict[str, Any] | None, str | None] | None:
-    """:func:`member_registered` as a row (Subscription.bulk, servicekit.row_per_event)."""
-    if not isinstance(event, MemberRegistered):
-        return None, None
-    if not event.member or len(event.member) > 200:
-        return None  # the handler refuses it
-    return {"member": event.member}, f"member:{event.member}"
+def member_rows(event: Event) -> tuple[list[dict[str, Any]], list[str]] | None:
+    """What :func:`member_registered` writes (Subscription.bulk, servicekit.rows_per_event):
+    a row per member, and the dependencies they provide; None: refused."""
+    if isinstance(event, MembersRegistered):  # the contract bounds its ids
+        names = [registration.member for registration in event.members]
+    elif isinstance(event, MemberRegistered):
+        if not event.member or len(event.member) > 200:
+            return None
+        names = [event.member]
+    else:
+        return [], []  # other events on the members topic do not concern orders
+    return [{"member": name} for name in names], [f"member:{name}" for name in names]
 
 
 async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
@@ -673,17 +689,6 @@ async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
         await uow.session.execute(
             _insert_ignoring_conflicts(uow, members, rows[start : start + IN_LIST_CHUNK])
         )
-
-
-async def _remember_member(uow: UnitOfWork, member: str) -> None:
-    dialect = uow.session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(members).values(member=member).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(members).values(member=member).on_conflict_do_nothing()
-    await uow.session.execute(stmt)
-    uow.provide(f"member:{member}")
 
 
 async def order_verdict(event: Event, uow: UnitOfWork) -> None:

@@ -186,7 +186,7 @@ async def register_members(
     sponsor and merchant flag: a batch sent again is harmless); ``refused`` with the
     reason (a different registration exists, unknown sponsor, self-sponsoring, twice in
     the batch).  ``atomic``: one refused item and nothing is written (the results say
-    which).  The inserts, and the ``MemberRegistered`` outbox rows, are one statement
+    which).  The inserts, and the ``MembersRegistered`` outbox rows, are one statement
     each."""
     session = uow.session
     await uow.begin_write()
@@ -253,17 +253,21 @@ async def register_members(
         BatchItemResult(r.member, r.status, seq_of[r.member]) if r.status == "created" else r
         for r in results
     ]
+    # a few MembersRegistered of bounded size rather than one event per member: consumers
+    # take a thousand registrations as one message
     uow.emit_many(
         contracts.MEMBERS,
-        [
-            contracts.MemberRegistered(
-                member=row["member"],
-                sponsor=row["sponsor"],
-                merchant=row["merchant"],
-                seq=row["seq"],
-            )
-            for row in new_rows
-        ],
+        contracts.registration_batches(
+            [
+                contracts.Registration(
+                    member=row["member"],
+                    sponsor=row["sponsor"],
+                    merchant=row["merchant"],
+                    seq=row["seq"],
+                )
+                for row in new_rows
+            ]
+        ),
     )
     await uow.commit()
     return results

@@ -37,6 +37,7 @@ from tokenmall.contracts import (
     Event,
     InputApplied,
     MemberRegistered,
+    MembersRegistered,
     PostingLine,
     ReleaseComputed,
     WalletRequest,
@@ -161,17 +162,23 @@ async def book_postings(
 
 
 async def on_members(event: Event, uow: UnitOfWork) -> None:
-    if isinstance(event, MemberRegistered):
-        await tables.add_member(uow.session, event.member, event.merchant, event.seq)
-        uow.provide(f"member:{event.member}")
+    rows, provides = member_rows(event)
+    if rows:
+        await tables.add_members(uow.session, rows)
+    for dependency in provides:
+        uow.provide(dependency)
 
 
-def member_row(event: Event) -> tuple[dict[str, Any] | None, str | None] | None:
-    """:func:`on_members` as a row (Subscription.bulk, servicekit.row_per_event)."""
-    if not isinstance(event, MemberRegistered):
-        return None, None
-    row = {"member": event.member, "merchant": event.merchant, "seq": event.seq}
-    return row, f"member:{event.member}"
+def member_rows(event: Event) -> tuple[list[dict[str, Any]], list[str]]:
+    """What :func:`on_members` writes (Subscription.bulk, servicekit.rows_per_event): a
+    row per member registered, and the dependencies they provide."""
+    if isinstance(event, MembersRegistered):
+        rows = [{"member": r.member, "merchant": r.merchant, "seq": r.seq} for r in event.members]
+    elif isinstance(event, MemberRegistered):
+        rows = [{"member": event.member, "merchant": event.merchant, "seq": event.seq}]
+    else:
+        return [], []
+    return rows, [f"member:{row['member']}" for row in rows]
 
 
 async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
