@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -45,3 +47,44 @@ def make_engine(url: str) -> AsyncEngine:
 
 def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+SQLITE_ROWS_PER_INSERT = 300  # a few parameters per row, well under SQLite's 999
+
+
+async def insert_ignoring_conflicts(
+    session: AsyncSession,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    returning: str | None = None,
+) -> list[Any]:
+    """Insert ``rows`` (dicts of the same columns) into ``table``, skipping those whose key
+    exists already.  PostgreSQL: one statement whatever the count — a column array each,
+    ``unnest``-ed — so neither SQLAlchemy nor the server handles a parameter per value
+    (building a 300-row VALUES list cost more than writing it); SQLite: multi-row
+    inserts.  ``returning``: a column whose values of the rows inserted are returned."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    if session.get_bind().dialect.name == "postgresql":
+        dialect = session.get_bind().dialect
+        arrays = ", ".join(
+            f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns
+        )
+        statement = text(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT DO NOTHING" + (f" RETURNING {returning}" if returning else "")
+        )
+        result = await session.execute(
+            statement, {name: [row[name] for row in rows] for name in columns}
+        )
+        return list(result.scalars()) if returning else []
+    inserted: list[Any] = []
+    for start in range(0, len(rows), SQLITE_ROWS_PER_INSERT):
+        chunk = rows[start : start + SQLITE_ROWS_PER_INSERT]
+        stmt = sqlite.insert(table).values(chunk).on_conflict_do_nothing()
+        if returning:
+            inserted += (await session.execute(stmt.returning(table.c[returning]))).scalars()
+        else:
+            await session.execute(stmt)
+    return inserted

@@ -7,10 +7,10 @@ imported from a CSV, paid orders one by one (create + pay, 32 at a time) and thr
 applied its effects (``/v1/sync``: nothing to publish, nothing to consume, nothing
 parked).  CPU is read from /proc for each kind of process (the four services, Kafka,
 PostgreSQL; not this load generator).  The raw floors are measured in the same run on
-the same machine: plain aiokafka producing and consuming as many messages of the same
-size, and PostgreSQL COPY of as many rows as the settlement's release lines.  In the end
-the platform's result document must equal ``simulate`` of the input log dividends
-applied (``equal_to_simulate``).
+the same machine: plain aiokafka producing and consuming the messages the import
+published (the same count and bytes), and PostgreSQL COPY of as many rows as the
+settlement's release lines.  In the end the platform's result document must equal
+``simulate`` of the input log dividends applied (``equal_to_simulate``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ SINGLE_CONCURRENCY = 32
 BATCH = 1000
 BATCH_CONCURRENCY = 2
 INPUT_PAGE = 1000
+IMPORT_BATCH = 5000  # members per POST /v1/members:batch
 
 
 def phone(i: int) -> str:
@@ -211,9 +212,22 @@ async def input_log(platform: Platform) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ raw floors
 
 
-async def kafka_floor(bootstrap: str, messages: int, size: int) -> float:
-    """Plain aiokafka: produce ``messages`` of ``size`` bytes to a new topic and consume
-    them all (seconds) — the least any path through Kafka can take here."""
+def import_messages(people: list[tuple[str, str | None]], batch: int) -> list[bytes]:
+    """The MembersRegistered messages importing ``people`` in HTTP batches of ``batch``
+    publishes (their bytes but for the ids and times each event gets)."""
+    messages: list[bytes] = []
+    for start in range(0, len(people), batch):
+        chunk = [
+            contracts.Registration(member=m, sponsor=s, seq=start + i + 1)
+            for i, (m, s) in enumerate(people[start : start + batch])
+        ]
+        messages += [contracts.encode(e) for e in contracts.registration_batches(chunk)]
+    return messages
+
+
+async def kafka_floor(bootstrap: str, messages: list[bytes]) -> float:
+    """Plain aiokafka: produce ``messages`` to a new topic and consume them all
+    (seconds) — the least any path through Kafka can take here."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -224,8 +238,12 @@ async def kafka_floor(bootstrap: str, messages: int, size: int) -> float:
         await admin.create_topics([NewTopic(topic, contracts.PARTITIONS, 1)])
     finally:
         await admin.close()
-    payload = b"x" * size
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=2 << 20,
+    )
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
@@ -233,14 +251,14 @@ async def kafka_floor(bootstrap: str, messages: int, size: int) -> float:
     await consumer.start()
     started = time.perf_counter()
     try:
-        for start in range(0, messages, 5000):
+        for start in range(0, len(messages), 5000):
             sends = [
-                await producer.send(topic, payload, key=str(i).encode())
-                for i in range(start, min(messages, start + 5000))
+                await producer.send(topic, payload, key=str(start + i).encode())
+                for i, payload in enumerate(messages[start : start + 5000])
             ]
             await asyncio.gather(*sends)
         seen = 0
-        while seen < messages:
+        while seen < len(messages):
             batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
             seen += sum(len(b) for b in batches.values())
         return time.perf_counter() - started
@@ -322,7 +340,7 @@ async def run_bench(
 
         async def import_all() -> None:
             with httpx.Client(base_url=urls["referrals"], timeout=600) as client:
-                await asyncio.to_thread(import_members, path, client, 5000)
+                await asyncio.to_thread(import_members, path, client, IMPORT_BATCH)
 
         import_seconds = await timed_until_quiet(platform, import_all)
         cpu1 = kinds.cpu()
@@ -357,12 +375,8 @@ async def run_bench(
 
         on_phase("raw floors")
         bootstrap = state["kafka"]["bootstrap"]
-        body_size = len(
-            contracts.encode(
-                contracts.MemberRegistered(member=phone(members), sponsor=phone(1), seq=1)
-            )
-        )
-        kafka_seconds = await kafka_floor(bootstrap, members, body_size)
+        floor_messages = import_messages(people, IMPORT_BATCH)
+        kafka_seconds = await kafka_floor(bootstrap, floor_messages)
         copy_seconds = None
         wallet_database = str(state["services"]["wallet"]["database"])
         if wallet_database.startswith("postgresql"):  # the wallet's own database
@@ -395,6 +409,7 @@ async def run_bench(
         "cpu_ms_per_member_import": per_order(cpu0, cpu1, members),
         "cpu_ms_per_order_single": per_order(cpu1, cpu2, single),
         "cpu_ms_per_order_batch": per_order(cpu2, cpu3, batched),
+        "floor_kafka_messages": len(floor_messages),
         "floor_kafka_produce_consume_seconds": round(kafka_seconds, 3),
         "import_vs_kafka_floor": round(import_seconds / kafka_seconds, 2),
         "floor_postgres_copy_seconds": None if copy_seconds is None else round(copy_seconds, 3),

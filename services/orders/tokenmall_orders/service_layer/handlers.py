@@ -37,6 +37,7 @@ from tokenmall.contracts import (
     OrderPaid,
     OrderRefunded,
 )
+from tokenmall.db import insert_ignoring_conflicts
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
@@ -685,10 +686,7 @@ def member_rows(event: Event) -> tuple[list[dict[str, Any]], list[str]] | None:
 
 
 async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
-    for start in range(0, len(rows), IN_LIST_CHUNK):
-        await uow.session.execute(
-            _insert_ignoring_conflicts(uow, members, rows[start : start + IN_LIST_CHUNK])
-        )
+    await insert_ignoring_conflicts(uow.session, members, rows)
 
 
 async def order_verdict(event: Event, uow: UnitOfWork) -> None:

@@ -31,7 +31,9 @@ from sqlalchemy import (
     String,
     Subquery,
     Table,
+    bindparam,
     cast,
+    column,
     func,
     insert,
     literal,
@@ -43,6 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import contracts
+from tokenmall.db import insert_ignoring_conflicts
 from tokenmall.engine.plan import MAX_CASH_CENTS, Plan
 from tokenmall.engine.settlement import star_levels
 from tokenmall.messaging import Missing, UnitOfWork
@@ -415,24 +418,37 @@ async def _known_members(session: AsyncSession, wanted: set[str]) -> set[str]:
 async def _insert_ignoring(
     session: AsyncSession, table: Table, rows: list[dict[str, Any]]
 ) -> list[str]:
-    """Multi-row INSERT … ON CONFLICT DO NOTHING; the order ids inserted."""
-    dialect = session.get_bind().dialect.name
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    inserted: list[str] = []
-    for start in range(0, len(rows), IN_LIST_CHUNK):
-        stmt = (
-            insert_(table)
-            .values(rows[start : start + IN_LIST_CHUNK])
-            .on_conflict_do_nothing()
-            .returning(table.c.order_id)
-        )
-        inserted.extend((await session.execute(stmt)).scalars())
+    """INSERT … ON CONFLICT DO NOTHING of many rows; the order ids inserted."""
+    inserted: list[str] = await insert_ignoring_conflicts(session, table, rows, "order_id")
     return inserted
 
 
 async def _move_spends(session: AsyncSession, deltas: dict[str, int]) -> None:
-    """:func:`_move_spend` for many members: their spends, then every upline at once."""
+    """:func:`_move_spend` for many members: their spends, then every upline at once.
+    PostgreSQL: two statements whatever the count, the (member, delta) rows bound as two
+    arrays and ``unnest``-ed (no statement, parameter or UNION arm per member); SQLite:
+    an update per member and a UNION of literal rows per chunk."""
     items = sorted(deltas.items())
+    if not items:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        rows = (
+            func.unnest(
+                bindparam("moved_members", [m for m, _ in items], type_=postgresql.ARRAY(String)),
+                bindparam(
+                    "moved_deltas", [d for _, d in items], type_=postgresql.ARRAY(BigInteger)
+                ),
+            )
+            .table_valued(column("member", String), column("delta", BigInteger))
+            .render_derived("moved_rows")
+        )
+        await session.execute(
+            update(members)
+            .where(members.c.member == rows.c.member)
+            .values(spend_cents=members.c.spend_cents + rows.c.delta)
+        )
+        await _add_to_uplines(session, select(rows.c.member, rows.c.delta).subquery("moved"))
+        return
     for member, delta in items:
         await session.execute(
             update(members)

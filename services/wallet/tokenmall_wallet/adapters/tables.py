@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from tokenmall import business_day
+from tokenmall.db import insert_ignoring_conflicts
 from tokenmall.ids import ID_MAX_LENGTH
 from tokenmall.messaging import define
 from tokenmall.messaging.tables import SEQUENCE_ID
@@ -146,17 +147,10 @@ async def add_member(session: AsyncSession, member: str, merchant: bool, seq: in
     await session.execute(stmt)
 
 
-MEMBER_ROWS_PER_INSERT = 300  # three parameters each, well under SQLite's limit
-
-
 async def add_members(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """:func:`add_member` for many (``member``, ``merchant``, ``seq``) rows: multi-row
-    inserts ignoring the members registered already."""
-    for start in range(0, len(rows), MEMBER_ROWS_PER_INSERT):
-        chunk = rows[start : start + MEMBER_ROWS_PER_INSERT]
-        await session.execute(
-            _dialect_insert(session, members).values(chunk).on_conflict_do_nothing()
-        )
+    """:func:`add_member` for many (``member``, ``merchant``, ``seq``) rows, ignoring the
+    members registered already."""
+    await insert_ignoring_conflicts(session, members, rows)
 
 
 class AlreadyBooked(Exception):
