@@ -412,7 +412,9 @@ async def on_members_registered(
     """:func:`on_member_registered` for many registrations at once (Subscription.bulk)."""
     host = host_of(svc)
 
-    def join(batch: _BulkInputs, registration: contracts.Registration) -> None:
+    def join(
+        batch: _BulkInputs, registration: contracts.Registration | contracts.MemberRegistered
+    ) -> None:
         payload = {
             "member": registration.member,
             "sponsor": registration.sponsor,
@@ -455,19 +457,9 @@ async def on_members_registered(
             return None  # joined already
         if event.sponsor is not None and event.sponsor not in engine.index:
             return Missing(f"member:{event.sponsor}", f"sponsor {event.sponsor!r} not joined")
-        input_id = f"join:{event.member}"
-        if input_id in batch.logged:
+        if f"join:{event.member}" in batch.logged:
             return _STOP  # an old id in a new event: the handler rejects it
-        payload = {
-            "member": event.member,
-            "sponsor": event.sponsor,
-            "merchant": event.merchant,
-            "seq": event.seq,
-        }
-        accepted, reason, _ = host.call("join", payload)
-        host.engine.take_outputs()
-        batch.log("join", input_id, payload, accepted, reason)
-        uow.provide(f"member:{event.member}")
+        join(batch, event)
         return None
 
     def input_ids(event: contracts.Event) -> list[str]:
