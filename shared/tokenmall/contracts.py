@@ -17,6 +17,8 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from tokenmall.ids import MemberId
+
 SCHEMA_VERSION = 1
 
 # topic -> what flows on it (the README's catalogue is generated from this)
@@ -75,10 +77,11 @@ class Registration(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    member: str = Field(min_length=1, max_length=200)
-    sponsor: str | None = Field(None, min_length=1, max_length=200)
+    # referrals' member ids (ASCII, at most 65 characters): the size bound below holds
+    member: MemberId
+    sponsor: MemberId | None = None
     merchant: bool = False
-    seq: int = Field(ge=1, le=2**62)
+    seq: int = Field(ge=1, lt=2**62)  # the engine's bound
 
 
 REGISTRATIONS_KEY = "registrations"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import String, Table, event, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -49,7 +49,7 @@ def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-SQLITE_ROWS_PER_INSERT = 300  # a few parameters per row, well under SQLite's 999
+SQLITE_PARAMETERS = 999  # per statement: SQLite's limit before 3.32
 
 
 async def insert_ignoring_conflicts(
@@ -66,22 +66,31 @@ async def insert_ignoring_conflicts(
     if not rows:
         return []
     columns = list(rows[0])
+    assert all(name in table.c for name in columns), "rows name the table's columns"
+    assert returning is None or returning in table.c, "returning names a column"
     if session.get_bind().dialect.name == "postgresql":
         dialect = session.get_bind().dialect
-        arrays = ", ".join(
-            f"CAST(:{name} AS {table.c[name].type.compile(dialect=dialect)}[])" for name in columns
-        )
+        quote = dialect.identifier_preparer.quote
+
+        def array_type(name: str) -> str:
+            kind = table.c[name].type
+            # TEXT, not VARCHAR(n): a cast to VARCHAR(n) truncates, the INSERT refuses
+            return "TEXT" if isinstance(kind, String) else str(kind.compile(dialect=dialect))
+
+        arrays = ", ".join(f"CAST(:{name} AS {array_type(name)}[])" for name in columns)
         statement = text(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT DO NOTHING" + (f" RETURNING {returning}" if returning else "")
+            f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(quote(name) for name in columns)}) SELECT * FROM unnest({arrays}) "
+            "ON CONFLICT DO NOTHING" + (f" RETURNING {quote(returning)}" if returning else "")
         )
         result = await session.execute(
             statement, {name: [row[name] for row in rows] for name in columns}
         )
         return list(result.scalars()) if returning else []
+    per_insert = max(1, SQLITE_PARAMETERS // len(columns))
     inserted: list[Any] = []
-    for start in range(0, len(rows), SQLITE_ROWS_PER_INSERT):
-        chunk = rows[start : start + SQLITE_ROWS_PER_INSERT]
+    for start in range(0, len(rows), per_insert):
+        chunk = rows[start : start + per_insert]
         stmt = sqlite.insert(table).values(chunk).on_conflict_do_nothing()
         if returning:
             inserted += (await session.execute(stmt.returning(table.c[returning]))).scalars()
