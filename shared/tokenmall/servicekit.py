@@ -1233,7 +1233,9 @@ class ParkedItem(BaseModel):
     event_id: str
     event_type: str
     parked_at: datetime
-    attempts: int
+    attempts: int = Field(
+        description="tries that failed (a retry still missing something is not one)"
+    )
     last_error: str | None
     day: int | None = Field(description="the business day the event counts in, if it has one")
 

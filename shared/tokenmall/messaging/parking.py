@@ -263,15 +263,26 @@ class ParkingLot:
     async def still_waiting(
         self, session: AsyncSession, parked: ParkedEvent, waiting_for: str, error: str | None
     ) -> None:
+        """It was tried and must wait: for ``waiting_for`` (``error`` None: still missing
+        something) or after a failure (``error``).  Only failures count as attempts (the
+        handler's attempts run out on them, a long wait must not use them up); a wait's
+        next try comes after as long again as it has waited, within the retry bounds."""
         t = self.table
-        attempts = parked.attempts + 1
+        now = _now()
+        if error is None:
+            attempts = parked.attempts
+            waited = (now - _aware(parked.parked_at)).total_seconds()
+            delay = timedelta(seconds=min(RETRY_LAST_SECONDS, max(RETRY_FIRST_SECONDS, waited)))
+        else:
+            attempts = parked.attempts + 1
+            delay = retry_delay(attempts)
         await session.execute(
             update(t)
             .where(t.c.id == parked.id)
             .values(
                 waiting_for=waiting_for,
                 attempts=attempts,
-                next_try_at=_now() + retry_delay(attempts),
+                next_try_at=now + delay,
                 last_error=error,
             )
         )

@@ -222,6 +222,9 @@ def test_a_parked_batch_that_waits_anew_does_not_hold_up_the_next_one(tmp_path: 
             assert sorted(members) == ["r", "s1"]
             [parked] = (await client.get("/v1/parked")).json()["items"]
             assert parked["waiting_for"] == "member:s2"
+            # a retry still missing something is no failed attempt: the handler's attempts
+            # are kept for failures (a long wait must not use them up)
+            assert (parked["attempts"], parked["last_error"]) == (0, None)
             await broker.deliver_batch(contracts.MEMBERS, [member_registered("s2", seq=2)])
             assert (await client.get("/v1/state")).json()["members"] == 5
 

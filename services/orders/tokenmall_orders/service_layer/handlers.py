@@ -233,14 +233,20 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
     the order is ``paid`` once the rules accepted it (:func:`order_verdict`).
 
     The wallet call happens outside any database transaction; the hold id is the
-    order id, so a retried pay asks the wallet for the same hold again.
+    order id, so a retried pay asks the wallet for the same hold again.  An order
+    without a stable part is read and marked in one transaction.
     """
     fingerprint = _fingerprint("pay", cmd.order_id)
     async with uow:
+        await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         order = await _existing(uow, cmd.order_id)
         _check_payable(order)
+        if order.stable_cents == 0:  # nothing to hold outside: marked pending right here
+            marked = await _mark_pending(cmd, uow, order, fingerprint)
+            if isinstance(marked, Reply):
+                return marked
     if order.stable_cents > 0:
         try:
             await wallet.hold(
@@ -254,39 +260,15 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
                 f"member {order.member!r} holds fewer stable points than "
                 f"{format_cents(order.stable_cents)}"
             ) from None
-    async with uow:
-        await uow.begin_write()
-        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
-            return replay
-        # the day row stays locked until this commits: the day cannot close in between
-        day = await business_day.stamp(uow.session, business_days)
-        if not await _transition(uow, order, CREATED, PENDING, paid_at=_now(), day=day):
+        async with uow:
+            await uow.begin_write()
             if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
                 return replay
-            current = await _load(uow, cmd.order_id)
-            if current is not None and _same_order(current, order):
-                _check_payable(current)  # paid by a concurrent request: its hold is ours too
-                raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
-        else:
-            # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
-            reply = Reply(202, dataclasses.replace(order, day=day).view(PENDING), emitted=True)
-            uow.emit(
-                contracts.ORDERS,
-                OrderPaid(
-                    order_id=order.order_id,
-                    member=order.member,
-                    causation_id=order.order_id,
-                    amount=cents_to_decimal(order.amount_cents),
-                    stable=cents_to_decimal(order.stable_cents),
-                    day=day,
-                ),
-            )
-            try:
-                await _remember(uow, cmd.idempotency, fingerprint, reply)
-                await uow.commit()
-                return reply
-            except IntegrityError:
-                current = order  # the same key, committed by a concurrent request
+            marked = await _mark_pending(cmd, uow, order, fingerprint)
+            if isinstance(marked, Reply):
+                return marked
+    assert isinstance(marked, _NotMarked)  # a reply returned above
+    current = marked.current
     if current is None or not _same_order(current, order):
         # deleted (or deleted and created anew) while this pay held its stable part: the
         # delete released the hold before this pay placed it, so this pay releases it —
@@ -304,6 +286,50 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
             return replay
         _check_payable(await _existing(uow, cmd.order_id))
     raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
+
+
+@dataclasses.dataclass
+class _NotMarked:
+    """The order was not ``created`` any more when it was to be marked: what is there."""
+
+    current: Order | None
+
+
+async def _mark_pending(
+    cmd: PayOrder, uow: UnitOfWork, order: Order, fingerprint: str
+) -> Reply | _NotMarked:
+    """In ``uow``'s write transaction: stamp the business day, move ``order`` from
+    created to pending, emit OrderPaid and commit — the reply; or what the order is now
+    when another request changed it first (nothing committed)."""
+    # the day row stays locked until this commits: the day cannot close in between
+    day = await business_day.stamp(uow.session, business_days)
+    if not await _transition(uow, order, CREATED, PENDING, paid_at=_now(), day=day):
+        if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
+            return replay
+        current = await _load(uow, cmd.order_id)
+        if current is not None and _same_order(current, order):
+            _check_payable(current)  # paid by a concurrent request: its hold is ours too
+            raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
+        return _NotMarked(current)
+    # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
+    reply = Reply(202, dataclasses.replace(order, day=day).view(PENDING), emitted=True)
+    uow.emit(
+        contracts.ORDERS,
+        OrderPaid(
+            order_id=order.order_id,
+            member=order.member,
+            causation_id=order.order_id,
+            amount=cents_to_decimal(order.amount_cents),
+            stable=cents_to_decimal(order.stable_cents),
+            day=day,
+        ),
+    )
+    try:
+        await _remember(uow, cmd.idempotency, fingerprint, reply)
+        await uow.commit()
+        return reply
+    except IntegrityError:
+        return _NotMarked(order)  # the same key, committed by a concurrent request
 
 
 async def refund_order(cmd: RefundOrder, uow: UnitOfWork) -> Reply:
