@@ -397,7 +397,9 @@ async def orders_paid(events: list[contracts.Event], uow: UnitOfWork) -> list[Mi
         uow.provide(f"order:{event.order_id}")
         if uow.wanted_provided:
             break  # a message parked in the run waits for this one: it goes next
-    recorded = await _insert_ignoring(session, member_orders, list(rows.values()))
+    recorded = await insert_ignoring_conflicts(
+        session, member_orders, list(rows.values()), returning="order_id"
+    )
     deltas: dict[str, int] = {}
     for order_id in recorded:
         row = rows[order_id]
@@ -413,14 +415,6 @@ async def _known_members(session: AsyncSession, wanted: set[str]) -> set[str]:
         found = await session.execute(select(members.c.member).where(members.c.member.in_(chunk)))
         known.update(found.scalars())
     return known
-
-
-async def _insert_ignoring(
-    session: AsyncSession, table: Table, rows: list[dict[str, Any]]
-) -> list[str]:
-    """INSERT … ON CONFLICT DO NOTHING of many rows; the order ids inserted."""
-    inserted: list[str] = await insert_ignoring_conflicts(session, table, rows, "order_id")
-    return inserted
 
 
 async def _move_spends(session: AsyncSession, deltas: dict[str, int]) -> None:
