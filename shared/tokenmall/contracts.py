@@ -139,6 +139,61 @@ class OrderPaid(Event):
     day: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
+class PaidOrder(BaseModel):
+    """One order of an :class:`OrdersPaid` batch (the fields of OrderPaid but the day)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    order_id: str = Field(min_length=1, max_length=200)
+    member: MemberId  # a registered member: referrals' ids (the size bound below holds)
+    amount: Money
+    stable: Money = Decimal(0)
+
+
+ORDER_BATCHES_KEY = "order-batches"
+
+
+class OrdersPaid(Event):
+    """The orders one ``POST /v1/orders:batch`` paid (one transaction, one business day),
+    in the batch's order.  Every batch has the same key, so batches reach consumers in
+    the order they were paid; a consumer applies it as the ``OrderPaid`` of each order in
+    turn (an order is paid once, by one event: its id is in no other OrderPaid or
+    OrdersPaid).  Single ``OrderPaid`` events, keyed by member, are not ordered against
+    a batch: their inputs take the order in which dividends receives them, as inputs of
+    different members always do."""
+
+    type: Literal["OrdersPaid"] = "OrdersPaid"
+    orders: list[PaidOrder] = Field(min_length=1)
+    day: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+    @property
+    def key(self) -> str:
+        return ORDER_BATCHES_KEY
+
+
+# what one OrdersPaid may hold: orders, and bytes of their JSON (as registrations)
+ORDER_BATCH_ORDERS = 2000
+ORDER_BATCH_BYTES = 512_000
+
+
+def order_batches(paid: list[PaidOrder], day: int | None) -> list[OrdersPaid]:
+    """``paid`` (in order) as consecutive OrdersPaid of bounded size."""
+    batches: list[OrdersPaid] = []
+    chunk: list[PaidOrder] = []
+    size = 0
+    for order in paid:
+        # the JSON of one entry: its ids and amounts, the keys and punctuation
+        entry = len(order.order_id) + len(order.member) + 2 * 30 + 60
+        if chunk and (len(chunk) >= ORDER_BATCH_ORDERS or size + entry > ORDER_BATCH_BYTES):
+            batches.append(OrdersPaid(orders=chunk, day=day))
+            chunk, size = [], 0
+        chunk.append(order)
+        size += entry
+    if chunk:
+        batches.append(OrdersPaid(orders=chunk, day=day))
+    return batches
+
+
 class OrderRefunded(Event):
     type: Literal["OrderRefunded"] = "OrderRefunded"
     order_id: str
@@ -275,6 +330,7 @@ AnyEvent = Annotated[
     MemberRegistered
     | MembersRegistered
     | OrderPaid
+    | OrdersPaid
     | OrderRefunded
     | WalletRequest
     | InputApplied
@@ -324,6 +380,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     MemberRegistered,
     MembersRegistered,
     OrderPaid,
+    OrdersPaid,
     OrderRefunded,
     WalletRequest,
     InputApplied,

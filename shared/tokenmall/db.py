@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import String, Table, event, text
+from sqlalchemy import String, Table, Text, any_, bindparam, event, text
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 
 def normalise_url(url: str) -> str:
@@ -52,21 +54,50 @@ def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 SQLITE_PARAMETERS = 999  # per statement: SQLite's limit before 3.32
 
 
+def among(session: AsyncSession, column: ColumnElement[Any], values: Iterable[Any]) -> Any:
+    """``column IN values``.  On PostgreSQL one array parameter (``= ANY(:values)``): the
+    statement is the same whatever the count, so SQLAlchemy compiles it once and caches it,
+    where an IN list is re-rendered with a parameter per value on every call (a 1,000-id
+    list cost more to build than to run).  Strings compare as TEXT (a cast to VARCHAR(n)
+    would truncate a longer id into another one).  SQLite: a plain IN list (callers keep
+    it under SQLITE_PARAMETERS)."""
+    values = list(values)
+    if session.get_bind().dialect.name != "postgresql":
+        return column.in_(values)
+    kind: Any = Text() if isinstance(column.type, String) else column.type
+    return column == any_(bindparam(None, values, type_=ARRAY(kind)))
+
+
 async def insert_ignoring_conflicts(
     session: AsyncSession,
     table: Table,
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     returning: str | None = None,
 ) -> list[Any]:
     """Insert ``rows`` (dicts of the same columns) into ``table``, skipping those whose key
-    exists already.  PostgreSQL: one statement whatever the count — a column array each,
-    ``unnest``-ed — so neither SQLAlchemy nor the server handles a parameter per value
-    (building a 300-row VALUES list cost more than writing it); SQLite: multi-row
-    inserts.  ``returning``: a column whose values of the rows inserted are returned."""
+    exists already (see :func:`insert_many`).  ``returning``: a column whose values of the
+    rows inserted are returned."""
+    return await insert_many(session, table, rows, ignore_conflicts=True, returning=returning)
+
+
+async def insert_many(
+    session: AsyncSession,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    ignore_conflicts: bool = False,
+    returning: str | None = None,
+) -> list[Any]:
+    """Insert ``rows`` (dicts of the same columns) into ``table``; a row whose key exists
+    fails the statement, or with ``ignore_conflicts`` is skipped.  PostgreSQL: one
+    statement whatever the count — a column array each, ``unnest``-ed — so neither
+    SQLAlchemy nor the server handles a parameter per value (building a 300-row VALUES
+    list cost more than writing it); SQLite: multi-row inserts.  ``returning``: a column
+    whose values of the rows inserted are returned."""
     if not rows:
         return []
     columns = list(rows[0])
     assert all(name in table.c for name in columns), "rows name the table's columns"
+    assert "position" not in columns, "position numbers the rows"
     assert returning is None or returning in table.c, "returning names a column"
     if session.get_bind().dialect.name == "postgresql":
         dialect = session.get_bind().dialect
@@ -78,10 +109,15 @@ async def insert_ignoring_conflicts(
             return "TEXT" if isinstance(kind, String) else str(kind.compile(dialect=dialect))
 
         arrays = ", ".join(f"CAST(:{name} AS {array_type(name)}[])" for name in columns)
+        names = ", ".join(quote(name) for name in columns)
+        # in the rows' order (WITH ORDINALITY): a serial key (the outbox's id) is drawn in
+        # that order, and the relay publishes by it
         statement = text(
-            f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
-            f"({', '.join(quote(name) for name in columns)}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT DO NOTHING" + (f" RETURNING {quote(returning)}" if returning else "")
+            f"INSERT INTO {dialect.identifier_preparer.format_table(table)} ({names}) "
+            f"SELECT {names} FROM unnest({arrays}) WITH ORDINALITY "
+            f"AS given_rows({names}, position) ORDER BY position"
+            + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
+            + (f" RETURNING {quote(returning)}" if returning else "")
         )
         result = await session.execute(
             statement, {name: [row[name] for row in rows] for name in columns}
@@ -91,7 +127,9 @@ async def insert_ignoring_conflicts(
     inserted: list[Any] = []
     for start in range(0, len(rows), per_insert):
         chunk = rows[start : start + per_insert]
-        stmt = sqlite.insert(table).values(chunk).on_conflict_do_nothing()
+        stmt: Any = sqlite.insert(table).values(chunk)
+        if ignore_conflicts:
+            stmt = stmt.on_conflict_do_nothing()
         if returning:
             inserted += (await session.execute(stmt.returning(table.c[returning]))).scalars()
         else:

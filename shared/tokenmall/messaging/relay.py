@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tokenmall.db import among
 from tokenmall.messaging.lease import Lease
 from tokenmall.messaging.tables import MessagingTables
 from tokenmall.messaging.uow import begin_write
@@ -147,7 +148,7 @@ class OutboxRelay:
             await begin_write(session)
             await session.execute(
                 update(self.outbox)
-                .where(self.outbox.c.id.in_([r.id for r in rows]))
+                .where(among(session, self.outbox.c.id, [r.id for r in rows]))
                 .values(published_at=datetime.now(UTC))
             )
             await session.commit()

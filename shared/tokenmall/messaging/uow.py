@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenmall.contracts import Event, encode
+from tokenmall.db import among, insert_many
 from tokenmall.messaging.tables import MessagingTables
 
 
@@ -95,7 +96,7 @@ class UnitOfWork:
         inbox = self.tables.inbox
         rows = await self.session.execute(
             select(inbox.c.event_id).where(
-                inbox.c.consumer == consumer, inbox.c.event_id.in_(list(event_ids))
+                inbox.c.consumer == consumer, among(self.session, inbox.c.event_id, event_ids)
             )
         )
         return {row.event_id for row in rows}
@@ -107,8 +108,9 @@ class UnitOfWork:
         if not event_ids:
             return
         now = datetime.now(UTC)
-        await self.session.execute(
-            insert(self.tables.inbox),
+        await insert_many(
+            self.session,
+            self.tables.inbox,
             [{"consumer": consumer, "event_id": e, "processed_at": now} for e in event_ids],
         )
 
@@ -143,8 +145,9 @@ class UnitOfWork:
             )
         if self.events:
             now = datetime.now(UTC)
-            await self.session.execute(
-                insert(self.tables.outbox),
+            await insert_many(
+                self.session,
+                self.tables.outbox,
                 [
                     {
                         "event_id": e.event_id,

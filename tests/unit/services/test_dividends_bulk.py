@@ -46,6 +46,7 @@ def schedule(seed: int) -> list[tuple[str, list[contracts.Event]]]:
     ]
     orders.append(contracts.OrderPaid(order_id="o3", member="m0", amount=Decimal("10")))
     rng.shuffle(orders)
+    orders = batched(rng, orders)
     polls: list[tuple[str, list[contracts.Event]]] = []
     while members or orders:
         for topic, queue in ((contracts.MEMBERS, members), (contracts.ORDERS, orders)):
@@ -55,6 +56,34 @@ def schedule(seed: int) -> list[tuple[str, list[contracts.Event]]]:
                 del queue[:size]
     polls.insert(rng.randrange(len(polls)), polls[rng.randrange(len(polls))])  # again
     return polls
+
+
+def batched(rng: random.Random, orders: list[contracts.Event]) -> list[contracts.Event]:
+    """Some runs of consecutive orders as one OrdersPaid (an orders:batch): it waits for
+    its members together.  o3 stays single (its second event is refused by the handler,
+    whichever comes first)."""
+    out: list[contracts.Event] = []
+    i = 0
+    while i < len(orders):
+        window = orders[i : i + rng.randint(2, 6)]
+        run = [o for o in window if isinstance(o, contracts.OrderPaid) and o.order_id != "o3"]
+        if rng.random() < 0.4 and len(run) > 1 and len({o.order_id for o in run}) == len(run):
+            out.append(
+                contracts.OrdersPaid(
+                    orders=[
+                        contracts.PaidOrder(
+                            order_id=o.order_id, member=o.member, amount=o.amount, stable=o.stable
+                        )
+                        for o in run
+                    ]
+                )
+            )
+            out.extend(o for o in window if o not in run)
+            i += len(window)
+        else:
+            out.append(orders[i])
+            i += 1
+    return out
 
 
 async def outcome(tmp_path: Path, polls: Any, bulk: bool) -> dict[str, Any]:
@@ -162,6 +191,62 @@ def test_orders_of_another_day_and_malformed_ones_go_through_the_handler(
             assert parked["waiting_for"] == "day:2"
             [(_, _, headers)] = broker.dead_letters
             assert "1.001" in headers["reason"] or "cent" in headers["reason"]
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
+
+
+def test_an_orders_batch_waits_whole_and_a_malformed_one_is_refused_whole(
+    tmp_path: Path,
+) -> None:
+    """An OrdersPaid naming a member who has not joined is parked whole (none of its
+    orders applied) and applied when the member joins; an order of it logged already is
+    skipped; one malformed amount dead-letters the batch with nothing applied."""
+
+    def batch(*orders: tuple[str, str, str]) -> contracts.OrdersPaid:
+        return contracts.OrdersPaid(
+            orders=[
+                contracts.PaidOrder(order_id=o, member=m, amount=Decimal(a)) for o, m, a in orders
+            ],
+            day=1,
+        )
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[])
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+
+            async def orders_logged() -> list[str]:
+                log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
+                return [row["input_id"] for row in log if row["kind"] == "order"]
+
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("A", seq=1)])
+            waiting = batch(("w1", "A", "100"), ("w2", "B", "200"), ("w3", "A", "300"))
+            single = contracts.OrderPaid(order_id="s1", member="A", amount=Decimal("5"), day=1)
+            await broker.deliver_batch(contracts.ORDERS, [waiting, single])
+            assert await orders_logged() == ["order:s1"]
+            [parked] = (await client.get("/v1/parked")).json()["items"]
+            assert parked["waiting_for"] == "member:B"
+            await broker.deliver_batch(contracts.MEMBERS, [member_registered("B", seq=2)])
+            assert await orders_logged() == ["order:s1", "order:w1", "order:w2", "order:w3"]
+            # delivered again (across polls): applied once
+            await broker.deliver_batch(contracts.ORDERS, [waiting])
+            # a new batch holding a logged order: that one is skipped, the other applied
+            await broker.deliver_batch(
+                contracts.ORDERS, [batch(("w1", "A", "100"), ("n1", "B", "1"))]
+            )
+            bad = batch(("x1", "A", "10"), ("x2", "A", "1.001"))
+            await broker.deliver_batch(contracts.ORDERS, [bad])
+            assert await orders_logged() == [
+                "order:s1",
+                "order:w1",
+                "order:w2",
+                "order:w3",
+                "order:n1",
+            ]
+            [(_, _, headers)] = broker.dead_letters
+            assert "x2" in headers["reason"]
+            assert (await client.get("/v1/parked")).json()["total"] == 0
             await equals_simulate_of_its_log(client)
 
     asyncio.run(go())

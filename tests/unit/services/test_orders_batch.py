@@ -1,5 +1,6 @@
-"""POST /v1/orders:batch: paid orders in bulk — one write transaction, one OrderPaid each,
-per item refused, idempotent per order id, each verdict readable like a single order's."""
+"""POST /v1/orders:batch: paid orders in bulk — one write transaction, one OrdersPaid for
+the batch (bounded in size), per item refused, idempotent per order id, each verdict
+readable like a single order's."""
 
 from __future__ import annotations
 
@@ -21,10 +22,23 @@ from tests.unit.services.test_orders import (
     run,
     verdict,
 )
-from tokenmall.contracts import OrderPaid
+from tokenmall import contracts
+from tokenmall.contracts import OrdersPaid, PaidOrder
 from tokenmall.imports import BadRow, import_orders, progress_path
 from tokenmall.testing import MemoryRegistry
 from tokenmall_orders.adapters.wallet import WalletUnavailable
+
+
+async def paid_orders(app: FastAPI) -> dict[str, tuple[PaidOrder, int | None]]:
+    """Every order the batches published, with its batch's day (each order once)."""
+    found: dict[str, tuple[PaidOrder, int | None]] = {}
+    for event in await published(app):
+        if isinstance(event, OrdersPaid):
+            assert event.key == contracts.ORDER_BATCHES_KEY
+            for order in event.orders:
+                assert order.order_id not in found, f"{order.order_id} paid twice"
+                found[order.order_id] = (order, event.day)
+    return found
 
 
 def item(order_id: str, member: str = "A", amount: str = "100.00", **more: Any) -> dict[str, Any]:
@@ -37,7 +51,7 @@ async def batch(client: Client, *items: dict[str, Any]) -> dict[str, Any]:
     return dict(r.json())
 
 
-def test_a_batch_is_one_write_and_one_order_paid_each(tmp_path: Path) -> None:
+def test_a_batch_is_one_write_and_one_orders_paid(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: Client) -> None:
         statements: list[str] = []
 
@@ -52,10 +66,13 @@ def test_a_batch_is_one_write_and_one_order_paid_each(tmp_path: Path) -> None:
         assert [r["order_id"] for r in result["items"]] == [f"o{i}" for i in range(300)]
         assert {r["order"]["status"] for r in result["items"]} == {"pending"}
         assert result["items"][7]["order"]["amount"] == "8.50"
-        assert statements.count("INSERT INTO orders") == 1  # one multi-row insert
-        events = [e for e in await published(app) if isinstance(e, OrderPaid)]
-        assert sorted(e.order_id for e in events) == sorted(f"o{i}" for i in range(300))
-        assert {e.day for e in events} == {1}
+        # SQLite: multi-row inserts of 999 parameters (eight columns: 124 rows each)
+        assert statements.count("INSERT INTO orders") == 3
+        assert statements.count("INSERT INTO outbox") == 1
+        batches = [e for e in await published(app) if isinstance(e, OrdersPaid)]
+        assert len(batches) == 1 and batches[0].day == 1
+        assert [o.order_id for o in batches[0].orders] == [f"o{i}" for i in range(300)]
+        assert str(batches[0].orders[7].amount) == "8.50"
         # each verdict is readable like a single order's
         await verdict(app, "o7")
         await verdict(app, "o8", reason="a rule refused it")
@@ -81,8 +98,7 @@ def test_sending_a_batch_again_changes_nothing(tmp_path: Path) -> None:
         assert again["items"][1]["order"] == first["items"][1]["order"]
         after = await count_rows(app)
         assert after["orders"] == before["orders"] + 1
-        paid = [e.order_id for e in await published(app) if isinstance(e, OrderPaid)]
-        assert sorted(paid) == ["o1", "o2", "o3"]  # once each
+        assert sorted(await paid_orders(app)) == ["o1", "o2", "o3"]  # once each
 
     run(tmp_path, scenario)
 
@@ -118,8 +134,7 @@ def test_bad_items_are_refused_alone_with_the_field(tmp_path: Path) -> None:
         assert "1.001" in result["items"][1]["error"]
         assert (await client.get("/v1/orders/taken")).json()["amount"] == "5.00"
         assert (await client.get("/v1/orders/cents")).status_code == 404
-        paid = [e.order_id for e in await published(app) if isinstance(e, OrderPaid)]
-        assert sorted(paid) == ["ok1", "ok2"]
+        assert sorted(await paid_orders(app)) == ["ok1", "ok2"]
 
     run(tmp_path, scenario)
 
@@ -156,8 +171,7 @@ def test_stable_parts_are_held_and_a_refused_hold_refuses_its_order(tmp_path: Pa
         )
         assert wallet.stable["A"] == 0
         assert set(wallet.holds) == {"s1", "s2", "s3"} - {refused["order_id"]}
-        events = {e.order_id: e for e in await published(app) if isinstance(e, OrderPaid)}
-        assert str(events["s3"].stable) == "4.00"
+        assert str((await paid_orders(app))["s3"][0].stable) == "4.00"
         # the same batch again: no second hold, nothing paid twice
         again = await batch(client, item("s3", amount="20", stable="4"))
         assert again["items"][0]["status"] == "exists"
@@ -224,7 +238,7 @@ def test_an_atomic_batch_is_paid_whole_or_not_at_all(tmp_path: Path) -> None:
         assert r.status_code == 422 and r.json()["field"] == "body.orders[1].stable"
         assert wallet.stable["A"] == 500 and not wallet.holds  # a1's hold given back
         assert (await count_rows(app))["orders"] == 0
-        assert not [e for e in await published(app) if isinstance(e, OrderPaid)]
+        assert not await paid_orders(app)
         fixed = [item("a1", stable="5"), item("a3")]
         r = await client.post("/v1/orders:batch", params={"atomic": "true"}, json={"orders": fixed})
         assert r.status_code == 200 and r.json()["accepted"] == 2
@@ -286,3 +300,22 @@ def test_import_orders_names_the_line_of_a_malformed_row(tmp_path: Path) -> None
         path.write_text("order,who\nx,y\n")
         with pytest.raises(BadRow, match=r"line 1: a header"):
             import_orders(path, service)
+
+
+def test_order_batches_split_at_the_bounds() -> None:
+    """Past ORDER_BATCH_ORDERS orders or ORDER_BATCH_BYTES of them a batch is several
+    events, in order, each under the bounds (and under the broker's 1 MB once encoded)."""
+    orders = [
+        PaidOrder(order_id=f"o-{i:05d}-" + "x" * 150, member=f"+86138{i:08d}", amount="12.34")
+        for i in range(5000)
+    ]
+    batches = contracts.order_batches(orders, day=3)
+    assert [o for b in batches for o in b.orders] == orders
+    assert len(batches) > 2 and {b.day for b in batches} == {3}
+    for b in batches:
+        assert len(b.orders) <= contracts.ORDER_BATCH_ORDERS
+        assert len(contracts.encode(b)) <= contracts.ORDER_BATCH_BYTES + 4096
+    small = contracts.order_batches(orders[:10], day=None)
+    assert len(small) == 1 and small[0].orders == orders[:10]
+    many = [PaidOrder(order_id=f"o{i}", member="A", amount="1") for i in range(4500)]
+    assert [len(b.orders) for b in contracts.order_batches(many, 1)] == [2000, 2000, 500]

@@ -450,6 +450,44 @@ def test_an_order_of_an_unknown_member_and_a_refund_of_an_unknown_order_are_park
     run(tmp_path, scenario)
 
 
+def test_an_orders_batch_counts_each_order_and_waits_whole(tmp_path: Path) -> None:
+    """OrdersPaid (one by one here, as a retry or an unparked event goes): each of its
+    orders counts once; a member not registered yet parks the batch whole, a refund of
+    one of its orders waits for it; a malformed amount dead-letters the batch whole."""
+
+    def batch(*orders: tuple[str, str, str]) -> contracts.OrdersPaid:
+        return contracts.OrdersPaid(
+            orders=[
+                contracts.PaidOrder(order_id=o, member=m, amount=Decimal(a)) for o, m, a in orders
+            ]
+        )
+
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        await register(client, "a")
+        await deliver(app, contracts.ORDERS, refunded("b1", "a", "10.00"))  # before its batch
+        await deliver(app, contracts.ORDERS, batch(("b1", "a", "10.00"), ("b2", "z", "4.00")))
+        assert (await member(client, "a"))["spend"] == "0.00"  # none of it yet
+        parked = (await client.get("/v1/parked")).json()["items"]
+        assert sorted(p["waiting_for"] for p in parked) == ["member:z", "order:b1"]
+        await register(client, "z", sponsor="a")
+        await app.state.svc.unpark({"member:z"})  # as the sweeper's next retry does
+        assert (await member(client, "z"))["spend"] == "4.00"
+        assert (await member(client, "a"))["spend"] == "0.00"  # 10 − 10 (the refund came)
+        assert (await member(client, "a"))["team_performance"] == "4.00"
+        assert (await client.get("/v1/parked")).json()["total"] == 0
+        again = batch(("b2", "z", "4.00"), ("b3", "a", "1.50"))  # b2 counted already
+        await deliver(app, contracts.ORDERS, again)
+        await deliver(app, contracts.ORDERS, again)  # delivered twice: once
+        assert (await member(client, "z"))["spend"] == "4.00"
+        assert (await member(client, "a"))["spend"] == "1.50"
+        await deliver(app, contracts.ORDERS, batch(("c1", "a", "1.00"), ("c2", "a", "1.001")))
+        [(_, _, headers)] = broker(app).dead_letters
+        assert "c2" in headers["reason"]
+        assert (await member(client, "a"))["spend"] == "1.50"
+
+    run(tmp_path, scenario)
+
+
 def test_an_order_the_rules_refuse_leaves_the_spend(tmp_path: Path) -> None:
     def refused(order_id: str) -> contracts.InputApplied:
         return contracts.InputApplied(

@@ -154,7 +154,38 @@ def forests(draw: st.DrawFn) -> tuple[Forest, list[list[tuple[str, contracts.Eve
             polls[-1].append((topic, event))
         else:
             polls.append([(topic, event)])
-    return forest, polls
+    # some runs of consecutive paid orders as one OrdersPaid (an orders:batch)
+    return forest, [_batched(poll) if draw(st.booleans()) else poll for poll in polls]
+
+
+def _batched(poll: list[tuple[str, contracts.Event]]) -> list[tuple[str, contracts.Event]]:
+    out: list[tuple[str, contracts.Event]] = []
+    run: list[contracts.OrderPaid] = []
+
+    def flush() -> None:
+        if len(run) > 1:
+            orders = [
+                contracts.PaidOrder(order_id=o.order_id, member=o.member, amount=o.amount)
+                for o in run
+            ]
+            out.append((contracts.ORDERS, contracts.OrdersPaid(orders=orders)))
+        else:
+            out.extend((contracts.ORDERS, o) for o in run)
+        run.clear()
+
+    for topic, event in poll:
+        if isinstance(event, contracts.OrderPaid) and event.order_id not in {
+            o.order_id for o in run
+        }:
+            run.append(event)
+            continue
+        flush()
+        if isinstance(event, contracts.OrderPaid):
+            run.append(event)
+        else:
+            out.append((topic, event))
+    flush()
+    return out
 
 
 def last_plan(polls: list[list[tuple[str, contracts.Event]]]) -> Plan | None:

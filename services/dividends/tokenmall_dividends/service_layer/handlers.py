@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -21,9 +22,10 @@ from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import contracts
+from tokenmall.db import among
 from tokenmall.engine import Engine, Plan, snapshot
 from tokenmall.messaging import Missing, UnitOfWork
-from tokenmall.money import AmountError
+from tokenmall.money import AmountError, to_cents
 from tokenmall.servicekit import Rejected, Service
 from tokenmall_dividends.adapters.tables import day_closings, inputs, settlements, snapshots
 from tokenmall_dividends.service_layer import closing
@@ -109,7 +111,7 @@ async def _logged_many(uow: UnitOfWork, input_ids: list[str]) -> set[str]:
     found: set[str] = set()
     for start in range(0, len(input_ids), IN_LIST_CHUNK):
         stmt = select(inputs.c.input_id).where(
-            inputs.c.input_id.in_(input_ids[start : start + IN_LIST_CHUNK])
+            among(uow.session, inputs.c.input_id, input_ids[start : start + IN_LIST_CHUNK])
         )
         found.update((await uow.session.execute(stmt)).scalars())
     return found
@@ -481,39 +483,77 @@ async def on_orders(
     refunds go through the handler alone."""
     host = host_of(svc)
 
-    def one(batch: _BulkInputs, event: contracts.Event) -> object:
-        if not isinstance(event, contracts.OrderPaid):
-            return _STOP
-        engine = host.engine
-        if event.member not in engine.index:
-            return Missing(f"member:{event.member}", f"member {event.member!r} not joined")
-        if event.day is not None and event.day != engine.day:
-            return _STOP  # early (parked) or late (counted, with a warning): the handler
-        input_id = f"order:{event.order_id}"
-        if input_id in batch.logged:
-            return _STOP
-        payload = {
-            "order_id": event.order_id,
-            "member": event.member,
-            "amount": str(event.amount),
-            "stable": str(event.stable),
-        }
-        try:
-            accepted, reason, _ = host.call("order", payload)
-        except AmountError:
-            return _STOP  # malformed: the handler rejects it (the engine did not move)
+    def pay(batch: _BulkInputs, order: contracts.OrderPaid | contracts.PaidOrder) -> None:
+        input_id = f"order:{order.order_id}"
+        payload = _order_payload(order)
+        accepted, reason, _ = host.call("order", payload)
         uow.emit(
             contracts.DIVIDENDS,
-            host.input_applied(input_id, event.member, accepted, reason, batch.day),
+            host.input_applied(input_id, order.member, accepted, reason, batch.day),
         )
         batch.log("order", input_id, payload, accepted, reason)
-        uow.provide(f"order:{event.order_id}")
+        uow.provide(f"order:{order.order_id}")
+
+    def one(batch: _BulkInputs, event: contracts.Event) -> object:
+        if not isinstance(event, contracts.OrderPaid | contracts.OrdersPaid):
+            return _STOP
+        engine = host.engine
+        if event.day is not None and event.day != engine.day:
+            return _STOP  # early (parked) or late (counted, with a warning): the handler
+        if isinstance(event, contracts.OrdersPaid):
+            missing = _batch_waits_for(svc, event)
+            if missing is not None:
+                return missing
+            if _malformed(event.orders):
+                return _STOP  # the handler rejects it (the engine has not moved)
+            for order in event.orders:  # an order logged already was applied: skipped
+                if f"order:{order.order_id}" not in batch.logged:
+                    pay(batch, order)
+            return None
+        if event.member not in engine.index:
+            return Missing(f"member:{event.member}", f"member {event.member!r} not joined")
+        if f"order:{event.order_id}" in batch.logged or _malformed([event]):
+            return _STOP
+        pay(batch, event)
         return None
 
     def input_ids(event: contracts.Event) -> list[str]:
+        if isinstance(event, contracts.OrdersPaid):
+            return [f"order:{order.order_id}" for order in event.orders]
         return [f"order:{event.order_id}"] if isinstance(event, contracts.OrderPaid) else []
 
     return await _bulk(svc, uow, events, input_ids, one)
+
+
+def _order_payload(order: contracts.OrderPaid | contracts.PaidOrder) -> dict[str, Any]:
+    return {
+        "order_id": order.order_id,
+        "member": order.member,
+        "amount": str(order.amount),
+        "stable": str(order.stable),
+    }
+
+
+def _malformed(orders: Sequence[contracts.OrderPaid | contracts.PaidOrder]) -> str | None:
+    """Why one of ``orders`` cannot be an engine input (checked before any moves the
+    engine: a batch goes whole or not at all), or None."""
+    for order in orders:
+        try:
+            to_cents(order.amount, "amount")
+            to_cents(order.stable, "stable")
+        except AmountError as exc:
+            return f"order:{order.order_id}: {exc}"
+    return None
+
+
+def _batch_waits_for(svc: Service, event: contracts.OrdersPaid) -> Missing | None:
+    """The first member of the batch who has not joined: the batch waits whole (the
+    engine cannot take back the orders before)."""
+    index = host_of(svc).engine.index
+    for order in event.orders:
+        if order.member not in index:
+            return Missing(f"member:{order.member}", f"member {order.member!r} not joined")
+    return None
 
 
 def _require_member(svc: Service, member: str) -> None:
@@ -533,16 +573,25 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
     elif isinstance(event, contracts.OrderPaid):
         _require_member(svc, event.member)
         _check_day(svc, "order", event.day)
-        payload = {
-            "order_id": event.order_id,
-            "member": event.member,
-            "amount": str(event.amount),
-            "stable": str(event.stable),
-        }
         await apply(
-            svc, uow, "order", f"order:{event.order_id}", payload, event.member, commit=False
+            svc,
+            uow,
+            "order",
+            f"order:{event.order_id}",
+            _order_payload(event),
+            event.member,
+            commit=False,
         )
         uow.provide(f"order:{event.order_id}")
+    elif isinstance(event, contracts.OrdersPaid):
+        missing = _batch_waits_for(svc, event)
+        if missing is not None:
+            raise missing
+        _check_day(svc, "order", event.day)
+        problem = _malformed(event.orders)
+        if problem is not None:
+            raise Rejected(problem)
+        await _pay_batch(svc, uow, event)
     elif isinstance(event, contracts.OrderRefunded):
         if not await _logged(uow, f"order:{event.order_id}"):
             raise Missing(f"order:{event.order_id}", f"order {event.order_id!r} has not arrived")
@@ -556,6 +605,23 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
             event.member,
             commit=False,
         )
+
+
+async def _pay_batch(svc: Service, uow: UnitOfWork, event: contracts.OrdersPaid) -> None:
+    """A batch's orders one after the other (those logged already were applied: skipped);
+    should one fail after others moved the engine, it is rebuilt from the database (the
+    transaction rolls back) before the error propagates."""
+    logged = await _logged_many(uow, [f"order:{order.order_id}" for order in event.orders])
+    try:
+        for order in event.orders:
+            input_id = f"order:{order.order_id}"
+            if input_id in logged:
+                continue
+            await apply(svc, uow, "order", input_id, _order_payload(order), order.member, False)
+            uow.provide(input_id)
+    except BaseException:
+        await load_engine(svc)
+        raise
 
 
 async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:

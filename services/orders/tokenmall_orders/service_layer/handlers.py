@@ -25,7 +25,6 @@ from typing import Any, cast
 from uuid import uuid4
 
 from sqlalchemy import CursorResult, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from tokenmall import business_day, contracts
@@ -37,7 +36,7 @@ from tokenmall.contracts import (
     OrderPaid,
     OrderRefunded,
 )
-from tokenmall.db import insert_ignoring_conflicts
+from tokenmall.db import among, insert_ignoring_conflicts
 from tokenmall.engine.plan import MAX_CASH_CENTS
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, cents_to_decimal, format_cents, to_cents
@@ -408,7 +407,7 @@ async def _release_hold(wallet: Wallet, order: Order) -> None:
 
 MAX_BATCH = 1000  # paid orders per call
 HOLDS_AT_ONCE = 16  # wallet calls in flight for the stable parts of one batch
-IN_LIST_CHUNK = 500  # ids per IN (...) list and rows per multi-row insert
+IN_LIST_CHUNK = 500  # ids per IN (...) list on SQLite (PostgreSQL takes one array)
 
 
 @dataclass(frozen=True)
@@ -448,10 +447,10 @@ async def pay_orders(
     atomic: bool = False,
 ) -> tuple[list[PaidItemResult], bool]:
     """Create and pay up to MAX_BATCH orders: what ``create`` + ``pay`` does to each, with
-    one read and one write transaction for all (a multi-row insert, one ``OrderPaid``
-    each).  Per order id idempotent; per item refused (invalid amounts, unknown member,
-    an order id taken by another order, too few stable points) without holding up the
-    others — or, ``atomic``, the whole batch (none paid, the holds it placed released).
+    one read and one write transaction for all (one insert, one ``OrdersPaid``).  Per
+    order id idempotent; per item refused (invalid amounts, unknown member, an order id
+    taken by another order, too few stable points) without holding up the others —
+    or, ``atomic``, the whole batch (none paid, the holds it placed released).
     Returns the results in the items' order and whether anything was paid."""
     results: dict[int, PaidItemResult] = {}
     wanted: dict[str, tuple[int, Order]] = {}
@@ -589,8 +588,9 @@ async def _hold_stable_parts(
 
 async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> tuple[set[str], int | None]:
     """One write transaction: new orders inserted as pending, created ones moved to
-    pending, one OrderPaid each.  Returns the order ids paid (one another request
-    created or paid meanwhile is left out) and the business day stamped."""
+    pending, one OrdersPaid for them (contracts.order_batches).  Returns the order ids
+    paid (one another request created or paid meanwhile is left out) and the business
+    day stamped."""
     if not orders_:
         return set(), None
     paid: set[str] = set()
@@ -601,24 +601,22 @@ async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> tuple[set[str], i
         now = _now()
         current = await _load_many(uow, [order.order_id for order in orders_])
         new = [order for order in orders_ if order.order_id not in current]
-        for start in range(0, len(new), IN_LIST_CHUNK):
-            rows = [
-                {
-                    "order_id": order.order_id,
-                    "member": order.member,
-                    "amount_cents": order.amount_cents,
-                    "stable_cents": order.stable_cents,
-                    "status": PENDING,
-                    "created_at": now,
-                    "paid_at": now,
-                    "day": day,
-                }
-                for order in new[start : start + IN_LIST_CHUNK]
-            ]
-            inserted = await uow.session.execute(
-                _insert_ignoring_conflicts(uow, orders, rows).returning(orders.c.order_id)
-            )
-            paid.update(inserted.scalars())
+        rows = [
+            {
+                "order_id": order.order_id,
+                "member": order.member,
+                "amount_cents": order.amount_cents,
+                "stable_cents": order.stable_cents,
+                "status": PENDING,
+                "created_at": now,
+                "paid_at": now,
+                "day": day,
+            }
+            for order in new
+        ]
+        paid.update(
+            await insert_ignoring_conflicts(uow.session, orders, rows, returning="order_id")
+        )
         for order in orders_:
             found = current.get(order.order_id)
             if (
@@ -628,19 +626,19 @@ async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> tuple[set[str], i
                 and await _transition(uow, order, CREATED, PENDING, paid_at=now, day=day)
             ):
                 paid.add(order.order_id)
-        for order in orders_:
-            if order.order_id in paid:
-                uow.emit(
-                    contracts.ORDERS,
-                    OrderPaid(
-                        order_id=order.order_id,
-                        member=order.member,
-                        causation_id=order.order_id,
-                        amount=cents_to_decimal(order.amount_cents),
-                        stable=cents_to_decimal(order.stable_cents),
-                        day=day,
-                    ),
-                )
+        # one event for the batch (several past contracts.ORDER_BATCH_ORDERS): consumers
+        # apply a poll's worth of orders as one message, not a message per order
+        paid_in_order = [
+            contracts.PaidOrder(
+                order_id=order.order_id,
+                member=order.member,
+                amount=cents_to_decimal(order.amount_cents),
+                stable=cents_to_decimal(order.stable_cents),
+            )
+            for order in orders_
+            if order.order_id in paid
+        ]
+        uow.emit_many(contracts.ORDERS, contracts.order_batches(paid_in_order, day))
         await uow.commit()
     return paid, day
 
@@ -649,7 +647,9 @@ async def _load_many(uow: UnitOfWork, order_ids: list[str]) -> dict[str, Order]:
     found: dict[str, Order] = {}
     for start in range(0, len(order_ids), IN_LIST_CHUNK):
         chunk = order_ids[start : start + IN_LIST_CHUNK]
-        rows = await uow.session.execute(_select_orders().where(orders.c.order_id.in_(chunk)))
+        rows = await uow.session.execute(
+            _select_orders().where(among(uow.session, orders.c.order_id, chunk))
+        )
         found.update((row.order_id, Order(*row)) for row in rows)
     return found
 
@@ -659,7 +659,7 @@ async def _known_members(uow: UnitOfWork, wanted: set[str]) -> set[str]:
     for start in range(0, len(names), IN_LIST_CHUNK):
         chunk = names[start : start + IN_LIST_CHUNK]
         rows = await uow.session.execute(
-            select(members.c.member).where(members.c.member.in_(chunk))
+            select(members.c.member).where(among(uow.session, members.c.member, chunk))
         )
         known.update(rows.scalars())
     return known
@@ -669,12 +669,6 @@ async def _learn_members(uow: UnitOfWork, registry: MemberRegistry, wanted: set[
     """Members whose registration event has not arrived yet, from the registry (one after
     the other: rare, a mall that registered them a moment ago — read-your-writes)."""
     return {m for m in sorted(wanted) if await learn_member(uow, registry, m, member_registered)}
-
-
-def _insert_ignoring_conflicts(uow: UnitOfWork, table: Any, rows: list[dict[str, Any]]) -> Any:
-    dialect = uow.session.get_bind().dialect.name
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return insert_(table).values(rows).on_conflict_do_nothing()
 
 
 # --- event handlers (tokenmall.members) -----------------------------------------------
@@ -762,7 +756,7 @@ async def order_verdicts(events: list[Event], uow: UnitOfWork) -> list[Missing |
         for start in range(0, len(ids), IN_LIST_CHUNK):
             await uow.session.execute(
                 update(orders)
-                .where(orders.c.order_id.in_(ids[start : start + IN_LIST_CHUNK]))
+                .where(among(uow.session, orders.c.order_id, ids[start : start + IN_LIST_CHUNK]))
                 .where(orders.c.status == PENDING)
                 .values(status=PAID, reason=None, decided_at=now, **counted_in)
             )

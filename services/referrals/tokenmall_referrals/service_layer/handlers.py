@@ -30,7 +30,6 @@ from sqlalchemy import (
     BigInteger,
     String,
     Subquery,
-    Table,
     bindparam,
     cast,
     column,
@@ -41,11 +40,11 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import contracts
-from tokenmall.db import insert_ignoring_conflicts
+from tokenmall.db import among, insert_ignoring_conflicts
 from tokenmall.engine.plan import MAX_CASH_CENTS, Plan
 from tokenmall.engine.settlement import star_levels
 from tokenmall.messaging import Missing, UnitOfWork
@@ -204,7 +203,7 @@ async def register_members(
                 members.c.merchant,
                 members.c.seq,
                 members.c.depth,
-            ).where(members.c.member.in_(ids[start : start + IN_CHUNK]))
+            ).where(among(session, members.c.member, ids[start : start + IN_CHUNK]))
         )
         known.update({row.member: row for row in rows})
     depth_of: dict[str, int] = {m: int(row.depth) for m, row in known.items()}
@@ -293,7 +292,7 @@ async def _next_seqs(session: AsyncSession, count: int) -> list[int]:
 
 async def on_order_event(event: contracts.Event, uow: UnitOfWork) -> None:
     """``tokenmall.orders``: spend follows paid orders, net of refunds."""
-    if isinstance(event, contracts.OrderPaid):
+    if isinstance(event, contracts.OrderPaid | contracts.OrdersPaid):
         await order_paid(event, uow)
     elif isinstance(event, contracts.OrderRefunded):
         await order_refunded(event, uow)
@@ -335,66 +334,56 @@ async def order_refused(order_id: str, uow: UnitOfWork) -> None:
     await _move_spend(session, order.member, -int(order.amount_cents))
 
 
-async def order_paid(event: contracts.OrderPaid, uow: UnitOfWork) -> None:
-    session = uow.session
-    amount = _order_cents(event)
-    if await _member_row(session, event.member) is None:  # not committed yet: it will be
-        raise Missing(f"member:{event.member}", f"unknown member '{event.member}'")
-    recorded = await _insert_ignore(
-        session,
-        member_orders,
-        {
-            "order_id": event.order_id,
-            "member": event.member,
-            "amount_cents": amount,
-            "refunded": False,
-        },
-    )
-    uow.provide(f"order:{event.order_id}")
-    if not recorded:
-        log.info("order '%s' already counted; ignoring %s", event.order_id, event.event_id)
-        return
-    await _move_spend(session, event.member, amount)
+async def order_paid(event: contracts.OrderPaid | contracts.OrdersPaid, uow: UnitOfWork) -> None:
+    """One paid order, or a batch's: what :func:`orders_paid` does to it alone (a member
+    not committed yet is waited for: Missing; a malformed amount: Rejected)."""
+    _paid_orders(event)  # malformed: rejected here, the bulk handler leaves it alone
+    outcome = (await orders_paid([event], uow))[0]
+    if outcome is not None:
+        raise outcome
 
 
 IN_LIST_CHUNK = 400  # ids per IN (...) list, rows per multi-row statement
 
 
 async def orders_paid(events: list[contracts.Event], uow: UnitOfWork) -> list[Missing | None]:
-    """:func:`order_paid` for the paid orders of a poll at once (Subscription.bulk): one
-    lookup of their members, one insert of the new orders, one spend update per member
-    and one statement moving every upline; a refund or a malformed order goes to the
-    handler alone."""
+    """:func:`order_paid` for the paid orders of a poll at once (Subscription.bulk), also
+    a batch's (``OrdersPaid``, whole: it waits for its members together): one lookup of
+    their members, one insert of the new orders, one spend update per member and one
+    statement moving every upline; a refund or a malformed order goes to the handler
+    alone."""
     session = uow.session
-    paid: list[tuple[contracts.OrderPaid, int]] = []
+    paid: list[tuple[contracts.OrderPaid | contracts.OrdersPaid, list[_Paid]]] = []
     for event in events:
-        if not isinstance(event, contracts.OrderPaid):
+        if not isinstance(event, contracts.OrderPaid | contracts.OrdersPaid):
             break
         try:
-            paid.append((event, _order_cents(event)))
+            paid.append((event, _paid_orders(event)))
         except Rejected:
             break
     if not paid:
         return []
-    known = await _known_members(session, {event.member for event, _ in paid})
+    known = await _known_members(session, {o.member for _, orders in paid for o in orders})
     outcomes: list[Missing | None] = []
     rows: dict[str, dict[str, Any]] = {}  # the first event of an order id counts
-    for event, amount in paid:
-        if event.member not in known:
-            outcomes.append(Missing(f"member:{event.member}", f"unknown member '{event.member}'"))
-            uow.wanted.add(f"member:{event.member}")  # parked in the run
+    for _, orders in paid:
+        unknown = next((o.member for o in orders if o.member not in known), None)
+        if unknown is not None:
+            outcomes.append(Missing(f"member:{unknown}", f"unknown member '{unknown}'"))
+            uow.wanted.add(f"member:{unknown}")  # parked in the run
             continue
         outcomes.append(None)
-        rows.setdefault(
-            event.order_id,
-            {
-                "order_id": event.order_id,
-                "member": event.member,
-                "amount_cents": amount,
-                "refunded": False,
-            },
-        )
-        uow.provide(f"order:{event.order_id}")
+        for order in orders:
+            rows.setdefault(
+                order.order_id,
+                {
+                    "order_id": order.order_id,
+                    "member": order.member,
+                    "amount_cents": order.amount_cents,
+                    "refunded": False,
+                },
+            )
+            uow.provide(f"order:{order.order_id}")
         if uow.wanted_provided:
             break  # a message parked in the run waits for this one: it goes next
     recorded = await insert_ignoring_conflicts(
@@ -408,11 +397,27 @@ async def orders_paid(events: list[contracts.Event], uow: UnitOfWork) -> list[Mi
     return outcomes
 
 
+@dataclass(frozen=True, slots=True)
+class _Paid:
+    order_id: str
+    member: str
+    amount_cents: int
+
+
+def _paid_orders(event: contracts.OrderPaid | contracts.OrdersPaid) -> list[_Paid]:
+    """The orders an event pays, their amounts checked (Rejected: one is malformed)."""
+    if isinstance(event, contracts.OrderPaid):
+        return [_Paid(event.order_id, event.member, _order_cents(event))]
+    return [_Paid(o.order_id, o.member, _order_cents(o)) for o in event.orders]
+
+
 async def _known_members(session: AsyncSession, wanted: set[str]) -> set[str]:
     names, known = sorted(wanted), set[str]()
     for start in range(0, len(names), IN_LIST_CHUNK):
         chunk = names[start : start + IN_LIST_CHUNK]
-        found = await session.execute(select(members.c.member).where(members.c.member.in_(chunk)))
+        found = await session.execute(
+            select(members.c.member).where(among(session, members.c.member, chunk))
+        )
         known.update(found.scalars())
     return known
 
@@ -660,7 +665,7 @@ async def _member_row(session: AsyncSession, member: str) -> Any:
     ).one_or_none()
 
 
-def _order_cents(event: contracts.OrderPaid) -> int:
+def _order_cents(event: contracts.OrderPaid | contracts.PaidOrder) -> int:
     try:
         amount = to_cents(event.amount, "amount")
     except AmountError as exc:
@@ -668,17 +673,3 @@ def _order_cents(event: contracts.OrderPaid) -> int:
     if not 0 <= amount <= MAX_CASH_CENTS:
         raise Rejected(f"order '{event.order_id}': amount {event.amount} out of range")
     return amount
-
-
-async def _insert_ignore(session: AsyncSession, table: Table, values: dict[str, Any]) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING; False when the row was already there."""
-    dialect = session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).values(values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).values(values).on_conflict_do_nothing()
-    else:  # pragma: no cover - the two supported databases are above
-        raise RuntimeError(f"unsupported database {dialect}")
-    result = await session.execute(stmt)
-    return bool(result.rowcount)  # type: ignore[attr-defined]

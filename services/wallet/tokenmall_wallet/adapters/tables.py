@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
 
 from tokenmall import business_day
-from tokenmall.db import insert_ignoring_conflicts
+from tokenmall.db import insert_ignoring_conflicts, insert_many
 from tokenmall.ids import ID_MAX_LENGTH
 from tokenmall.messaging import define
 from tokenmall.messaging.tables import SEQUENCE_ID
@@ -218,8 +218,7 @@ async def apply_deltas(session: AsyncSession, deltas: Mapping[tuple[str, str], i
 
 
 async def insert_journal(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(journal), list(rows))
+    await insert_many(session, journal, rows)
 
 
 RELEASE_LINE_KEYS = ("day", "member", "asset", "amounts", "total")

@@ -43,6 +43,7 @@ from tokenmall.contracts import (
     WalletRequest,
     to_json,
 )
+from tokenmall.db import among
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import (
     AmountError,
@@ -264,7 +265,7 @@ async def orders_decided(events: list[Event], uow: UnitOfWork) -> list[Missing |
             await session.execute(
                 update(holds)
                 .where(
-                    holds.c.hold_id.in_(ids[start : start + HOLD_IDS_PER_UPDATE]),
+                    among(session, holds.c.hold_id, ids[start : start + HOLD_IDS_PER_UPDATE]),
                     holds.c.status == "held",
                 )
                 .values(status=status)
@@ -667,7 +668,7 @@ async def balance_page(session: AsyncSession, offset: int, limit: int) -> dict[s
     found: dict[tuple[str, str], int] = {}
     if names:
         stmt = select(balances.c.account, balances.c.asset, balances.c.balance).where(
-            balances.c.account.in_([member_account(m) for m in names])
+            among(session, balances.c.account, [member_account(m) for m in names])
         )
         found = {(r.account, r.asset): int(r.balance) for r in await session.execute(stmt)}
     rows = [
