@@ -251,6 +251,74 @@ class InputApplied(Event):
     day: int | None = None
 
 
+class AppliedInput(BaseModel):
+    """One input of an :class:`InputsApplied` (the fields of InputApplied but the day)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_id: str
+    member: str | None = None
+    accepted: bool
+    reason: str | None = None
+    postings: list[PostingLine] = []
+    facts: list[dict[str, Any]] = []
+
+
+INPUT_BATCHES_KEY = "input-batches"
+
+
+class InputsApplied(Event):
+    """Dividends' answers to the orders of one ``OrdersPaid``, in its order, all on one
+    business day: each as the ``InputApplied`` of that order would be.  Every batch has
+    the same key (batches arrive in the order dividends applied them); consumers book
+    each answer as its InputApplied."""
+
+    type: Literal["InputsApplied"] = "InputsApplied"
+    inputs: list[AppliedInput] = Field(min_length=1)
+    day: int | None = None
+
+    @property
+    def key(self) -> str:
+        return INPUT_BATCHES_KEY
+
+
+# what one InputsApplied may hold: answers, and (estimated) bytes of their JSON
+INPUT_BATCH_INPUTS = 2000
+INPUT_BATCH_BYTES = 512_000
+
+
+def _applied_size(applied: AppliedInput) -> int:
+    """An upper estimate of one answer's JSON in bytes: its strings (UTF-8), and per
+    field its name, quotes and punctuation (a posting's amount as its decimal string)."""
+
+    def n(text: object) -> int:
+        return len(str(text).encode())
+
+    size = 100 + n(applied.input_id) + n(applied.member or "") + n(applied.reason or "")
+    for posting in applied.postings:
+        size += 70 + n(posting.debit) + n(posting.credit) + n(posting.kind) + n(posting.amount)
+    for fact in applied.facts:
+        size += 2 + sum(8 + n(key) + n(value) for key, value in fact.items())
+    return size
+
+
+def applied_batches(answers: list[AppliedInput], day: int | None) -> list[InputsApplied]:
+    """``answers`` (in order) as consecutive InputsApplied of bounded size."""
+    batches: list[InputsApplied] = []
+    chunk: list[AppliedInput] = []
+    size = 0
+    for applied in answers:
+        entry = _applied_size(applied)
+        if chunk and (len(chunk) >= INPUT_BATCH_INPUTS or size + entry > INPUT_BATCH_BYTES):
+            batches.append(InputsApplied(inputs=chunk, day=day))
+            chunk, size = [], 0
+        chunk.append(applied)
+        size += entry
+    if chunk:
+        batches.append(InputsApplied(inputs=chunk, day=day))
+    return batches
+
+
 class ReleaseComputed(Event):
     """Part of one day's releases: members of one Kafka partition bucket — all of them,
     or one chunk of them when the bucket would not fit in one message (every message
@@ -334,6 +402,7 @@ AnyEvent = Annotated[
     | OrderRefunded
     | WalletRequest
     | InputApplied
+    | InputsApplied
     | ReleaseComputed
     | DaySettled
     | DayClosing
@@ -384,6 +453,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     OrderRefunded,
     WalletRequest,
     InputApplied,
+    InputsApplied,
     ReleaseComputed,
     DaySettled,
     DayClosing,

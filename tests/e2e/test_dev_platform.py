@@ -30,6 +30,12 @@ def tokenmall(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+def total_spend(referrals: str) -> Decimal:
+    listed = httpx.get(referrals + "/v1/members", params={"limit": 10000}).json()
+    assert listed["total"] <= 10000
+    return sum((Decimal(m["spend"]) for m in listed["members"]), Decimal(0))
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
     env = {**os.environ, "TOKENMALL_DEV_DIR": str(tmp_path / "dev")}
@@ -85,6 +91,7 @@ def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
         lines += [f"csv-{i},+86138{i * 7 % 3000:08d},{i % 50 + 1}.10" for i in range(2000)]
         orders.write_text("\n".join(lines) + "\n")
         before = httpx.get(urls["orders"] + "/v1/sales").json()
+        spends_before = total_spend(urls["referrals"])
         imported = tokenmall("import", "orders", str(orders), "--batch", "500", "--json", env=env)
         assert imported.returncode == 0, imported.stdout + imported.stderr
         assert json.loads(imported.stdout)["created"] == 2000
@@ -95,6 +102,17 @@ def test_dev_up_replay_compare_and_down(tmp_path: Path, database: str) -> None:
             time.sleep(0.2)
         verdict = httpx.get(urls["orders"] + "/v1/orders/csv-1999").json()
         assert verdict["status"] == "paid", verdict
+        # the batches (OrdersPaid, answered by InputsApplied) counted once each in
+        # referrals' spends
+        deadline = time.monotonic() + 60
+        while True:
+            syncs = [httpx.get(url + "/v1/sync").json() for url in urls.values()]
+            if all(s["consumer_lag"] == 0 and s["outbox_backlog"] == 0 for s in syncs):
+                break
+            assert time.monotonic() < deadline, syncs
+            time.sleep(0.2)
+        spends = total_spend(urls["referrals"]) - spends_before
+        assert spends == sum(Decimal(f"{i % 50 + 1}.10") for i in range(2000))
     finally:
         down = tokenmall("dev", "down", env=env)
     assert down.returncode == 0, down.stderr

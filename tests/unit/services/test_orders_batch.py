@@ -302,20 +302,34 @@ def test_import_orders_names_the_line_of_a_malformed_row(tmp_path: Path) -> None
             import_orders(path, service)
 
 
-def test_order_batches_split_at_the_bounds() -> None:
-    """Past ORDER_BATCH_ORDERS orders or ORDER_BATCH_BYTES of them a batch is several
-    events, in order, each under the bounds (and under the broker's 1 MB once encoded)."""
-    orders = [
-        PaidOrder(order_id=f"o-{i:05d}-" + "x" * 150, member=f"+86138{i:08d}", amount="12.34")
-        for i in range(5000)
-    ]
-    batches = contracts.order_batches(orders, day=3)
-    assert [o for b in batches for o in b.orders] == orders
-    assert len(batches) > 2 and {b.day for b in batches} == {3}
-    for b in batches:
-        assert len(b.orders) <= contracts.ORDER_BATCH_ORDERS
-        assert len(contracts.encode(b)) <= contracts.ORDER_BATCH_BYTES + 4096
-    small = contracts.order_batches(orders[:10], day=None)
-    assert len(small) == 1 and small[0].orders == orders[:10]
-    many = [PaidOrder(order_id=f"o{i}", member="A", amount="1") for i in range(4500)]
-    assert [len(b.orders) for b in contracts.order_batches(many, 1)] == [2000, 2000, 500]
+@pytest.mark.parametrize("bulk", [True, False])
+def test_a_batch_of_verdicts_decides_each_order(tmp_path: Path, bulk: bool) -> None:
+    """InputsApplied (dividends' answer to an OrdersPaid) makes each of its orders paid or
+    refused with its reason on the batch's day, as one InputApplied each would; a later
+    verdict of a decided order changes nothing."""
+
+    async def scenario(app: FastAPI, client: Client) -> None:
+        if not bulk:
+            for sub in app.state.svc.subscriptions.values():
+                sub.bulk = None
+        await batch(client, item("o1"), item("o2"), item("o3"))
+
+        def answer(order_id: str, reason: str | None = None) -> contracts.AppliedInput:
+            return contracts.AppliedInput(
+                input_id=f"order:{order_id}", member="A", accepted=reason is None, reason=reason
+            )
+
+        answers = contracts.InputsApplied(
+            inputs=[answer("o1"), answer("o2", "a rule refused it"), answer("o3")], day=1
+        )
+        late = contracts.InputsApplied(inputs=[answer("o1", "too late")], day=1)
+        await app.state.svc.broker.deliver_batch(contracts.DIVIDENDS, [answers, late])
+        views = [(await client.get(f"/v1/orders/o{i}")).json() for i in (1, 2, 3)]
+        assert [(v["status"], v["reason"], v["day"]) for v in views] == [
+            ("paid", None, 1),
+            ("refused", "a rule refused it", 1),
+            ("paid", None, 1),
+        ]
+        assert (await client.get("/v1/sales")).json()["paid"] == "200.00"
+
+    run(tmp_path, scenario, members=("A",))

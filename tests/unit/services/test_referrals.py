@@ -510,3 +510,21 @@ def test_an_order_the_rules_refuse_leaves_the_spend(tmp_path: Path) -> None:
         assert (await client.get("/v1/parked")).json()["total"] == 0
 
     run(tmp_path, scenario)
+
+
+def test_the_refused_orders_of_a_batch_of_answers_leave_the_spend(tmp_path: Path) -> None:
+    def answer(order_id: str, accepted: bool) -> contracts.AppliedInput:
+        return contracts.AppliedInput(input_id=f"order:{order_id}", member="a", accepted=accepted)
+
+    async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
+        await register(client, "a")
+        for order_id, amount in (("o1", "10.00"), ("o2", "5.00"), ("o3", "2.50")):
+            await deliver(app, contracts.ORDERS, paid(order_id, "a", amount))
+        answers = contracts.InputsApplied(
+            inputs=[answer("o1", False), answer("o2", True), answer("o3", False)]
+        )
+        await deliver(app, contracts.DIVIDENDS, answers)
+        await deliver(app, contracts.DIVIDENDS, answers)  # again: once
+        assert (await member(client, "a"))["spend"] == "5.00"
+
+    run(tmp_path, scenario)

@@ -627,3 +627,105 @@ def test_a_member_registered_a_moment_ago_has_balances_and_a_statement_at_once(
             assert registry.lookups == ["fresh", "nobody"]
 
     asyncio.run(main())
+
+
+def _order_answers() -> list[contracts.AppliedInput]:
+    """Answers to orders of members a, b: paid in cash, with a held stable part, refused."""
+    return [
+        contracts.AppliedInput(
+            input_id="order:o1",
+            member="a",
+            accepted=True,
+            postings=[
+                line("cny", "external", "pool", "100.00", "order"),
+                line("stable", "issuance", "m:a", "25.50", "grant"),
+            ],
+            facts=[{"type": "QuotaGranted", "order_id": "o1", "member": "a", "quota": 1}],
+        ),
+        contracts.AppliedInput(
+            input_id="order:o2",
+            member="b",
+            accepted=True,
+            postings=[line("stable", "m:b", "sales", "10.00", "order")],
+        ),
+        contracts.AppliedInput(input_id="order:o3", member="b", accepted=False, reason="no"),
+    ]
+
+
+def test_a_batch_of_answers_books_as_each_answer_alone(tmp_path: Path) -> None:
+    """InputsApplied — through the bulk handler and through the handler alone — books
+    what the InputApplied of each of its answers books: journal, balances, holds; an
+    answer that is not an order's dead-letters the batch with nothing booked."""
+
+    async def outcome(path: Path, how: str) -> dict[str, Any]:
+        app, _ = make_app(path)
+        async with running(app) as client:
+            if how == "alone":
+                for sub in app.state.svc.subscriptions.values():
+                    sub.bulk = None
+            await register(app, "a", "b")
+            await fund(app, "b", "stable", "30.00")
+            for hold_id, amount in (("o2", "10"), ("o3", "5")):
+                hold = {"hold_id": hold_id, "member": "b", "asset": "stable", "amount": amount}
+                assert (await client.post("/v1/holds", json=hold)).status_code == 201
+            answers = _order_answers()
+            if how == "each":
+                events: list[contracts.Event] = [
+                    InputApplied(**answer.model_dump(), day=1) for answer in answers
+                ]
+            else:
+                events = [contracts.InputsApplied(inputs=answers, day=1)]
+            await app.state.svc.broker.deliver_batch(contracts.DIVIDENDS, events)
+            await app.state.svc.broker.deliver_batch(contracts.DIVIDENDS, events)  # again
+            bad = contracts.InputsApplied(
+                inputs=[
+                    contracts.AppliedInput(
+                        input_id="order:o9",
+                        accepted=True,
+                        postings=[line("cny", "external", "m:a", "1.00", "order")],
+                    ),
+                    contracts.AppliedInput(input_id="request:r1", accepted=True),
+                ]
+            )
+            await deliver(app, bad)
+            async with app.state.svc.sessions() as session:
+                lines = sorted(
+                    tuple(row)
+                    for row in await session.execute(
+                        select(
+                            journal.c.asset,
+                            journal.c.debit,
+                            journal.c.credit,
+                            journal.c.amount,
+                            journal.c.kind,
+                            journal.c.ref,
+                        )
+                    )
+                )
+                held = sorted(
+                    tuple(r) for r in await session.execute(select(holds.c.hold_id, holds.c.status))
+                )
+            dead = [headers["reason"] for _, _, headers in app.state.svc.broker.dead_letters]
+            return {
+                "a": await member(client, "a"),
+                "b": await member(client, "b"),
+                "journal": lines,
+                "holds": held,
+                "dead": dead,
+                "sums": await sums_by_asset(app),
+            }
+
+    async def go() -> None:
+        each = await outcome(tmp_path / "each", "each")
+        bulk = await outcome(tmp_path / "bulk", "bulk")
+        alone = await outcome(tmp_path / "alone", "alone")
+        assert bulk == each == alone
+        assert each["holds"] == [("o2", "captured"), ("o3", "released")]
+        assert (each["a"]["stable"], each["b"]["stable"]) == ("25.50", "20.00")
+        assert each["b"]["held"]["stable"] == "0.00"
+        assert len(each["journal"]) == 4  # the fund, o1's two, o2's: once each
+        assert set(each["sums"].values()) == {0}
+        [reason] = each["dead"]
+        assert "request:r1" in reason  # the whole batch: o9 not booked either
+
+    asyncio.run(go())

@@ -483,7 +483,7 @@ async def on_orders(
     refunds go through the handler alone."""
     host = host_of(svc)
 
-    def pay(batch: _BulkInputs, order: contracts.OrderPaid | contracts.PaidOrder) -> None:
+    def pay(batch: _BulkInputs, order: contracts.OrderPaid) -> None:
         input_id = f"order:{order.order_id}"
         payload = _order_payload(order)
         accepted, reason, _ = host.call("order", payload)
@@ -506,9 +506,7 @@ async def on_orders(
                 return missing
             if _malformed(event.orders):
                 return _STOP  # the handler rejects it (the engine has not moved)
-            for order in event.orders:  # an order logged already was applied: skipped
-                if f"order:{order.order_id}" not in batch.logged:
-                    pay(batch, order)
+            _pay_batch(svc, uow, batch, event)
             return None
         if event.member not in engine.index:
             return Missing(f"member:{event.member}", f"member {event.member!r} not joined")
@@ -591,7 +589,16 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
         problem = _malformed(event.orders)
         if problem is not None:
             raise Rejected(problem)
-        await _pay_batch(svc, uow, event)
+        ids = [f"order:{order.order_id}" for order in event.orders]
+        batch = await _BulkInputs.start(svc, uow, ids)
+        try:
+            _pay_batch(svc, uow, batch, event)
+            await batch.write()
+        except BaseException:
+            await load_engine(svc)  # the engine ran ahead of the database: rebuilt
+            raise
+        finally:
+            closing.closer_of(svc).poke()  # a settlement may have waited for these
     elif isinstance(event, contracts.OrderRefunded):
         if not await _logged(uow, f"order:{event.order_id}"):
             raise Missing(f"order:{event.order_id}", f"order {event.order_id!r} has not arrived")
@@ -607,21 +614,23 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
         )
 
 
-async def _pay_batch(svc: Service, uow: UnitOfWork, event: contracts.OrdersPaid) -> None:
-    """A batch's orders one after the other (those logged already were applied: skipped);
-    should one fail after others moved the engine, it is rebuilt from the database (the
-    transaction rolls back) before the error propagates."""
-    logged = await _logged_many(uow, [f"order:{order.order_id}" for order in event.orders])
-    try:
-        for order in event.orders:
-            input_id = f"order:{order.order_id}"
-            if input_id in logged:
-                continue
-            await apply(svc, uow, "order", input_id, _order_payload(order), order.member, False)
-            uow.provide(input_id)
-    except BaseException:
-        await load_engine(svc)
-        raise
+def _pay_batch(
+    svc: Service, uow: UnitOfWork, batch: _BulkInputs, event: contracts.OrdersPaid
+) -> None:
+    """A batch's orders through the engine one after the other (one logged already was
+    applied: skipped), answered by InputsApplied (contracts.applied_batches)."""
+    host = host_of(svc)
+    answers: list[contracts.AppliedInput] = []
+    for order in event.orders:
+        input_id = f"order:{order.order_id}"
+        if input_id in batch.logged:
+            continue
+        payload = _order_payload(order)
+        accepted, reason, _ = host.call("order", payload)
+        answers.append(host.applied_input(input_id, order.member, accepted, reason))
+        batch.log("order", input_id, payload, accepted, reason)
+        uow.provide(input_id)
+    uow.emit_many(contracts.DIVIDENDS, contracts.applied_batches(answers, batch.day))
 
 
 async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:

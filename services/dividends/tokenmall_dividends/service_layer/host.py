@@ -151,9 +151,7 @@ class EngineHost:
     def input_applied(
         self, input_id: str, member: str | None, accepted: bool, reason: str | None, day: int
     ) -> contracts.InputApplied:
-        outputs = self.engine.take_outputs()
-        postings = [self.posting_line(p) for p in outputs.postings if isinstance(p, Posting)]
-        facts = [_fact(e) for e in outputs.events]
+        postings, facts = self._answer()
         return contracts.InputApplied(
             input_id=input_id,
             member=member,
@@ -163,6 +161,26 @@ class EngineHost:
             facts=facts,
             day=day,
         )
+
+    def applied_input(
+        self, input_id: str, member: str | None, accepted: bool, reason: str | None
+    ) -> contracts.AppliedInput:
+        """:meth:`input_applied` as one answer of an InputsApplied (its day is the batch's)."""
+        postings, facts = self._answer()
+        return contracts.AppliedInput(
+            input_id=input_id,
+            member=member,
+            accepted=accepted,
+            reason=reason,
+            postings=postings,
+            facts=facts,
+        )
+
+    def _answer(self) -> tuple[list[contracts.PostingLine], list[dict[str, Any]]]:
+        """The last input's postings and facts (taken from the engine's outputs)."""
+        outputs = self.engine.take_outputs()
+        postings = [self.posting_line(p) for p in outputs.postings if isinstance(p, Posting)]
+        return postings, [_fact(e) for e in outputs.events]
 
     def settlement_events(self, day: int, report: Any, plan_changed: bool) -> list[contracts.Event]:
         """A settlement's outputs: release batches per partition bucket, then DaySettled."""

@@ -18,10 +18,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from uuid import uuid4
 
 from sqlalchemy import CursorResult, delete, func, insert, select, update
@@ -29,8 +30,10 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenmall import business_day, contracts
 from tokenmall.contracts import (
+    AppliedInput,
     Event,
     InputApplied,
+    InputsApplied,
     MemberRegistered,
     MembersRegistered,
     OrderPaid,
@@ -711,46 +714,72 @@ async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
 
 async def order_verdict(event: Event, uow: UnitOfWork) -> None:
     """``tokenmall.dividends``: the rules' answer to an order (``InputApplied`` of
-    ``order:<id>``) makes a pending order paid, or refused with the engine's reason (the
-    wallet releases its stable hold on the same event).  Other events are not ours."""
-    if not isinstance(event, InputApplied):
-        return
-    kind, _, order_id = event.input_id.partition(":")
-    if kind != "order":
-        return
-    counted_in = {} if event.day is None else {"day": event.day}
-    await uow.session.execute(
-        update(orders)
-        .where(orders.c.order_id == order_id, orders.c.status == PENDING)
-        .values(
-            status=PAID if event.accepted else REFUSED,
-            reason=None if event.accepted else (event.reason or "refused by the rules"),
-            decided_at=_now(),
-            **counted_in,
-        )
-    )
+    ``order:<id>``, or one of an ``InputsApplied``) makes a pending order paid, or refused
+    with the engine's reason (the wallet releases its stable hold on the same event).
+    Other events are not ours."""
+    await _decide(uow, _verdicts(event) or [])
 
 
 async def order_verdicts(events: list[Event], uow: UnitOfWork) -> list[Missing | None]:
     """:func:`order_verdict` for many verdicts at once (Subscription.bulk): the accepted
     ones of one business day by one UPDATE, a refused one with its reason; any other
     event (day closing) goes to the handler alone."""
-    decided: dict[str, InputApplied] = {}  # the first verdict of an order decides
+    verdicts: list[_Verdict] = []
     taken = 0
     for event in events:
-        if not isinstance(event, InputApplied):
+        found = _verdicts(event)
+        if found is None:
             break
+        verdicts += found
         taken += 1
-        kind, _, order_id = event.input_id.partition(":")
-        if kind == "order":
-            decided.setdefault(order_id, event)
+    await _decide(uow, verdicts)
+    return [None] * taken
+
+
+class _Verdict(NamedTuple):
+    order_id: str
+    accepted: bool
+    reason: str | None
+    day: int | None
+
+
+def _verdicts(event: Event) -> list[_Verdict] | None:
+    """The orders' verdicts an event carries; None: it is no verdict."""
+    answers: Sequence[InputApplied | AppliedInput]
+    if isinstance(event, InputApplied):
+        answers = [event]
+    elif isinstance(event, InputsApplied):
+        answers = event.inputs
+    else:
+        return None
+    return [
+        _Verdict(a.input_id.partition(":")[2], a.accepted, a.reason, event.day)
+        for a in answers
+        if a.input_id.startswith("order:")
+    ]
+
+
+async def _decide(uow: UnitOfWork, verdicts: list[_Verdict]) -> None:
+    decided: dict[str, _Verdict] = {}  # the first verdict of an order decides
+    for verdict in verdicts:
+        decided.setdefault(verdict.order_id, verdict)
     now = _now()
     accepted: dict[int | None, list[str]] = {}
-    for order_id, event in decided.items():
-        if event.accepted:
-            accepted.setdefault(event.day, []).append(order_id)
-        else:
-            await order_verdict(event, uow)
+    for verdict in decided.values():
+        if verdict.accepted:
+            accepted.setdefault(verdict.day, []).append(verdict.order_id)
+            continue
+        counted_in = {} if verdict.day is None else {"day": verdict.day}
+        await uow.session.execute(
+            update(orders)
+            .where(orders.c.order_id == verdict.order_id, orders.c.status == PENDING)
+            .values(
+                status=REFUSED,
+                reason=verdict.reason or "refused by the rules",
+                decided_at=now,
+                **counted_in,
+            )
+        )
     for day, ids in accepted.items():
         counted_in = {} if day is None else {"day": day}
         for start in range(0, len(ids), IN_LIST_CHUNK):
@@ -760,7 +789,6 @@ async def order_verdicts(events: list[Event], uow: UnitOfWork) -> list[Missing |
                 .where(orders.c.status == PENDING)
                 .values(status=PAID, reason=None, decided_at=now, **counted_in)
             )
-    return [None] * taken
 
 
 # --- queries --------------------------------------------------------------------------

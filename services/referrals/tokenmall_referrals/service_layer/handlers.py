@@ -304,10 +304,12 @@ async def on_dividends_event(event: contracts.Event, uow: UnitOfWork) -> None:
     """``tokenmall.dividends``: the plan in force, and the rules' refusal of an order."""
     if isinstance(event, contracts.PlanActivated):
         await plan_activated(event, uow)
-    elif isinstance(event, contracts.InputApplied) and not event.accepted:
-        kind, _, order_id = event.input_id.partition(":")
-        if kind == "order":
-            await order_refused(order_id, uow)
+    elif isinstance(event, contracts.InputApplied | contracts.InputsApplied):
+        answers = event.inputs if isinstance(event, contracts.InputsApplied) else [event]
+        for answer in answers:
+            kind, _, order_id = answer.input_id.partition(":")
+            if kind == "order" and not answer.accepted:
+                await order_refused(order_id, uow)
 
 
 async def order_refused(order_id: str, uow: UnitOfWork) -> None:

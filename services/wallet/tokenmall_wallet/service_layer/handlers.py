@@ -33,9 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenmall import business_day
 from tokenmall.contracts import (
     WALLET_REQUESTS,
+    AppliedInput,
     DaySettled,
     Event,
     InputApplied,
+    InputsApplied,
     MemberRegistered,
     MembersRegistered,
     PostingLine,
@@ -190,6 +192,8 @@ async def on_dividends(event: Event, uow: UnitOfWork) -> None:
     """InputApplied, ReleaseComputed and DaySettled; other types are not the wallet's."""
     if isinstance(event, InputApplied):
         await input_applied(event, uow)
+    elif isinstance(event, InputsApplied):
+        await _book_orders(uow, [_orders_booking(event)])
     elif isinstance(event, ReleaseComputed):
         await release_computed(event, uow)
     elif isinstance(event, DaySettled):
@@ -237,28 +241,60 @@ HOLD_IDS_PER_UPDATE = 500
 
 async def orders_decided(events: list[Event], uow: UnitOfWork) -> list[Missing | None]:
     """:func:`input_applied` for the engine's verdicts on a poll's orders at once
-    (Subscription.bulk): one journal insert, the balance deltas summed, one hold update
-    per outcome; any other event (a request's verdict, a release batch, a day event)
-    goes to the handler alone."""
-    deltas: defaultdict[tuple[str, str], int] = defaultdict(int)
-    rows: list[dict[str, Any]] = []
-    holds_to: dict[str, list[str]] = {"captured": [], "released": []}
-    taken = 0
+    (Subscription.bulk), also a batch's (InputsApplied): one journal insert, the balance
+    deltas summed, one hold update per outcome; any other event (a request's verdict, a
+    release batch, a day event) or a malformed one goes to the handler alone."""
+    bookings: list[_OrdersBooking] = []
     for event in events:
-        if not isinstance(event, InputApplied) or not event.input_id.startswith("order:"):
+        if not (
+            isinstance(event, InputsApplied)
+            or (isinstance(event, InputApplied) and event.input_id.startswith("order:"))
+        ):
             break
-        own: defaultdict[tuple[str, str], int] = defaultdict(int)
         try:
-            rows.extend(_posting_rows(event.postings, event.event_id, event.input_id, own))
+            bookings.append(_orders_booking(event))
         except Rejected:
             break  # its handler refuses it
-        for key, delta in own.items():
-            deltas[key] += delta
-        order_id = event.input_id.partition(":")[2]
-        holds_to["captured" if event.accepted else "released"].append(order_id)
-        taken += 1
+    await _book_orders(uow, bookings)
+    return [None] * len(bookings)
+
+
+@dataclass
+class _OrdersBooking:
+    """What the verdicts of one event book: journal rows, balance deltas, holds."""
+
+    rows: list[dict[str, Any]]
+    deltas: defaultdict[tuple[str, str], int]
+    holds_to: dict[str, list[str]]
+
+
+def _orders_booking(event: InputApplied | InputsApplied) -> _OrdersBooking:
+    """Rejected: an answer is not an order's, or a posting is malformed."""
+    answers: Sequence[InputApplied | AppliedInput] = (
+        event.inputs if isinstance(event, InputsApplied) else [event]
+    )
+    booking = _OrdersBooking([], defaultdict(int), {"captured": [], "released": []})
+    for answer in answers:
+        kind, _, order_id = answer.input_id.partition(":")
+        if kind != "order":
+            raise Rejected(f"InputsApplied answers orders only, not {answer.input_id!r}")
+        booking.rows += _posting_rows(
+            answer.postings, event.event_id, answer.input_id, booking.deltas
+        )
+        booking.holds_to["captured" if answer.accepted else "released"].append(order_id)
+    return booking
+
+
+async def _book_orders(uow: UnitOfWork, bookings: list[_OrdersBooking]) -> None:
     session = uow.session
-    await tables.insert_journal(session, rows)
+    deltas: defaultdict[tuple[str, str], int] = defaultdict(int)
+    holds_to: dict[str, list[str]] = {"captured": [], "released": []}
+    for booking in bookings:
+        for key, delta in booking.deltas.items():
+            deltas[key] += delta
+        for status, ids in booking.holds_to.items():
+            holds_to[status] += ids
+    await tables.insert_journal(session, [row for b in bookings for row in b.rows])
     await tables.apply_deltas(session, deltas)
     for status, ids in holds_to.items():
         for start in range(0, len(ids), HOLD_IDS_PER_UPDATE):
@@ -270,7 +306,6 @@ async def orders_decided(events: list[Event], uow: UnitOfWork) -> list[Missing |
                 )
                 .values(status=status)
             )
-    return [None] * taken
 
 
 async def _set_hold(session: AsyncSession, hold_id: str, status: str) -> None:
