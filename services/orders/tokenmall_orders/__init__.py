@@ -1,1 +1,2 @@
-"""The orders service: creates, pays and refunds orders; publishes OrderPaid and OrderRefunded."""
+"""The orders service: creates, pays and refunds orders; publishes OrderPaid (OrdersPaid for
+a batch) and OrderRefunded."""

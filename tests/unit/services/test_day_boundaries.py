@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from tests.unit.services import test_orders, test_wallet
@@ -152,14 +153,24 @@ def test_an_order_in_flight_while_its_day_is_settled_counts_in_that_day(tmp_path
     asyncio.run(go())
 
 
-def test_a_parked_input_of_the_day_is_applied_before_the_day_settles(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_parked_input_of_the_day_is_applied_before_the_day_settles(
+    tmp_path: Path, batched: bool
+) -> None:
     async def go() -> None:
         app, _ = dividends_app(tmp_path)
         async with running(app) as client:
             broker: FakeBroker = app.state.svc.broker
             await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
-            # C's order overtook C's registration: parked
-            await broker.deliver(ORDERS, paid("o1", "C", "3000", day=1))
+            # C's order overtook C's registration: parked (a batch with it: whole)
+            if batched:
+                orders = [
+                    contracts.PaidOrder(order_id=o, member=m, amount=Decimal("3000"))
+                    for o, m in (("a1", "A"), ("o1", "C"))
+                ]
+                await broker.deliver(ORDERS, contracts.OrdersPaid(orders=orders, day=1))
+            else:
+                await broker.deliver(ORDERS, paid("o1", "C", "3000", day=1))
             assert (await client.post("/v1/settlements/1")).status_code == 202
             await close_topic(broker, ORDERS, 1)
             await close_topic(broker, WALLET, 1)
@@ -168,13 +179,16 @@ def test_a_parked_input_of_the_day_is_applied_before_the_day_settles(tmp_path: P
             assert waiting.status_code == 202
             waiting_for = waiting.json()["waiting_for"]
             assert (waiting_for["markers"], waiting_for["parked_inputs"]) == ({}, 1)
+            key = contracts.ORDER_BATCHES_KEY if batched else "C"
             assert [(p["key"], p["waiting_for"]) for p in waiting_for["parked"]] == [
-                ("C", "member:C")
+                (key, "member:C")
             ]
 
             await broker.deliver(contracts.MEMBERS, member_registered("C", "A", seq=2))
             await settled(client, 1)
-            assert (await input_days(client))["order:o1"] == 1
+            days = await input_days(client)
+            assert days["order:o1"] == 1
+            assert days.get("order:a1", 1) == 1 and ("order:a1" in days) == batched
             await equals_simulate_of_its_log(client)
 
     asyncio.run(go())

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # the consumers whose events carry a business day (what a settlement waits for)
 DAY_STAMPED_CONSUMERS = ("dividends-orders", "dividends-requests")
-DAY_STAMPED_TYPES = frozenset({"OrderPaid", "OrderRefunded", "WalletRequest"})
+DAY_STAMPED_TYPES = frozenset({"OrderPaid", "OrdersPaid", "OrderRefunded", "WalletRequest"})
 
 
 class DayMetrics:

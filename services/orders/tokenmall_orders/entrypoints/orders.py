@@ -280,7 +280,7 @@ async def pay_orders(
 ) -> PaidOrderBatchResult:
     """Up to 1,000 orders the mall's payment system has paid, each created and paid in
     one step (stable parts held in the wallet like a single pay), with one write
-    transaction and one ``OrderPaid`` each; idempotent per order id, refused per item."""
+    transaction and one ``OrdersPaid``; idempotent per order id, refused per item."""
     items = [handlers.PaidOrderItem(o.order_id, o.member, o.amount, o.stable) for o in body.orders]
     wallet = cast(Wallet, svc.state["wallet"])
     registry = cast(MemberRegistry | None, svc.state.get("registry"))

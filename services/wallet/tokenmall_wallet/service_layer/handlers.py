@@ -189,7 +189,8 @@ async def write_members(uow: UnitOfWork, rows: list[dict[str, Any]]) -> None:
 
 
 async def on_dividends(event: Event, uow: UnitOfWork) -> None:
-    """InputApplied, ReleaseComputed and DaySettled; other types are not the wallet's."""
+    """InputApplied (InputsApplied), ReleaseComputed and DaySettled; other types are not
+    the wallet's."""
     if isinstance(event, InputApplied):
         await input_applied(event, uow)
     elif isinstance(event, InputsApplied):
