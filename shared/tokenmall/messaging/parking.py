@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenmall.db import among
 from tokenmall.messaging.tables import MessagingTables
 
 # How long a parked event waits before it is tried again without being woken (the
@@ -122,7 +123,9 @@ class ParkingLot:
         if not wanted:
             return set()
         rows = await session.execute(
-            select(t.c.key).where(t.c.consumer == consumer, t.c.key.in_(wanted)).distinct()
+            select(t.c.key)
+            .where(t.c.consumer == consumer, among(session, t.c.key, wanted))
+            .distinct()
         )
         return {row.key for row in rows}
 
@@ -137,7 +140,10 @@ class ParkingLot:
         for start in range(0, len(wanted), 5000):  # below every driver's parameter bound
             rows = await session.execute(
                 select(t.c.key, func.min(t.c.id).label("first"))
-                .where(t.c.consumer == consumer, t.c.waiting_for.in_(wanted[start : start + 5000]))
+                .where(
+                    t.c.consumer == consumer,
+                    among(session, t.c.waiting_for, wanted[start : start + 5000]),
+                )
                 .group_by(t.c.key)
             )
             for row in rows:
@@ -222,7 +228,9 @@ class ParkingLot:
         page after the one whose last group's first id it is."""
         t = self.table
         deps = sorted(set(dependencies))
-        conditions: list[ColumnElement[bool]] = [t.c.waiting_for.in_(deps)] if deps else []
+        conditions: list[ColumnElement[bool]] = (
+            [among(session, t.c.waiting_for, deps)] if deps else []
+        )
         if due:
             retry: ColumnElement[bool] = t.c.next_try_at <= _now()
             if failed_only:

@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import uuid4
 
+from pydantic_core import to_json
 from sqlalchemy import CursorResult, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import contracts
-from tokenmall.db import among
+from tokenmall.db import among, insert_many
 from tokenmall.engine import Engine, Plan, snapshot
 from tokenmall.messaging import Missing, UnitOfWork
 from tokenmall.money import AmountError, to_cents
@@ -360,7 +361,10 @@ class _BulkInputs:
             {
                 "input_id": input_id,
                 "kind": kind,
-                "payload": json.dumps(payload, default=str),
+                # the payloads of bulk inputs are plain strings, numbers and flags:
+                # pydantic's encoder (compact; json.loads reads it back the same) costs a
+                # fraction of json.dumps, a tenth of an import's time here
+                "payload": to_json(payload).decode(),
                 "day": self.day,
                 "accepted": accepted,
                 "reason": reason,
@@ -369,8 +373,8 @@ class _BulkInputs:
         )
 
     async def write(self) -> None:
-        if self.rows:
-            await self.uow.session.execute(insert(inputs), self.rows)
+        # in the rows' order: their seq is the log's order
+        await insert_many(self.uow.session, inputs, self.rows)
 
 
 async def _bulk(
