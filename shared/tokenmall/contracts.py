@@ -25,12 +25,14 @@ SCHEMA_VERSION = 1
 TOPICS: dict[str, str] = {
     "tokenmall.members": "referrals → all: members registered one by one (key: member) and "
     "in batches (key: registrations, so batches keep their order)",
-    "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member); "
-    "day markers (one per partition)",
+    "tokenmall.orders": "orders → dividends, referrals: orders paid, refunded (key: member) and "
+    "paid in batches (key: order-batches, so batches keep their order); day markers (one per "
+    "partition)",
     "tokenmall.wallet-requests": "wallet → dividends: trades, adjustments (key: member); "
     "day markers (one per partition)",
-    "tokenmall.dividends": "dividends → wallet, referrals, orders: engine results, release batches "
-    "(key: member; a batch: a member of its partition), day closing",
+    "tokenmall.dividends": "dividends → wallet, referrals, orders: engine results (key: member; "
+    "the answers to an order batch: input-batches), release batches (a member of their "
+    "partition), day closing",
 }
 MEMBERS, ORDERS, WALLET_REQUESTS, DIVIDENDS = TOPICS
 PARTITIONS = 6
@@ -302,14 +304,18 @@ def _applied_size(applied: AppliedInput) -> int:
     return size
 
 
-def applied_batches(answers: list[AppliedInput], day: int | None) -> list[InputsApplied]:
-    """``answers`` (in order) as consecutive InputsApplied of bounded size."""
+def applied_batches(
+    answers: list[AppliedInput], day: int | None, max_bytes: int = INPUT_BATCH_BYTES
+) -> list[InputsApplied]:
+    """``answers`` (in order) as consecutive InputsApplied of bounded size: at most
+    INPUT_BATCH_INPUTS answers and ``max_bytes`` of them by the estimate (an upper
+    bound; at least one answer per event)."""
     batches: list[InputsApplied] = []
     chunk: list[AppliedInput] = []
     size = 0
     for applied in answers:
         entry = _applied_size(applied)
-        if chunk and (len(chunk) >= INPUT_BATCH_INPUTS or size + entry > INPUT_BATCH_BYTES):
+        if chunk and (len(chunk) >= INPUT_BATCH_INPUTS or size + entry > max_bytes):
             batches.append(InputsApplied(inputs=chunk, day=day))
             chunk, size = [], 0
         chunk.append(applied)

@@ -448,6 +448,13 @@ class Service:
         # +1 whenever the service rebuilds its in-memory state from the database (dividends
         # reloads its engine after a failed input): a batched run then starts over
         self.memory_epoch = 0
+        # how such a service rebuilds that state from the database (it bumps
+        # memory_epoch): called when a transaction fails after its handlers ran — the
+        # claim, a parked row, the outbox insert or the commit — since the handlers moved
+        # the state for effects the database then does not have; a rebuild that fails
+        # leaves the state stale: rebuilt first, before the next message is applied
+        self.rebuild_memory: Callable[[], Awaitable[None]] | None = None
+        self._memory_stale = False
         self._partition_counts: dict[str, tuple[int, float]] = {}  # topic -> (count, when)
         self._recent_provisions: OrderedDict[str, int] = OrderedDict()
         self._forgotten_up_to = 0
@@ -615,6 +622,7 @@ class Service:
                     # the run's commit failed (another process claimed one of its
                     # messages, the database went away): the one-by-one way decides
                     log.warning("%s: a batch failed; one by one", sub.consumer, exc_info=True)
+                    await self._after_failed_transaction()
                 if start < len(decoded):
                     event, body = decoded[start]
                     await self._handle_event(sub, event, body)
@@ -650,6 +658,7 @@ class Service:
         done = len(run)
         emitted, parked = False, []
         async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
+            await self._fresh_memory()
             await uow.begin_write()
             seen = await uow.claimed(sub.consumer, [event.event_id for event, _ in run])
             held = await self.parking.keys_with_parked(
@@ -915,6 +924,7 @@ class Service:
                 return
             except Exception as exc:
                 attempt += 1
+                await self._after_failed_transaction()
                 if not is_outage(exc) and attempt >= self.settings.handler_attempts:
                     await self.dead_letter(sub.topic, body, _failure(exc, attempt), event.key)
                     return
@@ -949,6 +959,7 @@ class Service:
         and under the service's lock, so a dependency provided a moment before never
         lets this event overtake an earlier one that could go."""
         async with self.exclusive or contextlib.nullcontext(), self.uow() as uow:
+            await self._fresh_memory()
             if not await uow.claim(sub.consumer, event.event_id):
                 self.metrics.duplicates.labels(self.name, sub.consumer).inc()
                 return set()  # delivered twice: applied once
@@ -994,6 +1005,28 @@ class Service:
         if emitted:
             self.committed()
         return uow.provided
+
+    async def _after_failed_transaction(self) -> None:
+        """A consumed message's (or a run's) transaction failed — its handlers may have
+        moved the in-memory state for effects the database then does not have: it is
+        rebuilt (rebuild_memory) before the retry, which then starts from what the
+        database holds (else, say, dividends' engine would hold a batch of orders its
+        input log does not, and refuse them on the retry as known).  A rebuild that
+        fails (the database is away) is tried again before the next message."""
+        if self.rebuild_memory is None:
+            return
+        self._memory_stale = True
+        async with self.exclusive or contextlib.nullcontext():
+            with contextlib.suppress(Exception):
+                await self._fresh_memory()
+
+    async def _fresh_memory(self) -> None:
+        """Rebuild the in-memory state if a failed transaction left it stale (under the
+        service's lock, before anything is applied)."""
+        if self._memory_stale and self.rebuild_memory is not None:
+            log.warning("%s: rebuilding the in-memory state after a failed transaction", self.name)
+            await self.rebuild_memory()
+            self._memory_stale = False
 
     async def _commit(self, uow: UnitOfWork) -> None:
         """The commit of a consumed message's (or a poll's) transaction: what it provides

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event as sa_event
@@ -249,5 +250,110 @@ def test_an_orders_batch_waits_whole_and_a_malformed_one_is_refused_whole(
             assert "x2" in headers["reason"]
             assert (await client.get("/v1/parked")).json()["total"] == 0
             await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_commit_failing_after_the_engine_moved_rebuilds_it(tmp_path: Path, batched: bool) -> None:
+    """The run's commit fails once (after the handlers moved the engine): the kit has the
+    engine rebuilt from the database before the one-by-one retry, so the orders are
+    applied once and accepted — not refused as known by an engine that ran ahead."""
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[])
+        async with running(app) as client:
+            svc = app.state.svc
+            broker: FakeBroker = svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            real_commit, failures = svc._commit, [1]
+
+            async def commit_failing_once(uow: Any) -> None:
+                if failures:
+                    failures.pop()
+                    raise ConnectionResetError("the database went away at the commit")
+                await real_commit(uow)
+
+            svc._commit = commit_failing_once
+            if batched:
+                orders = [
+                    contracts.PaidOrder(order_id=f"w{i}", member="A", amount=Decimal("100"))
+                    for i in range(3)
+                ]
+                await broker.deliver_batch(contracts.ORDERS, [contracts.OrdersPaid(orders=orders)])
+            else:
+                await broker.deliver_batch(
+                    contracts.ORDERS,
+                    [contracts.OrderPaid(order_id="w0", member="A", amount=Decimal("100"))],
+                )
+            assert not failures  # it did fail once
+            log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
+            orders_logged = [(r["input_id"], r["accepted"]) for r in log if r["kind"] == "order"]
+            wanted = [f"order:w{i}" for i in range(3 if batched else 1)]
+            assert orders_logged == [(i, True) for i in wanted]
+            assert broker.dead_letters == []
+            await equals_simulate_of_its_log(client)
+
+    asyncio.run(go())
+
+
+def test_the_answers_to_a_batch_fit_the_configured_message_size(tmp_path: Path) -> None:
+    """InputsApplied splits under TOKENMALL_MAX_MESSAGE_BYTES (as release batches do), in
+    the batch's order, one answer per order."""
+
+    async def go() -> None:
+        app, publisher = dividends_app(tmp_path, day_watermarks=[], max_message_bytes=8192)
+        async with running(app) as _client:
+            broker: FakeBroker = app.state.svc.broker
+            await broker.deliver(contracts.MEMBERS, member_registered("A", seq=1))
+            orders = [
+                contracts.PaidOrder(order_id=f"order-{i:04d}", member="A", amount=Decimal("3000"))
+                for i in range(120)
+            ]
+            await broker.deliver(contracts.ORDERS, contracts.OrdersPaid(orders=orders, day=1))
+            await drain(app)
+            sent = [
+                value
+                for topic, _, value, _ in publisher.messages
+                if b'"InputsApplied"' in value and topic.endswith(contracts.DIVIDENDS)
+            ]
+            answers = [contracts.decode(value) for value in sent]
+            assert len(sent) > 1
+            assert all(len(value) <= 8192 for value in sent)
+            ids = [
+                a.input_id
+                for e in answers
+                if isinstance(e, contracts.InputsApplied)
+                for a in e.inputs
+            ]
+            assert ids == [f"order:order-{i:04d}" for i in range(120)]
+
+    asyncio.run(go())
+
+
+def test_the_input_log_pages_by_seq(tmp_path: Path) -> None:
+    """``after_seq`` pages the log by seq (what the bench and a reader of a long log use):
+    the pages together are the log, in order, as offsets give it."""
+
+    async def go() -> None:
+        app, _ = dividends_app(tmp_path, day_watermarks=[])
+        async with running(app) as client:
+            broker: FakeBroker = app.state.svc.broker
+            joins = [member_registered(f"p{i}", seq=i + 1) for i in range(25)]
+            await broker.deliver_batch(contracts.MEMBERS, joins)
+            whole = (await client.get("/v1/inputs", params={"limit": 1000})).json()
+            paged: list[dict[str, Any]] = []
+            while True:
+                params: dict[str, Any] = {"limit": 7}
+                if paged:
+                    params["after_seq"] = paged[-1]["seq"]
+                page = (await client.get("/v1/inputs", params=params)).json()
+                paged += page["items"]
+                assert page["total"] == whole["total"]
+                if len(page["items"]) < 7:
+                    break
+            assert paged == whole["items"] and len(paged) == whole["total"] > 25
+            bad = await client.get("/v1/inputs", params={"after_seq": -1})
+            assert bad.status_code == 422
 
     asyncio.run(go())

@@ -42,13 +42,23 @@ async def input_log(
     svc: ServiceDep,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
+    after_seq: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**63 - 1,
+            description="only inputs after this seq (the last one read): a page costs the "
+            "same wherever it is, where an offset reads everything before it again",
+        ),
+    ] = None,
 ) -> InputLog:
     assert svc.sessions is not None
     async with svc.sessions() as session:
         total = (await session.execute(select(func.count()).select_from(inputs))).scalar_one()
-        rows = await session.execute(
-            select(inputs).order_by(inputs.c.seq).offset(offset).limit(limit)
-        )
+        stmt = select(inputs).order_by(inputs.c.seq)
+        if after_seq is not None:
+            stmt = stmt.where(inputs.c.seq > after_seq)
+        rows = await session.execute(stmt.offset(offset).limit(limit))
         items = [
             LoggedInput(
                 seq=r.seq,

@@ -104,17 +104,18 @@ class Waiting:
         }
 
 
-def check_day(svc: Service, engine_day: int, kind: str, day: int | None) -> None:
-    """Before an input is applied: park one of a later day, count one of a settled day."""
+def check_day(svc: Service, engine_day: int, kind: str, day: int | None, inputs: int = 1) -> None:
+    """Before an input (or a batch of ``inputs``) is applied: park one of a later day,
+    count one of a settled day."""
     if day is None or day == engine_day:
         return
     metrics: DayMetrics = svc.state["day_metrics"]
     if day > engine_day:
-        metrics.early.labels(svc.name).inc()
+        metrics.early.labels(svc.name).inc(inputs)
         raise Missing(
             f"day:{day}", f"an input of day {day} while day {engine_day} is not settled yet"
         )
-    metrics.late.labels(svc.name, kind).inc()
+    metrics.late.labels(svc.name, kind).inc(inputs)
     log.warning(
         "a %s of day %d arrived after that day was settled: it counts in day %d",
         kind,

@@ -30,7 +30,7 @@ from tokenmall.money import AmountError, to_cents
 from tokenmall.servicekit import Rejected, Service
 from tokenmall_dividends.adapters.tables import day_closings, inputs, settlements, snapshots
 from tokenmall_dividends.service_layer import closing
-from tokenmall_dividends.service_layer.host import EngineHost
+from tokenmall_dividends.service_layer.host import MESSAGE_OVERHEAD, EngineHost
 from tokenmall_dividends.service_layer.phases import SETTLEMENT_MESSAGES, phases_of
 from tokenmall_dividends.service_layer.snapshots import writer_of as snapshot_writer
 
@@ -270,8 +270,15 @@ async def _restore_newest_snapshot(session: AsyncSession, host: EngineHost) -> i
 
 
 async def start(svc: Service, default_plan: dict[str, Any]) -> None:
-    """Load the engine; on a brand-new database, log the default plan as the first input."""
+    """Load the engine; on a brand-new database, log the default plan as the first input.
+    The kit reloads it after a consumed message's transaction failed past its handlers
+    (Service.rebuild_memory)."""
     await load_engine(svc, default_plan)
+
+    async def rebuild() -> None:
+        await load_engine(svc)
+
+    svc.rebuild_memory = rebuild
     assert svc.sessions is not None
     async with svc.sessions() as session:
         empty = (await session.execute(select(inputs.c.seq).limit(1))).first() is None
@@ -565,8 +572,8 @@ def _require_member(svc: Service, member: str) -> None:
         raise Missing(f"member:{member}", f"member {member!r} has not joined yet")
 
 
-def _check_day(svc: Service, kind: str, day: int | None) -> None:
-    closing.check_day(svc, host_of(svc).engine.day, kind, day)
+def _check_day(svc: Service, kind: str, day: int | None, inputs: int = 1) -> None:
+    closing.check_day(svc, host_of(svc).engine.day, kind, day, inputs)
 
 
 async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
@@ -589,7 +596,7 @@ async def on_order(event: contracts.Event, uow: UnitOfWork, svc: Service) -> Non
         missing = _batch_waits_for(svc, event)
         if missing is not None:
             raise missing
-        _check_day(svc, "order", event.day)
+        _check_day(svc, "order", event.day, len(event.orders))
         problem = _malformed(event.orders)
         if problem is not None:
             raise Rejected(problem)
@@ -634,7 +641,9 @@ def _pay_batch(
         answers.append(host.applied_input(input_id, order.member, accepted, reason))
         batch.log("order", input_id, payload, accepted, reason)
         uow.provide(input_id)
-    uow.emit_many(contracts.DIVIDENDS, contracts.applied_batches(answers, batch.day))
+    # under the broker's message size the service is configured for, as release batches
+    room = min(contracts.INPUT_BATCH_BYTES, host.max_message_bytes - MESSAGE_OVERHEAD)
+    uow.emit_many(contracts.DIVIDENDS, contracts.applied_batches(answers, batch.day, room))
 
 
 async def on_wallet_request(event: contracts.Event, uow: UnitOfWork, svc: Service) -> None:
