@@ -10,14 +10,17 @@ id wherever the event concerns one member, so one member's events stay ordered.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tokenmall.ids import MemberId
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -112,21 +115,35 @@ REGISTRATION_BATCH_BYTES = 512_000
 
 def registration_batches(registrations: list[Registration]) -> list[MembersRegistered]:
     """``registrations`` (in order) as consecutive MembersRegistered of bounded size."""
-    batches: list[MembersRegistered] = []
-    chunk: list[Registration] = []
+    # the JSON of one entry: its ids, the keys and punctuation, the flag and the seq
+    chunks = bounded_chunks(
+        registrations,
+        lambda r: len(r.member) + len(r.sponsor or "") + 80,
+        REGISTRATION_BATCH_MEMBERS,
+        REGISTRATION_BATCH_BYTES,
+    )
+    return [MembersRegistered(members=chunk) for chunk in chunks]
+
+
+def bounded_chunks(
+    items: Sequence[T], size_of: Callable[[T], int], max_items: int, max_bytes: int
+) -> list[list[T]]:
+    """``items`` in order as consecutive chunks of at most ``max_items`` and ``max_bytes``
+    (by ``size_of`` each; an item larger than that alone is a chunk of its own): the
+    batch events' bound under the broker's message size."""
+    chunks: list[list[T]] = []
+    chunk: list[T] = []
     size = 0
-    for registration in registrations:
-        # the JSON of one entry: its ids, the keys and punctuation, the flag and the seq
-        entry = len(registration.member) + len(registration.sponsor or "") + 80
-        full = len(chunk) >= REGISTRATION_BATCH_MEMBERS or size + entry > REGISTRATION_BATCH_BYTES
-        if chunk and full:
-            batches.append(MembersRegistered(members=chunk))
+    for item in items:
+        entry = size_of(item)
+        if chunk and (len(chunk) >= max_items or size + entry > max_bytes):
+            chunks.append(chunk)
             chunk, size = [], 0
-        chunk.append(registration)
+        chunk.append(item)
         size += entry
     if chunk:
-        batches.append(MembersRegistered(members=chunk))
-    return batches
+        chunks.append(chunk)
+    return chunks
 
 
 class OrderPaid(Event):
@@ -180,20 +197,14 @@ ORDER_BATCH_BYTES = 512_000
 
 def order_batches(paid: list[PaidOrder], day: int | None) -> list[OrdersPaid]:
     """``paid`` (in order) as consecutive OrdersPaid of bounded size."""
-    batches: list[OrdersPaid] = []
-    chunk: list[PaidOrder] = []
-    size = 0
-    for order in paid:
-        # the JSON of one entry: its ids and amounts, the keys and punctuation
-        entry = len(order.order_id) + len(order.member) + 2 * 30 + 60
-        if chunk and (len(chunk) >= ORDER_BATCH_ORDERS or size + entry > ORDER_BATCH_BYTES):
-            batches.append(OrdersPaid(orders=chunk, day=day))
-            chunk, size = [], 0
-        chunk.append(order)
-        size += entry
-    if chunk:
-        batches.append(OrdersPaid(orders=chunk, day=day))
-    return batches
+    # the JSON of one entry: its ids and amounts, the keys and punctuation
+    chunks = bounded_chunks(
+        paid,
+        lambda o: len(o.order_id) + len(o.member) + 2 * 30 + 60,
+        ORDER_BATCH_ORDERS,
+        ORDER_BATCH_BYTES,
+    )
+    return [OrdersPaid(orders=chunk, day=day) for chunk in chunks]
 
 
 class OrderRefunded(Event):
@@ -310,19 +321,8 @@ def applied_batches(
     """``answers`` (in order) as consecutive InputsApplied of bounded size: at most
     INPUT_BATCH_INPUTS answers and ``max_bytes`` of them by the estimate (an upper
     bound; at least one answer per event)."""
-    batches: list[InputsApplied] = []
-    chunk: list[AppliedInput] = []
-    size = 0
-    for applied in answers:
-        entry = _applied_size(applied)
-        if chunk and (len(chunk) >= INPUT_BATCH_INPUTS or size + entry > max_bytes):
-            batches.append(InputsApplied(inputs=chunk, day=day))
-            chunk, size = [], 0
-        chunk.append(applied)
-        size += entry
-    if chunk:
-        batches.append(InputsApplied(inputs=chunk, day=day))
-    return batches
+    chunks = bounded_chunks(answers, _applied_size, INPUT_BATCH_INPUTS, max_bytes)
+    return [InputsApplied(inputs=chunk, day=day) for chunk in chunks]
 
 
 class ReleaseComputed(Event):

@@ -151,36 +151,28 @@ class EngineHost:
     def input_applied(
         self, input_id: str, member: str | None, accepted: bool, reason: str | None, day: int
     ) -> contracts.InputApplied:
-        postings, facts = self._answer()
-        return contracts.InputApplied(
-            input_id=input_id,
-            member=member,
-            accepted=accepted,
-            reason=reason,
-            postings=postings,
-            facts=facts,
-            day=day,
-        )
+        return contracts.InputApplied(**self._answer(input_id, member, accepted, reason), day=day)
 
     def applied_input(
         self, input_id: str, member: str | None, accepted: bool, reason: str | None
     ) -> contracts.AppliedInput:
         """:meth:`input_applied` as one answer of an InputsApplied (its day is the batch's)."""
-        postings, facts = self._answer()
-        return contracts.AppliedInput(
-            input_id=input_id,
-            member=member,
-            accepted=accepted,
-            reason=reason,
-            postings=postings,
-            facts=facts,
-        )
+        return contracts.AppliedInput(**self._answer(input_id, member, accepted, reason))
 
-    def _answer(self) -> tuple[list[contracts.PostingLine], list[dict[str, Any]]]:
-        """The last input's postings and facts (taken from the engine's outputs)."""
+    def _answer(
+        self, input_id: str, member: str | None, accepted: bool, reason: str | None
+    ) -> dict[str, Any]:
+        """The answer to the last input: its fields, with the postings and facts taken
+        from the engine's outputs."""
         outputs = self.engine.take_outputs()
-        postings = [self.posting_line(p) for p in outputs.postings if isinstance(p, Posting)]
-        return postings, [_fact(e) for e in outputs.events]
+        return {
+            "input_id": input_id,
+            "member": member,
+            "accepted": accepted,
+            "reason": reason,
+            "postings": [self.posting_line(p) for p in outputs.postings if isinstance(p, Posting)],
+            "facts": [_fact(e) for e in outputs.events],
+        }
 
     def settlement_events(self, day: int, report: Any, plan_changed: bool) -> list[contracts.Event]:
         """A settlement's outputs: release batches per partition bucket, then DaySettled."""
