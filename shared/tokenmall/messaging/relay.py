@@ -43,7 +43,7 @@ class Publisher(Protocol):
 class KafkaPublisher:
     """aiokafka producer: idempotent, batched (all sends in flight, then awaited)."""
 
-    def __init__(self, bootstrap: str, client_id: str) -> None:
+    def __init__(self, bootstrap: str, client_id: str, compression: str = "none") -> None:
         from aiokafka import AIOKafkaProducer
 
         self.producer = AIOKafkaProducer(
@@ -51,9 +51,15 @@ class KafkaPublisher:
             client_id=client_id,
             enable_idempotence=True,
             acks="all",
-            linger_ms=0,  # an outbox batch is sent at once anyway; no wait for the first
+            # an outbox batch is handed over whole and sent at once: nothing to wait for
+            linger_ms=0,
+            # a record batch per partition and request: 256 kB, not aiokafka's 16 kB — a
+            # poll's worth of small events is a few batches, not dozens; under the
+            # broker's message.max.bytes (1 MB), which bounds a whole record batch (a
+            # larger event, e.g. a release chunk, goes in a batch of its own)
+            max_batch_size=256 * 1024,
             max_request_size=16 * 1024 * 1024,
-            compression_type=None,
+            compression_type=None if compression == "none" else compression,
         )
 
     async def start(self) -> None:
