@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
@@ -236,6 +237,39 @@ def test_idempotent_create_and_pay(tmp_path: Path) -> None:
         assert counts == {"orders": 1, "idempotency": 2, "outbox": 1}
 
     run(tmp_path, scenario)
+
+
+def test_a_keyed_pay_whose_twin_committed_after_its_replay_check_replays_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL each statement reads what is committed when it starts: a twin request
+    with the same key can commit between this request's replay check and its read of the
+    order.  The order is then pending, and the stored answer is what to return — not a
+    409 "already paid" (seen once in 64 concurrent keyed pays)."""
+    from tokenmall_orders.service_layer import handlers
+
+    async def scenario(app: FastAPI, client: Client) -> None:
+        for stable in ("0", "1"):
+            order_id = f"o-{stable}"
+            await create(client, order_id=order_id, stable=stable)
+            key = {"Idempotency-Key": f"pay-{order_id}"}
+            first = await client.post(f"/v1/orders/{order_id}/pay", headers=key)
+            assert first.status_code == 202, first.text
+            real_replay, missed = handlers._replay, []
+
+            async def replay_missing_the_twin_once(*args: Any) -> Any:
+                if not missed:  # read just before the twin committed
+                    missed.append(True)
+                    return None
+                return await real_replay(*args)
+
+            monkeypatch.setattr(handlers, "_replay", replay_missing_the_twin_once)
+            again = await client.post(f"/v1/orders/{order_id}/pay", headers=key)
+            monkeypatch.setattr(handlers, "_replay", real_replay)
+            assert missed and (again.status_code, again.json()) == (202, first.json())
+        assert len(await published(app)) == 2
+
+    run(tmp_path, scenario, wallet=FakeWallet(A=500))
 
 
 def test_paying_twice_and_refunding_unpaid_are_conflicts(tmp_path: Path) -> None:
