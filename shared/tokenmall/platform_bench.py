@@ -8,7 +8,8 @@ applied its effects (``/v1/sync``: nothing to publish, nothing to consume, nothi
 parked).  CPU is read from /proc for each kind of process (the four services, Kafka,
 PostgreSQL; not this load generator).  The raw floors are measured in the same run on
 the same machine: plain aiokafka producing and consuming the messages the import
-published (the same count and bytes), and PostgreSQL COPY of as many rows as the
+published (the same count and bytes) and the settlement's release messages (read back
+from its topic: the same keys and bytes), and PostgreSQL COPY of as many rows as the
 settlement's release lines.  In the end the platform's result document must equal
 ``simulate`` of the input log dividends applied (``equal_to_simulate``).
 """
@@ -192,20 +193,20 @@ async def batch_orders(
     await asyncio.gather(*(send(b) for b in batches))
 
 
-async def settle(platform: Platform, errors: list[str]) -> int:
-    """Settle the current day; the members it released."""
+async def settle(platform: Platform, errors: list[str]) -> tuple[int, int]:
+    """Settle the current day; (the day, the members it released)."""
     day = (await platform.json("dividends", "/v1/state"))["day"]
     answer = await platform.call("dividends", "POST", f"/v1/settlements/{day}")
     if answer.status_code not in (200, 202):
         errors.append(f"settle: {answer.status_code} {answer.text[:200]}")
-        return 0
+        return day, 0
     while True:
         status = await platform.call("dividends", "GET", f"/v1/settlements/{day}")
         if status.status_code == 200:
-            return int(status.json()["members_released"])
+            return day, int(status.json()["members_released"])
         if status.status_code != 202:
             errors.append(f"settlement: {status.status_code} {status.text[:200]}")
-            return 0
+            return day, 0
         await asyncio.sleep(0.02)
 
 
@@ -237,9 +238,40 @@ def import_messages(people: list[tuple[str, str | None]], batch: int) -> list[by
     return messages
 
 
-async def kafka_floor(bootstrap: str, messages: list[bytes]) -> float:
-    """Plain aiokafka: produce ``messages`` to a new topic and consume them all
-    (seconds) — the least any path through Kafka can take here."""
+async def published_releases(bootstrap: str, topic: str, day: int) -> list[tuple[bytes, bytes]]:
+    """(key, bytes) of every ReleaseComputed message of ``day`` on ``topic``, as the
+    platform published them (read once after the settlement: not timed)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.assignment()
+        while not partitions:
+            await asyncio.sleep(0.05)
+            partitions = consumer.assignment()
+        ends = await consumer.end_offsets(list(partitions))
+        wanted = b'"type":"ReleaseComputed"'
+        day_field = f'"day":{day},'.encode()
+        found: list[tuple[bytes, bytes]] = []
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            for records in batches.values():
+                for record in records:
+                    value = record.value or b""
+                    if wanted in value and day_field in value:
+                        found.append((record.key or b"", value))
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def kafka_floor(bootstrap: str, messages: list[bytes] | list[tuple[bytes, bytes]]) -> float:
+    """Plain aiokafka: produce ``messages`` (bytes on the registrations key, or (key,
+    bytes) pairs) to a new topic and consume them all (seconds) — the least any path
+    through Kafka can take here."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -269,9 +301,9 @@ async def kafka_floor(bootstrap: str, messages: list[bytes]) -> float:
     try:
         for start in range(0, len(messages), 5000):
             sends = [
-                # on one key (one partition), as the platform publishes them
-                await producer.send(topic, payload, key=contracts.REGISTRATIONS_KEY.encode())
-                for payload in messages[start : start + 5000]
+                # on the keys (partitions) the platform publishes them on
+                await producer.send(topic, value, key=key)
+                for key, value in map(_keyed, messages[start : start + 5000])
             ]
             await asyncio.gather(*sends)
         seen = -contracts.PARTITIONS  # the warm-up messages
@@ -288,6 +320,12 @@ async def kafka_floor(bootstrap: str, messages: list[bytes]) -> float:
             await admin.delete_topics([topic])
         finally:
             await admin.close()
+
+
+def _keyed(message: bytes | tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    if isinstance(message, tuple):
+        return message
+    return contracts.REGISTRATIONS_KEY.encode(), message  # an import's: one key, as published
 
 
 async def copy_floor(uri: str, rows: int) -> float:
@@ -384,9 +422,12 @@ async def run_bench(
 
         on_phase("settling the day")
         released: list[int] = []
+        settled_day: list[int] = []
 
         async def settle_day() -> None:
-            released.append(await settle(platform, errors))
+            day, members_released = await settle(platform, errors)
+            settled_day.append(day)
+            released.append(members_released)
 
         settle_seconds = await timed_until_quiet(platform, settle_day)
 
@@ -394,6 +435,10 @@ async def run_bench(
         bootstrap = state["kafka"]["bootstrap"]
         floor_messages = import_messages(people, IMPORT_BATCH)
         kafka_seconds = await kafka_floor(bootstrap, floor_messages)
+        # the settlement's own release messages, produced and consumed once more
+        release_topic = state["run"]["prefix"] + contracts.DIVIDENDS
+        releases = await published_releases(bootstrap, release_topic, settled_day[0])
+        release_kafka_seconds = await kafka_floor(bootstrap, releases) if releases else 0.0
         copy_seconds = None
         wallet_database = str(state["services"]["wallet"]["database"])
         if wallet_database.startswith("postgresql"):  # the wallet's own database
@@ -433,6 +478,13 @@ async def run_bench(
         "settle_vs_copy_floor": None
         if copy_seconds is None
         else round(settle_seconds / max(copy_seconds, 1e-6), 2),
+        "floor_settle_kafka_messages": len(releases),
+        "floor_settle_kafka_bytes": sum(len(v) for _, v in releases),
+        "floor_settle_kafka_produce_consume_seconds": round(release_kafka_seconds, 3),
+        # the settlement's floor: its release messages through Kafka, its lines by COPY
+        "settle_vs_floor": round(
+            settle_seconds / max(release_kafka_seconds + (copy_seconds or 0.0), 1e-6), 2
+        ),
         "errors": errors[:20],
         "error_count": len(errors),
         "equal_to_simulate": expected == document,
