@@ -248,6 +248,8 @@ def test_a_keyed_pay_whose_twin_committed_after_its_replay_check_replays_the_ans
     409 "already paid" (seen once in 64 concurrent keyed pays)."""
     from tokenmall_orders.service_layer import handlers
 
+    real_replay = handlers._replay
+
     async def scenario(app: FastAPI, client: Client) -> None:
         for stable in ("0", "1"):
             order_id = f"o-{stable}"
@@ -255,9 +257,9 @@ def test_a_keyed_pay_whose_twin_committed_after_its_replay_check_replays_the_ans
             key = {"Idempotency-Key": f"pay-{order_id}"}
             first = await client.post(f"/v1/orders/{order_id}/pay", headers=key)
             assert first.status_code == 202, first.text
-            real_replay, missed = handlers._replay, []
+            missed: list[bool] = []
 
-            async def replay_missing_the_twin_once(*args: Any) -> Any:
+            async def replay_missing_the_twin_once(*args: Any, missed: list[bool] = missed) -> Any:
                 if not missed:  # read just before the twin committed
                     missed.append(True)
                     return None

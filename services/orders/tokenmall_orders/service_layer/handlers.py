@@ -244,12 +244,11 @@ async def pay_order(cmd: PayOrder, uow: UnitOfWork, wallet: Wallet) -> Reply:
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         order = await _existing(uow, cmd.order_id)
-        if order.status != CREATED:
-            # a concurrent request with the same key may have committed between the
-            # replay check and this read (PostgreSQL reads what is committed when each
-            # statement starts): its stored answer is visible now, with the order's state
-            if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
-                return replay
+        # a concurrent request with the same key may have committed between the replay
+        # check and this read (PostgreSQL reads what is committed when each statement
+        # starts): its stored answer is visible now, with the order's state
+        if order.status != CREATED and (replay := await _replay(uow, cmd.idempotency, fingerprint)):
+            return replay
         _check_payable(order)
         if order.stable_cents == 0:  # nothing to hold outside: marked pending right here
             marked = await _mark_pending(cmd, uow, order, fingerprint)
