@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, FastAPI, HTTPException, Path
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -30,8 +30,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import MetaData
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.routing import BaseRoute
+from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenmall import contracts, http_errors, migrations
+from tokenmall.api_style import DEFAULT_LIMIT, Limit, Offset, Page
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
 from tokenmall.messaging import (
@@ -187,6 +191,11 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionError | TimeoutError | OSError)
 
 
+# The client's defaults start at 5 ms: most answers of a service on one host take less,
+# and a p50 would sit in the first bucket.
+HTTP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
 class ServiceMetrics:
     """Prometheus metrics, one registry per app (several apps may share a test process)."""
 
@@ -303,6 +312,21 @@ class ServiceMetrics:
             "tokenmall_consumer_lag",
             "Messages on the topic not yet consumed, per consumer group (Kafka only)",
             ["service", "group"],
+            registry=self.registry,
+        )
+        # every HTTP request, by the route's template (HttpMetrics keeps raw paths out)
+        http_labels = ["service", "method", "route", "status"]
+        self.http_requests = Counter(
+            "tokenmall_http_requests_total",
+            "HTTP requests answered, by method, route template and status sent",
+            http_labels,
+            registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "tokenmall_http_request_duration_seconds",
+            "HTTP request latency, from the request to the response's last byte handed over",
+            http_labels,
+            buckets=HTTP_SECONDS_BUCKETS,
             registry=self.registry,
         )
         self.service = service
@@ -1251,6 +1275,88 @@ class StandbyGate:
         await response(scope, receive, send)
 
 
+# the route label of a request no route took (an unknown path, a standby's 503): one
+# value whatever the path, or each random path a client asks for would be a new series
+UNMATCHED_ROUTE = "unmatched"
+# labelled as themselves; a client may send any token as a method, the rest is "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class HttpMetrics:
+    """Counts and times every HTTP request (``tokenmall_http_requests_total``,
+    ``tokenmall_http_request_duration_seconds``) by method, route template and status.
+
+    A plain ASGI middleware, for the reason StandbyGate is one: it sits on every request
+    of the throughput benchmark.  The router puts the route it chose in
+    ``scope["route"]`` (also for a 405, and for a 404 the endpoint raised); its ``path``
+    is the template.  On FastAPI's included routers that is the route's own path: the
+    APIRouter's prefix, without a prefix given to ``include_router`` or the prefix of a
+    router it is included in — create_app includes each service's routers as they are,
+    so the two are the same.  FastAPI's own pages (/docs, /openapi.json) are plain
+    Starlette routes the router leaves out of ``scope["route"]``: found by their endpoint.
+    /metrics is counted too: it reads the database (backlog, parked events), and a scrape
+    that slows down or fails shows there."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes  # the app's, read once the first unrouted request comes
+        self._by_endpoint: dict[Any, str] | None = None
+        # (method, template, status) -> the labelled counter and histogram: bounded by
+        # the routes, never by what a client sends
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # what ServerErrorMiddleware, outside this one, answers an app that raised
+        # before it started a response
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        began = time.perf_counter()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self._observe(scope, status, time.perf_counter() - began)
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) if route is not None else None
+        if not isinstance(template, str):
+            template = self._plain_route(scope.get("endpoint"))
+        method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+        key = (method, template, status)
+        series = self._series.get(key)
+        if series is None:
+            labels = (self.metrics.service, method, template, str(status))
+            series = (
+                self.metrics.http_requests.labels(*labels),
+                self.metrics.http_seconds.labels(*labels),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
+
+    def _plain_route(self, endpoint: Any) -> str:
+        if endpoint is None:
+            return UNMATCHED_ROUTE
+        if self._by_endpoint is None:
+            self._by_endpoint = {
+                r.endpoint: r.path for r in self.routes if isinstance(r, StarletteRoute)
+            }
+        try:
+            return self._by_endpoint.get(endpoint, UNMATCHED_ROUTE)
+        except TypeError:  # an unhashable endpoint: no route of ours
+            return UNMATCHED_ROUTE
+
+
 MAX_OFFSET = 2**31 - 1
 # uvicorn's keep-alive (its default is 5 s, the same as httpx's pool expiry): a client
 # that reuses an idle connection just as the server closes it gets a reset.  The server
@@ -1283,11 +1389,20 @@ class ParkedItem(BaseModel):
         return cls(service=service, **fields)
 
 
-class ParkedList(BaseModel):
-    items: list[ParkedItem]
-    total: int
-    offset: int
-    limit: int
+ParkedList = Page[ParkedItem]
+
+
+class SyncStatus(BaseModel):
+    """``GET /v1/sync``: how far this process is from quiet (see the route)."""
+
+    service: str
+    pid: int = Field(description="the process answering on this port")
+    outbox_backlog: int = Field(description="outbox rows not published yet")
+    consumer_lag: int | None = Field(description="messages not consumed yet; null: unknown")
+    parked: int = Field(description="events parked until what they depend on arrives")
+    ready: bool
+    role: str
+    progress: int = Field(description="messages handled and published by this process")
 
 
 def consumers_ready(broker: Any) -> bool:
@@ -1581,6 +1696,8 @@ def create_app(
     http_errors.install(app, text_paths=("/metrics",))  # one error body, documented
 
     app.add_middleware(StandbyGate, service=service)
+    # added last, so outermost of ours: a standby's refusals are counted too
+    app.add_middleware(HttpMetrics, metrics=service.metrics, routes=app.router.routes)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -1600,7 +1717,7 @@ def create_app(
             generate_latest(service.metrics.registry), media_type="text/plain; version=0.0.4"
         )
 
-    @app.get("/v1/sync")
+    @app.get("/v1/sync", response_model=SyncStatus)
     async def sync() -> dict[str, Any]:
         """Quiescence: nothing left to publish and nothing left to consume.
 
@@ -1647,8 +1764,8 @@ def create_app(
 
     @app.get("/v1/parked", response_model=ParkedList, tags=["operations"])
     async def parked(
-        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Offset = 0,
+        limit: Limit = DEFAULT_LIMIT,
     ) -> ParkedList:
         """Operator view: events parked until what they depend on arrives, oldest first."""
         async with service.uow() as uow:
