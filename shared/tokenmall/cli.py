@@ -484,10 +484,18 @@ def bench_platform_command(
 @app.command("events")
 def events_command(
     as_json: Annotated[bool, typer.Option("--json", help="topics and event JSON Schemas")] = False,
+    as_asyncapi: Annotated[
+        bool, typer.Option("--asyncapi", help="the AsyncAPI 3.0 document (JSON)")
+    ] = False,
 ) -> None:
     """The event catalogue: topics, their flows and every event's fields."""
     from tokenmall.contracts import catalogue
 
+    if as_asyncapi:
+        from tokenmall.asyncapi import document
+
+        sys.stdout.write(json.dumps(document(), indent=2) + "\n")
+        return
     data = catalogue()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -39,6 +39,43 @@ TOPICS: dict[str, str] = {
 }
 MEMBERS, ORDERS, WALLET_REQUESTS, DIVIDENDS = TOPICS
 PARTITIONS = 6
+
+
+class Route(NamedTuple):
+    """Who publishes on a topic, which services consume it, and the event types on it."""
+
+    producer: str
+    consumers: tuple[str, ...]
+    events: tuple[str, ...]
+
+
+# topic -> its route: the AsyncAPI document's operations and channel messages
+# (tokenmall.asyncapi); tests/unit/test_asyncapi.py holds it to the services' code
+ROUTES: dict[str, Route] = {
+    MEMBERS: Route(
+        "referrals", ("dividends", "orders", "wallet"), ("MemberRegistered", "MembersRegistered")
+    ),
+    ORDERS: Route(
+        "orders",
+        ("dividends", "referrals"),
+        ("OrderPaid", "OrdersPaid", "OrderRefunded", "DayClosed"),
+    ),
+    WALLET_REQUESTS: Route("wallet", ("dividends",), ("WalletRequest", "DayClosed")),
+    DIVIDENDS: Route(
+        "dividends",
+        ("orders", "referrals", "wallet"),
+        (
+            "DayClosing",
+            "InputApplied",
+            "InputsApplied",
+            "ReleaseComputed",
+            "DaySettled",
+            "PlanScheduled",
+            "PlanActivated",
+        ),
+    ),
+}
+
 # The topics whose inputs carry a business day, closed per partition by a DayClosed
 # marker before dividends settles that day (the day-boundary watermark).
 DAY_STAMPED_TOPICS = (ORDERS, WALLET_REQUESTS)
