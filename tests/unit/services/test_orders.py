@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: Client) -> None:
         r = await create(client, amount="123.45", order_id="o-1")
         assert r.status_code == 201, r.text
+        created_at = r.json().pop("created_at")
         assert r.json() == {
             "order_id": "o-1",
             "member": "A",
@@ -158,17 +160,24 @@ def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
             "status": "created",
             "reason": None,
             "day": None,  # counted in no day until paid
+            "created_at": created_at,
+            "paid_at": None,
+            "decided_at": None,
+            "refunded_at": None,
         }
+        assert created_at.endswith("Z") and datetime.fromisoformat(created_at).tzinfo
         assert await published(app) == []
 
         r = await client.post("/v1/orders/o-1/pay")
         assert r.status_code == 202, r.text  # accepted; the rules decide
         assert r.json()["status"] == "pending"
         assert r.json()["day"] == 1  # the business day it was paid on
+        assert r.json()["created_at"] == created_at <= r.json()["paid_at"]
         assert (await client.get("/v1/orders/o-1")).json()["status"] == "pending"
         assert (await client.get("/v1/sales")).json()["sales"] == "0.00"
         await verdict(app, "o-1")
-        assert (await client.get("/v1/orders/o-1")).json()["status"] == "paid"
+        order = (await client.get("/v1/orders/o-1")).json()
+        assert order["status"] == "paid" and order["paid_at"] <= order["decided_at"]
         assert (await client.get("/v1/sales")).json()["sales"] == "123.45"
 
         [event] = await published(app)
@@ -188,23 +197,29 @@ def test_create_and_pay_emits_order_paid_with_envelope(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_default_order_id_and_json_numbers_are_exact(tmp_path: Path) -> None:
+def test_default_order_id_and_amounts_are_decimal_strings(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: Client) -> None:
-        r = await create(client, amount=10.1, stable=0.1)
+        r = await create(client, amount="10.1", stable="0.1")
         assert r.status_code == 201, r.text
         body = r.json()
         assert len(body["order_id"]) == 36 and (body["amount"], body["stable"]) == ("10.10", "0.10")
-        r = await create(client, amount=999999999999.99)
+        r = await create(client, amount="999999999999.99")
         assert r.status_code == 201 and r.json()["amount"] == "999999999999.99"
-        # read as a float, this would silently become 10.1
-        r = await client.post(
-            "/v1/orders",
-            content=b'{"member": "A", "amount": 10.1000000000000001}',
-            headers={"content-type": "application/json"},
-        )
-        assert r.status_code == 422, r.text
-        r = await create(client, amount=1000000000000)
+        # a JSON number is refused, whatever it is (a float has lost its decimals already)
+        for amount in (b"10.1000000000000001", b"10", b"1e3", b"true"):
+            r = await client.post(
+                "/v1/orders",
+                content=b'{"member": "A", "amount": ' + amount + b"}",
+                headers={"content-type": "application/json"},
+            )
+            assert r.status_code == 422, r.text
+            assert r.json()["field"] == "body.amount" and "decimal string" in r.json()["message"]
+        for amount in ("1e3", "0x10", " 1", "1.", "", "NaN"):
+            r = await create(client, amount=amount)
+            assert (r.status_code, r.json()["field"]) == (422, "body.amount"), (amount, r.text)
+        r = await create(client, amount="1000000000000")
         assert r.status_code == 201 and r.json()["amount"] == "1000000000000.00"
+        assert (await client.get("/v1/members/A/orders")).json()["total"] == 3
 
     run(tmp_path, scenario)
 
@@ -218,7 +233,7 @@ def test_idempotent_create_and_pay(tmp_path: Path) -> None:
         assert first.status_code == again.status_code == 201
         assert first.json() == again.json()  # the same generated order id
         order_id = first.json()["order_id"]
-        assert len((await client.get("/v1/members/A/orders")).json()) == 1
+        assert (await client.get("/v1/members/A/orders")).json()["total"] == 1
 
         # the same key on a different request is refused
         r = await client.post("/v1/orders", json={**body, "amount": "51"}, headers=headers)
@@ -471,7 +486,12 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path: Path) -> None:
         assert r.json()["message"] == "member 'nobody' is not registered"
 
         assert await count_rows(app) == {"orders": 0, "idempotency": 0, "outbox": 0}
-        assert (await client.get("/v1/members/A/orders")).json() == []
+        assert (await client.get("/v1/members/A/orders")).json() == {
+            "items": [],
+            "total": 0,
+            "offset": 0,
+            "limit": 100,
+        }
         assert (await client.get("/v1/members/nobody/orders")).status_code == 404
 
         # a refused request is not remembered: the same key then works
@@ -512,9 +532,13 @@ def test_sales_totals_and_member_orders(tmp_path: Path) -> None:
         assert r.json() == {"paid": "150.11", "refunded": "50.00", "sales": "100.11"}
 
         r = await client.get("/v1/members/A/orders")
-        assert [(o["order_id"], o["status"]) for o in r.json()] == [("o1", "paid"), ("o3", "paid")]
+        assert [(o["order_id"], o["status"]) for o in r.json()["items"]] == [
+            ("o1", "paid"),
+            ("o3", "paid"),
+        ]
         r = await client.get("/v1/members/B/orders", params={"limit": 1, "offset": 1})
-        assert [o["order_id"] for o in r.json()] == ["o4"]
+        assert [o["order_id"] for o in r.json()["items"]] == ["o4"]
+        assert (r.json()["total"], r.json()["offset"], r.json()["limit"]) == (2, 1, 1)
 
     run(tmp_path, scenario, members=("A", "B"))
 
@@ -625,7 +649,8 @@ def test_an_order_the_rules_refuse_ends_refused_and_never_counts(tmp_path: Path)
         assert r.status_code == 409 and "was refused" in r.json()["message"]
         assert (await client.delete("/v1/orders/o-2")).status_code == 409
         statuses = [
-            (o["order_id"], o["status"]) for o in (await client.get("/v1/members/A/orders")).json()
+            (o["order_id"], o["status"])
+            for o in (await client.get("/v1/members/A/orders")).json()["items"]
         ]
         assert statuses == [("o-1", "paid"), ("o-2", "refused")]
 
@@ -647,7 +672,7 @@ def test_a_member_registered_a_moment_ago_can_be_ordered_for_at_once(tmp_path: P
             assert registry.lookups == ["fresh"]  # recorded: asked once
             # the event arrives later: nothing changes, nothing is refused
             await app.state.svc.broker.deliver(contracts.MEMBERS, member_registered("fresh"))
-            assert len((await client.get("/v1/members/fresh/orders")).json()) == 2
+            assert (await client.get("/v1/members/fresh/orders")).json()["total"] == 2
             r = await create(client, member="nobody")  # registered nowhere: still a 404
             assert r.status_code == 404 and "not registered" in r.json()["message"]
             await stop_relay()

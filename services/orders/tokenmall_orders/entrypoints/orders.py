@@ -1,26 +1,25 @@
 """HTTP API of the orders service: create, pay, refund and read orders; all-time sales.
 
-Amounts are decimal strings in responses.  In requests they may be strings or JSON
-numbers: the body is parsed with JSON numbers read as ``Decimal`` (never float), so
-``10.123`` is refused for its 3 decimals instead of being rounded somewhere.
-Errors answer the error body ``{"code", "message", "field"}`` (``tokenmall.http_errors``)
-and change nothing.
+Amounts are decimal strings, in requests too (``tokenmall.api_style``: a JSON number
+is refused); ``"10.123"`` is refused for its 3 decimals instead of being rounded
+somewhere.  Errors answer the error body ``{"code", "message", "field"}``
+(``tokenmall.http_errors``) and change nothing.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenmall.api_style import DEFAULT_LIMIT, DecimalString, Limit, Offset, Page
 from tokenmall.http_errors import ApiError, ErrorBody
-from tokenmall.ids import ID_DOC, KEY_PATTERN, MEMBER_DOC, Id, IdPath, MemberId, MemberPath, Offset
+from tokenmall.ids import ID_DOC, KEY_PATTERN, MEMBER_DOC, Id, IdPath, MemberId, MemberPath
 from tokenmall.registry import MemberRegistry, RegistryUnavailable
 from tokenmall.servicekit import Service
 from tokenmall_orders.adapters.wallet import Wallet, WalletError, WalletUnavailable
@@ -38,35 +37,17 @@ from tokenmall_orders.service_layer.handlers import (
     Reply,
 )
 
-
-class DecimalRequest(Request):
-    """A request whose JSON numbers are read as exact ``Decimal``s."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_decimal_json"):
-            self._decimal_json = json.loads(await self.body(), parse_float=Decimal)
-        return self._decimal_json
-
-
-class DecimalJSONRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def decimal_handler(request: Request) -> Response:
-            return await handler(DecimalRequest(request.scope, request.receive))
-
-        return decimal_handler
-
-
-router = APIRouter(prefix="/v1", tags=["orders"], route_class=DecimalJSONRoute)
+router = APIRouter(prefix="/v1", tags=["orders"])
 
 
 class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     member: MemberId = Field(description=MEMBER_DOC)
-    amount: Decimal = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
-    stable: Decimal = Field(Decimal(0), description="the part paid in stable points, ≤ amount")
+    amount: DecimalString = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
+    stable: DecimalString = Field(
+        Decimal(0), description="the part paid in stable points, ≤ amount"
+    )
     order_id: Id | None = Field(None, description=f"{ID_DOC}; default: a uuid4")
 
 
@@ -86,6 +67,10 @@ class OrderPublic(BaseModel):
         "it was paid; the next open day only if its payment reached the rules after its day "
         "was settled by force",
     )
+    created_at: datetime | None = None
+    paid_at: datetime | None = None
+    decided_at: datetime | None = Field(None, description="when the rules' verdict arrived")
+    refunded_at: datetime | None = None
 
 
 class SalesPublic(BaseModel):
@@ -210,16 +195,13 @@ async def sales(svc: ServiceDep) -> JSONResponse:
     return JSONResponse(await handlers.sales(svc.uow()))
 
 
-@router.get("/members/{member}/orders", response_model=list[OrderPublic], responses=ERRORS)
+@router.get("/members/{member}/orders", response_model=Page[OrderPublic], responses=ERRORS)
 async def member_orders(
-    member: MemberPath,
-    svc: ServiceDep,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Offset = 0,
+    member: MemberPath, svc: ServiceDep, limit: Limit = DEFAULT_LIMIT, offset: Offset = 0
 ) -> JSONResponse:
     """A member's orders, oldest first."""
-    views = await _run(handlers.member_orders(member, svc.uow(), limit=limit, offset=offset))
-    return JSONResponse(views)
+    views, total = await _run(handlers.member_orders(member, svc.uow(), limit=limit, offset=offset))
+    return JSONResponse({"items": views, "total": total, "offset": offset, "limit": limit})
 
 
 class PaidOrder(BaseModel):
@@ -227,8 +209,10 @@ class PaidOrder(BaseModel):
 
     order_id: Id = Field(description=f"{ID_DOC}; the mall's order id (idempotency key)")
     member: MemberId = Field(description=MEMBER_DOC)
-    amount: Decimal = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
-    stable: Decimal = Field(Decimal(0), description="the part paid in stable points, ≤ amount")
+    amount: DecimalString = Field(description="> 0, at most 2 decimals, at most 1000000000000.00")
+    stable: DecimalString = Field(
+        Decimal(0), description="the part paid in stable points, ≤ amount"
+    )
 
 
 class PaidOrderBatch(BaseModel):

@@ -29,6 +29,7 @@ from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenmall import business_day, contracts
+from tokenmall.api_style import iso_utc
 from tokenmall.contracts import (
     AppliedInput,
     Event,
@@ -138,6 +139,10 @@ class Order:
     status: str
     reason: str | None = None  # why the rules refused it
     day: int | None = None  # the business day it counts in (once paid)
+    created_at: datetime | None = None
+    paid_at: datetime | None = None
+    decided_at: datetime | None = None  # the rules' verdict arrived
+    refunded_at: datetime | None = None
 
     def view(self, status: str | None = None) -> dict[str, Any]:
         return {
@@ -148,6 +153,10 @@ class Order:
             "status": status or self.status,
             "reason": self.reason,
             "day": self.day,
+            "created_at": iso_utc(self.created_at),
+            "paid_at": iso_utc(self.paid_at),
+            "decided_at": iso_utc(self.decided_at),
+            "refunded_at": iso_utc(self.refunded_at),
         }
 
 
@@ -190,7 +199,9 @@ def _checked_amounts(amount_: Decimal, stable_: Decimal) -> tuple[int, int]:
 async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
     amount, stable = _checked_amounts(cmd.amount, cmd.stable)
     fingerprint = _fingerprint("create", cmd.member, amount, stable, cmd.order_id)
-    order = Order(cmd.order_id or str(uuid4()), cmd.member, amount, stable, CREATED)
+    order = Order(
+        cmd.order_id or str(uuid4()), cmd.member, amount, stable, CREATED, created_at=_now()
+    )
     async with uow:
         await uow.begin_write()
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
@@ -216,7 +227,7 @@ async def _create_order(cmd: CreateOrder, uow: UnitOfWork) -> Reply:
                     amount_cents=amount,
                     stable_cents=stable,
                     status=CREATED,
-                    created_at=_now(),
+                    created_at=order.created_at,
                 )
             )
             await _remember(uow, cmd.idempotency, fingerprint, reply)
@@ -310,7 +321,8 @@ async def _mark_pending(
     when another request changed it first (nothing committed)."""
     # the day row stays locked until this commits: the day cannot close in between
     day = await business_day.stamp(uow.session, business_days)
-    if not await _transition(uow, order, CREATED, PENDING, paid_at=_now(), day=day):
+    paid_at = _now()
+    if not await _transition(uow, order, CREATED, PENDING, paid_at=paid_at, day=day):
         if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
             return replay
         current = await _load(uow, cmd.order_id)
@@ -319,7 +331,8 @@ async def _mark_pending(
             raise Conflict(f"order {cmd.order_id!r} changed while being paid; try again")
         return _NotMarked(current)
     # accepted for payment; the rules' verdict follows (poll GET /v1/orders/{id})
-    reply = Reply(202, dataclasses.replace(order, day=day).view(PENDING), emitted=True)
+    paid = dataclasses.replace(order, day=day, paid_at=paid_at)
+    reply = Reply(202, paid.view(PENDING), emitted=True)
     uow.emit(
         contracts.ORDERS,
         OrderPaid(
@@ -348,12 +361,14 @@ async def refund_order(cmd: RefundOrder, uow: UnitOfWork) -> Reply:
             return replay
         order = await _existing(uow, cmd.order_id)
         day = await business_day.stamp(uow.session, business_days)
-        if not await _transition(uow, order, PAID, REFUNDED, refunded_at=_now()):
+        refunded_at = _now()
+        if not await _transition(uow, order, PAID, REFUNDED, refunded_at=refunded_at):
             if (replay := await _replay(uow, cmd.idempotency, fingerprint)) is not None:
                 return replay
             _check_refundable(await _existing(uow, cmd.order_id))
             raise Conflict(f"order {cmd.order_id!r} changed while being refunded; try again")
-        reply = Reply(200, order.view(REFUNDED), emitted=True)
+        refunded = dataclasses.replace(order, refunded_at=refunded_at)
+        reply = Reply(200, refunded.view(REFUNDED), emitted=True)
         uow.emit(
             contracts.ORDERS,
             OrderRefunded(
@@ -511,10 +526,10 @@ async def pay_orders(
                 await _release_hold(wallet, order)
         return [results.get(i) or _untouched(item) for i, item in enumerate(items)], False
     paying = [(i, order) for i, order in to_pay if i not in results]
-    paid, day = await _mark_paid(uow, [order for _, order in paying])
+    paid = await _mark_paid(uow, [order for _, order in paying])
     for i, order in paying:
         if order.order_id in paid:
-            view = dataclasses.replace(order, day=day).view(PENDING)
+            view = paid[order.order_id].view(PENDING)
             results[i] = PaidItemResult(order.order_id, "accepted", order=view)
     lost = [(i, order) for i, order in paying if order.order_id not in paid]
     if lost:  # changed by a concurrent request between the read and the write
@@ -594,13 +609,12 @@ async def _hold_stable_parts(
     return held
 
 
-async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> tuple[set[str], int | None]:
+async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> dict[str, Order]:
     """One write transaction: new orders inserted as pending, created ones moved to
-    pending, one OrdersPaid for them (contracts.order_batches).  Returns the order ids
-    paid (one another request created or paid meanwhile is left out) and the business
-    day stamped."""
+    pending, one OrdersPaid for them (contracts.order_batches).  Returns the orders paid,
+    as they are now, by id (one another request created or paid meanwhile is left out)."""
     if not orders_:
-        return set(), None
+        return {}
     paid: set[str] = set()
     async with uow:
         await uow.begin_write()
@@ -648,7 +662,16 @@ async def _mark_paid(uow: UnitOfWork, orders_: list[Order]) -> tuple[set[str], i
         ]
         uow.emit_many(contracts.ORDERS, contracts.order_batches(paid_in_order, day))
         await uow.commit()
-    return paid, day
+    return {
+        order.order_id: dataclasses.replace(
+            order,
+            day=day,
+            created_at=found.created_at if (found := current.get(order.order_id)) else now,
+            paid_at=now,
+        )
+        for order in orders_
+        if order.order_id in paid
+    }
 
 
 async def _load_many(uow: UnitOfWork, order_ids: list[str]) -> dict[str, Order]:
@@ -806,7 +829,8 @@ async def get_order(order_id: str, uow: UnitOfWork) -> dict[str, Any]:
 
 async def member_orders(
     member: str, uow: UnitOfWork, *, limit: int = 100, offset: int = 0
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of the member's orders, oldest first, and how many the member has."""
     async with uow:
         known = await uow.session.execute(
             select(members.c.member).where(members.c.member == member)
@@ -820,7 +844,13 @@ async def member_orders(
             .limit(limit)
             .offset(offset)
         )
-        return [Order(*row).view() for row in rows]
+        views = [Order(*row).view() for row in rows]
+        total = (
+            await uow.session.execute(
+                select(func.count()).select_from(orders).where(orders.c.member == member)
+            )
+        ).scalar_one()
+        return views, int(total)
 
 
 async def sales(uow: UnitOfWork) -> dict[str, str]:
@@ -868,6 +898,10 @@ def _select_orders() -> Any:
         orders.c.status,
         orders.c.reason,
         orders.c.day,
+        orders.c.created_at,
+        orders.c.paid_at,
+        orders.c.decided_at,
+        orders.c.refunded_at,
     )
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
-from pydantic import BeforeValidator
 from sqlalchemy.exc import IntegrityError
 
+from tokenmall.api_style import DecimalString
 from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS
 from tokenmall.http_errors import ErrorBody, FieldError
 from tokenmall.messaging import UnitOfWork
-from tokenmall.money import AmountError, to_cents, to_decimal, to_units
+from tokenmall.money import AmountError, to_cents, to_units
 from tokenmall.registry import learn_member
 from tokenmall.servicekit import Service
 from tokenmall_wallet.service_layer import handlers
@@ -66,15 +66,9 @@ async def _run(svc: Service, command: Callable[[UnitOfWork], Awaitable[T]]) -> T
         return await command(uow)
 
 
-def _exact(value: Any) -> Decimal:
-    """A decimal string or an integer; a JSON float has already lost the decimal."""
-    try:
-        return to_decimal(value)
-    except AmountError as exc:
-        raise ValueError(str(exc)) from None
-
-
-ExactDecimal = Annotated[Decimal, BeforeValidator(_exact)]
+# a decimal string (tokenmall.api_style): a JSON number is refused, a float has lost its
+# decimals before any code sees it
+ExactDecimal = DecimalString
 
 
 def minor_amount(asset: str, value: Decimal, what: str) -> int:
