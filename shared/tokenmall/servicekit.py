@@ -1357,7 +1357,6 @@ class HttpMetrics:
             return UNMATCHED_ROUTE
 
 
-MAX_OFFSET = 2**31 - 1
 # uvicorn's keep-alive (its default is 5 s, the same as httpx's pool expiry): a client
 # that reuses an idle connection just as the server closes it gets a reset.  The server
 # keeps idle connections longer than common clients do, so the client closes first.

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 from fastapi import Request
 from sqlalchemy.exc import IntegrityError
 
-from tokenmall.api_style import DecimalString
 from tokenmall.engine.plan import MAX_CASH_CENTS, MAX_POINT_UNITS
 from tokenmall.http_errors import ErrorBody, FieldError
 from tokenmall.messaging import UnitOfWork
@@ -64,11 +63,6 @@ async def _run(svc: Service, command: Callable[[UnitOfWork], Awaitable[T]]) -> T
             continue
     async with svc.uow() as uow:
         return await command(uow)
-
-
-# a decimal string (tokenmall.api_style): a JSON number is refused, a float has lost its
-# decimals before any code sees it
-ExactDecimal = DecimalString
 
 
 def minor_amount(asset: str, value: Decimal, what: str) -> int:

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokenmall.api_style import DecimalString
 from tokenmall.http_errors import FieldError
 from tokenmall.ids import ID_DOC, MEMBER_DOC, Id, IdPath, MemberId
 from tokenmall.servicekit import Service
 from tokenmall_wallet.entrypoints import (
-    ExactDecimal,
     errors,
     for_member,
     get_service,
@@ -28,7 +28,7 @@ class HoldCreate(BaseModel):
     hold_id: Id = Field(description=ID_DOC)
     member: MemberId = Field(description=MEMBER_DOC)
     asset: Literal["cny", "stable", "equity"]
-    amount: ExactDecimal
+    amount: DecimalString
 
     @model_validator(mode="after")
     def _positive(self) -> HoldCreate:

@@ -12,11 +12,11 @@ from uuid import uuid4
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tokenmall.api_style import DecimalString
 from tokenmall.http_errors import FieldError
 from tokenmall.ids import ID_DOC, MEMBER_DOC, Id, IdPath, MemberId, MemberPath, Text200, Text1000
 from tokenmall.servicekit import Service
 from tokenmall_wallet.entrypoints import (
-    ExactDecimal,
     errors,
     for_member,
     get_service,
@@ -39,8 +39,8 @@ class RequestCreate(BaseModel):
 
     request_id: RequestId
     kind: Literal["sell", "exchange", "merchant_exchange"]
-    points: ExactDecimal | Literal["all"] | None = None
-    stable: ExactDecimal | None = None
+    points: DecimalString | Literal["all"] | None = None
+    stable: DecimalString | None = None
 
     @model_validator(mode="after")
     def _fields(self) -> RequestCreate:
@@ -83,7 +83,7 @@ class AdjustmentCreate(BaseModel):
     request_id: RequestId
     member: MemberId = Field(description=MEMBER_DOC)
     asset: Literal["cny", "stable", "equity"]
-    amount: ExactDecimal  # signed, != 0
+    amount: DecimalString  # signed, != 0
     reason: Text1000
     operator: Text200
 
