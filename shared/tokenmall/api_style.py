@@ -74,6 +74,13 @@ class Page(BaseModel, Generic[T]):
     limit: int = Field(description="the most items a page of this request holds")
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """The moment in UTC; a naive value (SQLite drops the zone) is UTC already."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def iso_utc(moment: datetime | None) -> str | None:
     """ISO-8601 in UTC with ``Z``; a naive value (SQLite drops the zone) is UTC."""
     if moment is None:

@@ -99,7 +99,7 @@ class Platform:
 
     async def is_fresh(self) -> bool:
         state = await self.json("dividends", "/v1/state")
-        return bool(state["members"] == 0 and state["day"] == 1 and state["orders"] == 0)
+        return bool(state["member_count"] == 0 and state["day"] == 1 and state["order_count"] == 0)
 
 
 def _detail(response: httpx.Response) -> str:
@@ -304,12 +304,12 @@ class _Driver:
 
 
 async def _pages(platform: Platform, service: str, path: str) -> list[Any]:
+    """Every item of a list, a page at a time (the API style's Page)."""
     rows: list[Any] = []
     while True:
         page = await platform.json(service, f"{path}?offset={len(rows)}&limit={PAGE}")
-        members = page["members"]
-        rows.extend(members.items() if isinstance(members, dict) else members)
-        if len(rows) >= page["total"] or not members:
+        rows.extend(page["items"])
+        if len(rows) >= page["total"] or not page["items"]:
             return rows
 
 
@@ -336,7 +336,8 @@ async def read_document(platform: Platform) -> dict[str, Any]:
         return format_cents(int(total * 100))
 
     members: dict[str, Any] = {}
-    for name, view in engine_rows:
+    for view in engine_rows:
+        name = view["member"]
         wallet_row = balances.get(name, {})
         tree_row = tree.get(name, {})
         members[name] = {

@@ -138,3 +138,9 @@ async def drain(app: FastAPI) -> int:
         total += published
         if published == 0:
             return total
+
+
+def by_member(page: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A page of member rows (``items``, each with ``member``) as ``{member: row}`` — the
+    shape of the result document's ``members`` that tests compare with ``simulate``."""
+    return {row["member"]: {k: v for k, v in row.items() if k != "member"} for row in page["items"]}

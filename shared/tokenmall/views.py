@@ -6,7 +6,12 @@ both describe members, the equity pool and the platform with the same code.
 
 from __future__ import annotations
 
+import hashlib
+import weakref
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from tokenmall.engine import Engine
 from tokenmall.engine import settlement as st
@@ -36,12 +41,46 @@ def platform_view(engine: Engine) -> dict[str, str]:
     }
 
 
-def member_views(engine: Engine, start: int = 0, stop: int | None = None) -> dict[str, Any]:
-    """Members ``start..stop`` (registration order) as in the result document."""
+@dataclass(frozen=True)
+class _Forest:
+    """The whole-forest columns a member view reads, and the state they were computed on."""
+
+    key: tuple[Any, ...]
+    plan: Any  # the plan object itself (held: an id could be reused by the next plan)
+    shares: np.ndarray
+    contribution: np.ndarray
+    performance: np.ndarray
+    star: np.ndarray
+
+
+# per engine: a page of members reads the forest computed for the page before it while
+# nothing changed (a client paging 1M members would otherwise pay a whole-forest pass
+# per page)
+_forests: weakref.WeakKeyDictionary[Engine, _Forest] = weakref.WeakKeyDictionary()
+
+
+def _forest(engine: Engine) -> _Forest:
     inp = engine.day_input()
+    # what the columns depend on: the members (sponsors never change), their spend, the
+    # plan's weights and team rules
+    spend = np.ascontiguousarray(inp.spend)
+    key = (len(engine.names), hashlib.blake2b(spend.tobytes(), digest_size=16).digest())
+    cached = _forests.get(engine)
+    if cached is not None and cached.key == key and cached.plan is engine.plan:
+        return cached
     shares, contribution = st.member_weights(inp.parent, inp.spend, engine.plan.weights)
     performance = st.team_performance(inp.parent, inp.depth, inp.spend)
     star = st.star_levels(performance, engine.plan.team)
+    forest = _Forest(key, engine.plan, shares, contribution, performance, star)
+    _forests[engine] = forest
+    return forest
+
+
+def member_views(engine: Engine, start: int = 0, stop: int | None = None) -> dict[str, Any]:
+    """Members ``start..stop`` (registration order) as in the result document."""
+    forest = _forest(engine)
+    shares, contribution = forest.shares, forest.contribution
+    performance, star = forest.performance, forest.star
     ledger = engine.ledger
     cny, stable, points = ledger.members["cny"], ledger.members["stable"], ledger.members["equity"]
     released = engine.released

@@ -33,7 +33,7 @@ def tokenmall(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 def total_spend(referrals: str) -> Decimal:
     listed = httpx.get(referrals + "/v1/members", params={"limit": 10000}).json()
     assert listed["total"] <= 10000
-    return sum((Decimal(m["spend"]) for m in listed["members"]), Decimal(0))
+    return sum((Decimal(m["spend"]) for m in listed["items"]), Decimal(0))
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])

@@ -129,7 +129,7 @@ def engine_members(dev: Dev, expected: int) -> int:
     (or 30 s passed)."""
     deadline = time.monotonic() + 30
     while True:
-        seen = int(httpx.get(dev.url("dividends") + "/v1/state", timeout=30).json()["members"])
+        seen = int(httpx.get(dev.url("dividends") + "/v1/state", timeout=30).json()["member_count"])
         if seen == expected or time.monotonic() > deadline:
             return seen
         time.sleep(0.2)

@@ -32,6 +32,7 @@ from tests.integration.kafka_tools import RunningPlatform, module_platform
 from tokenmall.inputlog import scenario_from_inputs
 from tokenmall.replay import SERVICES, Platform, read_document, replay
 from tokenmall.scenario import parse_scenario, simulate
+from tokenmall.testing import by_member
 
 WIDE = 64  # concurrent calls of one kind
 BURST = 256  # the registration and read burst
@@ -529,9 +530,9 @@ async def final_state(urls: dict[str, str], registered: set[str]) -> dict[str, A
         document = await read_document(driver)
         log = await input_log(driver)
         accounts = await driver.json("wallet", "/v1/accounts/platform")
-        balances = (await driver.json("wallet", "/v1/balances?limit=10000"))["members"]
-        engine = (await driver.json("dividends", "/v1/members?limit=10000"))["members"]
-        tree = (await driver.json("referrals", "/v1/members?limit=10000"))["members"]
+        balances = (await driver.json("wallet", "/v1/balances?limit=10000"))["items"]
+        engine = by_member(await driver.json("dividends", "/v1/members?limit=10000"))
+        tree = (await driver.json("referrals", "/v1/members?limit=10000"))["items"]
         ordering = {
             m: (await driver.call("orders", "GET", f"/v1/members/{m}/orders")).status_code
             for m in sorted(registered)

@@ -29,6 +29,7 @@ from tests.integration.kafka_tools import metric
 from tokenmall.inputlog import scenario_from_inputs
 from tokenmall.replay import Platform
 from tokenmall.scenario import parse_scenario, simulate
+from tokenmall.testing import by_member
 
 MEMBERS = 12
 BEFORE = 40  # paid while dividends is frozen
@@ -120,7 +121,7 @@ def test_an_order_in_flight_while_its_day_is_settled_counts_in_that_day(
                 ],
                 "log": (await platform.json("dividends", "/v1/inputs?limit=10000"))["items"],
                 "state": await platform.json("dividends", "/v1/state"),
-                "members": (await platform.json("dividends", "/v1/members?limit=1000"))["members"],
+                "members": by_member(await platform.json("dividends", "/v1/members?limit=1000")),
                 "late": await metric(client, urls["dividends"], "tokenmall_late_inputs_total"),
                 "waits": await metric(
                     client, urls["dividends"], "tokenmall_settlement_wait_seconds_count"

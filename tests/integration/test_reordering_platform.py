@@ -25,6 +25,7 @@ from tokenmall import contracts, devenv
 from tokenmall.inputlog import scenario_from_inputs
 from tokenmall.replay import SERVICES, Platform
 from tokenmall.scenario import parse_scenario, simulate
+from tokenmall.testing import by_member
 
 PAIRS = 30
 CONCURRENCY = 8
@@ -95,9 +96,7 @@ def test_dividends_restarted_onto_a_backlog_of_pairs_and_orders_loses_nothing_an
                 ),
                 "log": (await platform.json("dividends", "/v1/inputs?limit=10000"))["items"],
                 "state": await platform.json("dividends", "/v1/state"),
-                "members": (await platform.json("dividends", "/v1/members?limit=100000"))[
-                    "members"
-                ],
+                "members": by_member(await platform.json("dividends", "/v1/members?limit=10000")),
                 "parked": {s: (await platform.json(s, "/v1/parked"))["total"] for s in SERVICES},
                 "orders": {o: await platform.json("orders", f"/v1/orders/{o}") for o in orders},
                 "spend": {
@@ -124,7 +123,7 @@ def test_dividends_restarted_onto_a_backlog_of_pairs_and_orders_loses_nothing_an
     assert all(not letters for letters in got["dead"].values()), got["dead"]
     # every member and every order reached the engine and was accepted
     assert set(got["members"]) == members
-    assert got["state"]["members"] == len(members)
+    assert got["state"]["member_count"] == len(members)
     accepted = {row["input_id"] for row in got["log"] if row["accepted"]}
     assert {f"join:{m}" for m in members} <= accepted
     assert {f"order:{o}" for o in orders} <= accepted

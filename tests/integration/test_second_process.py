@@ -466,13 +466,12 @@ async def wait_quiet(client: httpx.AsyncClient, run: dict[str, Any]) -> None:
         await asyncio.sleep(0.05 if quiet else 0.2)
 
 
-async def pages(lb: Balancer, service: str, path: str, key: str) -> list[Any]:
+async def pages(lb: Balancer, service: str, path: str) -> list[Any]:
     rows: list[Any] = []
     while True:
         page = await lb.json(service, f"{path}?offset={len(rows)}&limit=1000")
-        items = page[key]
-        rows.extend(items.items() if isinstance(items, dict) else items)
-        if len(rows) >= page["total"] or not items:
+        rows.extend(page["items"])
+        if len(rows) >= page["total"] or not page["items"]:
             return rows
 
 
@@ -482,13 +481,13 @@ async def final_checks(
     lb = mall.lb
     members = set(mall.registered)
     # nothing lost: every registered member in every service
-    assert {r["member"] for r in await pages(lb, "referrals", "/v1/members", "members")} == members
-    assert {m for m, _ in await pages(lb, "dividends", "/v1/members", "members")} == members
-    assert {r["member"] for r in await pages(lb, "wallet", "/v1/balances", "members")} == members
+    assert {r["member"] for r in await pages(lb, "referrals", "/v1/members")} == members
+    assert {r["member"] for r in await pages(lb, "dividends", "/v1/members")} == members
+    assert {r["member"] for r in await pages(lb, "wallet", "/v1/balances")} == members
     for member in members:  # the orders service knows each (200, not 404)
         await lb.json("orders", f"/v1/members/{member}/orders")
     # every order that answered 202 has its verdict, and the engine agrees with it
-    log = await pages(lb, "dividends", "/v1/inputs", "items")
+    log = await pages(lb, "dividends", "/v1/inputs")
     logged = Counter(row["input_id"] for row in log)
     assert [i for i, n in logged.items() if n > 1] == []  # each input applied once
     verdicts = {row["input_id"]: row["accepted"] for row in log}
@@ -514,15 +513,15 @@ async def final_checks(
     assert settled == sorted(set(mall.settled)) == list(range(1, len(settled) + 1))
     lines: Counter[int] = Counter()
     for member in members:
-        statement = await lb.json("wallet", f"/v1/members/{member}/statement?limit=10000")
-        days = [(r["day"], r["asset"]) for r in statement["releases"]]
+        releases = await lb.json("wallet", f"/v1/members/{member}/releases?limit=10000")
+        days = [(r["day"], r["asset"]) for r in releases["items"]]
         assert len(days) == len(set(days)), (member, days)
         lines.update(day for day, _ in days)
     for day in settled:
         report = await lb.json("dividends", f"/v1/settlements/{day}")
         assert lines[day] == report["members_released"], (day, lines[day], report)
     # books balance: for every asset the members and the platform accounts sum to zero
-    balances = await pages(lb, "wallet", "/v1/balances", "members")
+    balances = await pages(lb, "wallet", "/v1/balances")
     platform = await lb.json("wallet", "/v1/accounts/platform")
     for asset in ("cny", "stable", "equity"):
         total = sum((Decimal(r[asset]) for r in balances), Decimal(0))

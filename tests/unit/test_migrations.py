@@ -25,7 +25,7 @@ from tokenmall.testing import running
 from tokenmall_orders.app import OrdersSettings, build_app
 
 SERVICES = migrations.SERVICES
-HEAD = migrations.heads("orders")[0]  # the services' revisions are numbered alike
+HEAD = migrations.heads("orders")[0]  # the head of orders (each service numbers its own)
 runner = CliRunner()
 
 
@@ -153,7 +153,10 @@ def test_upgrade_is_idempotent_and_concurrent_upgrades_apply_once(tmp_path: Path
         thread.join()
     assert len(outcomes) == 4
     assert sorted(len(o.applied) for o in outcomes) == [0, 0, 0, len(revisions("wallet"))]
-    assert migrations.upgrade("wallet", url).describe() == f"at head {HEAD}, nothing to do"
+    assert (
+        migrations.upgrade("wallet", url).describe()
+        == f"at head {migrations.heads('wallet')[0]}, nothing to do"
+    )
 
 
 def test_a_create_all_database_is_adopted(tmp_path: Path) -> None:
@@ -383,3 +386,26 @@ def test_0004_gives_rows_parked_before_it_the_day_their_body_carries(
         days = conn.execute(text("SELECT event_id, day FROM parked ORDER BY id")).all()
     engine.dispose()
     assert [tuple(row) for row in days] == [("e0", 4), ("e1", None), ("e2", None)]
+
+
+def test_wallet_0005_keeps_the_journal_and_stamps_only_what_is_booked_after_it(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "wallet.db")
+    engine = create_engine(url)
+    insert_entry = text(
+        "INSERT INTO journal (event_id, asset, debit, credit, amount, kind, ref) "
+        "VALUES (:event_id, 'cny', 'pool', 'm:a', 100, 'sell', 'r')"
+    )
+    with engine.begin() as conn:
+        command.upgrade(migrations.config("wallet", conn), "0004")
+        conn.execute(insert_entry, {"event_id": "before"})
+    engine.dispose()
+    assert migrations.upgrade("wallet", url).applied[0] == "0005"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(insert_entry, {"event_id": "after"})
+        rows = conn.execute(text("SELECT event_id, amount, booked_at FROM journal ORDER BY id"))
+        booked = [(r.event_id, r.amount, r.booked_at is not None) for r in rows]
+    engine.dispose()
+    assert booked == [("before", 100, False), ("after", 100, True)]

@@ -18,7 +18,7 @@ from sqlalchemy import event as sa_event
 
 from tokenmall import contracts
 from tokenmall.servicekit import ServiceSettings
-from tokenmall.testing import FakeBroker, MemoryPublisher, running
+from tokenmall.testing import FakeBroker, MemoryPublisher, by_member, running
 from tokenmall_referrals.app import build_app
 
 Scenario = Callable[[FastAPI, httpx.AsyncClient], Awaitable[None]]
@@ -260,7 +260,7 @@ def test_dividends_applies_a_poll_of_referrals_before_their_sponsors_in_one_run(
             assert (await client.get("/v1/parked")).json()["total"] == 1  # E's order
             await broker.deliver_batch(contracts.MEMBERS, [member_registered("E", "D", seq=5)])
             assert (await client.get("/v1/parked")).json()["total"] == 0
-            members = (await client.get("/v1/members")).json()["members"]
+            members = by_member((await client.get("/v1/members")).json())
             assert sorted(members) == ["A", "B", "C", "D", "E"]
             assert (await client.post("/v1/settlements/1")).status_code == 200
             await equals_simulate_of_its_log(client)

@@ -23,7 +23,14 @@ from tests.unit.services import test_orders, test_wallet
 from tokenmall import contracts
 from tokenmall.inputlog import scenario_from_inputs
 from tokenmall.scenario import parse_scenario, simulate
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
+from tokenmall.testing import (
+    FakeBroker,
+    MemoryPublisher,
+    by_member,
+    drain,
+    member_registered,
+    running,
+)
 from tokenmall_dividends.app import DividendsSettings, build_app
 
 PARTITIONS = contracts.PARTITIONS
@@ -86,7 +93,7 @@ async def equals_simulate_of_its_log(client: httpx.AsyncClient) -> None:
     log = (await client.get("/v1/inputs", params={"limit": 1000})).json()["items"]
     expected = simulate(parse_scenario(scenario_from_inputs(log))).document
     state = (await client.get("/v1/state")).json()
-    members = (await client.get("/v1/members", params={"limit": 1000})).json()["members"]
+    members = by_member((await client.get("/v1/members", params={"limit": 1000})).json())
     assert state["day"] == expected["day"]
     assert state["equity"] == expected["equity"]
     keys = ("quota_remaining", "released", "spend")

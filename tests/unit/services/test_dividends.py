@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenmall import contracts
 from tokenmall.scenario import load_scenario, simulate
-from tokenmall.testing import FakeBroker, MemoryPublisher, drain, member_registered, running
+from tokenmall.testing import (
+    FakeBroker,
+    MemoryPublisher,
+    by_member,
+    drain,
+    member_registered,
+    running,
+)
 from tokenmall_dividends.app import DividendsSettings, build_app
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -99,13 +107,58 @@ def test_dividends_state_equals_simulate(tmp_path: Path) -> None:
             async with running(app) as client:
                 await feed(app, client, path)
                 state = (await client.get("/v1/state")).json()
-                members = (await client.get("/v1/members")).json()["members"]
+                members = by_member((await client.get("/v1/members")).json())
                 return {"day": state["day"], "equity": state["equity"], "members": members}
 
         got = asyncio.run(run())
         assert got["day"] == expected["day"]
         assert got["equity"] == expected["equity"]
         assert owned_fields(got) == owned_fields(expected)
+
+
+def test_a_members_grants_page_and_an_input_asked_for_by_the_clients_id(tmp_path: Path) -> None:
+    """Grants as decimal strings, a page at a time; an order asked for by its own id at
+    /v1/inputs gets a 404 that names the input id and where the verdict is."""
+    path = SCENARIOS / "seed-points-release.yaml"
+    scenario = load_scenario(path)
+
+    async def go() -> None:
+        app = make_app(tmp_path)
+        async with running(app) as client:
+            await feed(app, client, path)
+            state = (await client.get("/v1/state")).json()
+            assert state["member_count"] == len(by_member((await client.get("/v1/members")).json()))
+            buyer = next(s.fields["member"] for s in scenario.steps if s.kind == "order")
+            member = (await client.get(f"/v1/members/{buyer}")).json()
+            count = member["grant_count"]
+            assert count >= 1
+            pages = [
+                (await client.get(f"/v1/members/{buyer}/grants?offset={i}&limit=1")).json()
+                for i in range(count + 1)
+            ]
+            assert [p["total"] for p in pages] == [count] * (count + 1)
+            assert [len(p["items"]) for p in pages] == [1] * count + [0]
+            grants = [p["items"][0] for p in pages[:count]]
+            assert [g["seq"] for g in grants] == sorted(g["seq"] for g in grants)
+            for grant in grants:
+                assert "." in grant["quota"] and "." in grant["remaining"]
+                assert Decimal(grant["remaining"]) <= Decimal(grant["quota"])
+            remaining = sum(Decimal(g["remaining"]) for g in grants)
+            assert remaining == Decimal(member["quota_remaining"])
+            nobody = await client.get("/v1/members/nobody/grants")
+            assert (nobody.status_code, nobody.json()["field"]) == (404, "member")
+
+            oid = next(
+                str(s.fields.get("id") or "order-1") for s in scenario.steps if s.kind == "order"
+            )
+            applied = await client.get(f"/v1/inputs/order:{oid}")
+            assert (applied.status_code, applied.json()["kind"]) == (200, "order")
+            bare = await client.get(f"/v1/inputs/{oid}")
+            assert bare.status_code == 404
+            assert f"'order:{oid}'" in bare.json()["message"]
+            assert f"GET /v1/orders/{oid}" in bare.json()["message"]
+
+    asyncio.run(go())
 
 
 def test_state_survives_a_restart(tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ def test_a_poll_of_registrations_is_one_lookup_and_one_insert(tmp_path: Path) ->
             assert statements.count("INSERT INTO inputs") == 3
             assert sum(s.startswith("SELECT inputs.input_id") for s in statements) == 1
             state = (await client.get("/v1/state")).json()
-            assert state["members"] == 300
+            assert state["member_count"] == 300
 
     asyncio.run(go())
 

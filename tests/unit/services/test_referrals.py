@@ -88,10 +88,27 @@ def refunded(order_id: str, member: str, amount: str) -> contracts.OrderRefunded
 
 
 async def member(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    """The member view, its registration time checked and left out (it is the clock's)."""
     response = await client.get(f"/v1/members/{name}")
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
+    assert body.pop("registered_at").endswith("Z")
     return body
+
+
+async def referrals_of(client: httpx.AsyncClient, name: str) -> list[str]:
+    """The member's direct referrals, page by page (two at a time: paging is tested)."""
+    names: list[str] = []
+    while True:
+        response = await client.get(f"/v1/members/{name}/referrals?offset={len(names)}&limit=2")
+        assert response.status_code == 200, response.text
+        page = response.json()
+        names += [m["member"] for m in page["items"]]
+        if not page["items"]:
+            assert len(names) == page["total"]
+            count = (await member(client, name))["referral_count"]
+            assert count == page["total"]
+            return names
 
 
 # ------------------------------------------------------------------ registration
@@ -101,7 +118,8 @@ def test_register_publishes_member_registered(tmp_path: Path) -> None:
     async def scenario(app: FastAPI, client: httpx.AsyncClient) -> None:
         first = await register(client, "13800000001")
         assert first.status_code == 201
-        assert first.json() == {
+        assert first.json()["registered_at"].endswith("Z")
+        assert {k: v for k, v in first.json().items() if k != "registered_at"} == {
             "member": "13800000001",
             "sponsor": None,
             "merchant": False,
@@ -109,7 +127,7 @@ def test_register_publishes_member_registered(tmp_path: Path) -> None:
             "team_performance": "0.00",
             "star": 0,
             "seq": 1,
-            "referrals": [],
+            "referral_count": 0,
         }
         second = await client.post(
             "/v1/members",
@@ -145,7 +163,7 @@ def test_register_publishes_member_registered(tmp_path: Path) -> None:
             assert event.occurred_at.tzinfo is not None
         assert len({e.event_id for e in registered}) == 3
 
-        assert (await member(client, "13800000001"))["referrals"] == ["13800000002"]
+        assert await referrals_of(client, "13800000001") == ["13800000002"]
         assert (await client.get("/v1/sync")).json()["outbox_backlog"] == 0
 
     run(tmp_path, scenario)
@@ -166,9 +184,9 @@ def test_duplicate_member_is_a_conflict_and_changes_nothing(tmp_path: Path) -> N
             "team_performance": "0.00",
             "star": 0,
             "seq": 1,
-            "referrals": [],
+            "referral_count": 0,
         }
-        assert (await member(client, "b"))["referrals"] == []
+        assert await referrals_of(client, "b") == []
         assert (await client.get("/v1/members")).json()["total"] == 2
         events = await published(app)
         assert [e.member for _, _, e in events if isinstance(e, contracts.MemberRegistered)] == [
@@ -188,7 +206,12 @@ def test_unknown_sponsor_and_self_sponsoring_are_refused(tmp_path: Path) -> None
         assert itself.status_code == 422
         assert "cannot sponsor themselves" in itself.json()["message"]
         assert (await client.get("/v1/members/a")).status_code == 404
-        assert (await client.get("/v1/members")).json() == {"members": [], "total": 0}
+        assert (await client.get("/v1/members")).json() == {
+            "items": [],
+            "total": 0,
+            "offset": 0,
+            "limit": 100,
+        }
         assert await published(app) == []
 
     run(tmp_path, scenario)
@@ -235,12 +258,12 @@ def test_list_is_in_registration_order_and_paged(tmp_path: Path) -> None:
         for name in names:
             assert (await register(client, name)).status_code == 201
         everyone = (await client.get("/v1/members")).json()
-        assert [m["member"] for m in everyone["members"]] == names
+        assert [m["member"] for m in everyone["items"]] == names
         assert everyone["total"] == 4
         page = (await client.get("/v1/members?offset=1&limit=2")).json()
-        assert [m["member"] for m in page["members"]] == ["m1", "m5"]
+        assert [m["member"] for m in page["items"]] == ["m1", "m5"]
         assert page["total"] == 4
-        assert set(page["members"][0]) == {
+        assert set(page["items"][0]) == {
             "member",
             "sponsor",
             "merchant",
@@ -248,8 +271,12 @@ def test_list_is_in_registration_order_and_paged(tmp_path: Path) -> None:
             "team_performance",
             "star",
             "seq",
+            "registered_at",
         }
-        assert (await client.get("/v1/members?offset=10")).json() == {"members": [], "total": 4}
+        beyond = (await client.get("/v1/members?offset=10")).json()
+        assert (beyond["items"], beyond["total"]) == ([], 4)
+        unknown = await client.get("/v1/members/nobody/referrals")
+        assert (unknown.status_code, unknown.json()["field"]) == (404, "member")
 
     run(tmp_path, scenario)
 
@@ -321,7 +348,7 @@ def test_team_performance_and_star_levels(tmp_path: Path) -> None:
             "e": "0.00",
             "f": "0.00",
         }
-        before = (await client.get("/v1/members")).json()["members"]
+        before = (await client.get("/v1/members")).json()["items"]
         assert {m["member"]: m["team_performance"] for m in before} == expected
         assert {m["member"]: m["spend"] for m in before} == spends
         assert {m["star"] for m in before} == {0}  # no plan known yet
@@ -329,13 +356,14 @@ def test_team_performance_and_star_levels(tmp_path: Path) -> None:
         await deliver(app, contracts.DIVIDENDS, contracts.PlanActivated(day=1, plan=TEAM_PLAN))
         # thresholds 300 / 900 / 2000: a (950.25) is 2★, b (350.25) 1★
         stars = {"a": 2, "b": 1, "c": 0, "d": 0, "e": 0, "f": 0}
-        listed = (await client.get("/v1/members")).json()["members"]
+        listed = (await client.get("/v1/members")).json()["items"]
         assert {m["member"]: (m["team_performance"], m["star"]) for m in listed} == {
             name: (expected[name], stars[name]) for name in expected
         }
         a = await member(client, "a")
-        assert (a["team_performance"], a["star"], a["referrals"]) == ("950.25", 2, ["b", "d"])
-        assert (await member(client, "b"))["referrals"] == ["c", "e"]
+        assert (a["team_performance"], a["star"]) == ("950.25", 2)
+        assert await referrals_of(client, "a") == ["b", "d"]
+        assert await referrals_of(client, "b") == ["c", "e"]
 
         # other events on the dividends topic and an older plan are ignored
         await deliver(
@@ -360,13 +388,13 @@ def test_team_performance_and_star_levels(tmp_path: Path) -> None:
         await deliver(app, contracts.DIVIDENDS, contracts.PlanActivated(day=2, plan=zero))
         created = await register(client, "g", "c")
         assert created.json()["star"] == 1
-        assert (await member(client, "c"))["referrals"] == ["g"]
+        assert await referrals_of(client, "c") == ["g"]
 
         # a plan without the team module: no stars
         await deliver(
             app, contracts.DIVIDENDS, contracts.PlanActivated(day=3, plan={"preset": "cycle"})
         )
-        assert {m["star"] for m in (await client.get("/v1/members")).json()["members"]} == {0}
+        assert {m["star"] for m in (await client.get("/v1/members")).json()["items"]} == {0}
         assert broker(app).dead_letters == []
 
     run(tmp_path, scenario)

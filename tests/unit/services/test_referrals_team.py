@@ -224,8 +224,7 @@ def test_team_performance_and_stars_equal_the_whole_forest_computation(
             listed = (await client.get("/v1/members", params={"limit": 100})).json()
             assert listed["total"] == len(expected)
             assert {
-                m["member"]: (m["spend"], m["team_performance"], m["star"])
-                for m in listed["members"]
+                m["member"]: (m["spend"], m["team_performance"], m["star"]) for m in listed["items"]
             } == expected
             for name in forest.sampled():
                 spend, performance, star = expected[name]
@@ -302,7 +301,7 @@ def test_reading_one_member_reads_their_rows_not_the_whole_table(tmp_path: Path)
             plans = query_plans(database, statements)
             assert any(p.startswith("SEARCH members") for p in plans)  # it did read
             assert full_scans_of_members(plans) == []
-            assert len(on_members(statements)) == 2  # the member, their referrals
+            assert len(on_members(statements)) == 2  # the member, how many referrals
 
     asyncio.run(go())
 

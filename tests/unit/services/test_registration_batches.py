@@ -27,7 +27,7 @@ from tests.unit.services.test_day_boundaries import (
 from tokenmall import contracts
 from tokenmall.contracts import MembersRegistered, Registration
 from tokenmall.messaging import parking
-from tokenmall.testing import FakeBroker, drain, member_registered, running
+from tokenmall.testing import FakeBroker, by_member, drain, member_registered, running
 from tokenmall_orders.adapters import tables as order_tables
 from tokenmall_wallet.adapters import tables as wallet_tables
 
@@ -143,7 +143,7 @@ async def dividends_outcome(tmp_path: Path, polls: Any) -> dict[str, Any]:
         log = (await client.get("/v1/inputs", params={"limit": 1000})).json()["items"]
         outcome = {
             "log": sorted((row["input_id"], row["accepted"]) for row in log),
-            "members": (await client.get("/v1/members", params={"limit": 1000})).json(),
+            "members": by_member((await client.get("/v1/members", params={"limit": 1000})).json()),
             "state": (await client.get("/v1/state")).json(),
             "parked": (await client.get("/v1/parked")).json()["total"],
             "dead": broker.dead_letters,
@@ -165,7 +165,7 @@ def test_a_batch_joins_as_its_members_one_by_one_whatever_the_arrival_order(
         single = await dividends_outcome(tmp_path / f"s-{seed}-{tag}", schedule(seed, False))
         assert batched == single
         assert batched["parked"] == 0 and batched["dead"] == []
-        assert batched["state"]["members"] == 60
+        assert batched["state"]["member_count"] == 60
 
     # parked events are woken by what they wait for, never by the clock
     with mock.patch.object(parking, "RETRY_FIRST_SECONDS", 3600):
@@ -182,14 +182,14 @@ def test_a_batch_waits_whole_for_a_sponsor_and_joins_once(tmp_path: Path) -> Non
             )
             await broker.deliver_batch(contracts.MEMBERS, [batch])
             state = (await client.get("/v1/state")).json()
-            assert state["members"] == 0  # "a" did not go ahead of the rest of its batch
+            assert state["member_count"] == 0  # "a" did not go ahead of the rest of its batch
             assert (await client.get("/v1/parked")).json()["total"] == 1
             await broker.deliver_batch(contracts.MEMBERS, [member_registered("root", seq=1)])
             await broker.deliver_batch(
                 contracts.MEMBERS,
                 [batch, MembersRegistered(members=batch.members)],  # again; re-sent anew
             )
-            assert (await client.get("/v1/state")).json()["members"] == 3
+            assert (await client.get("/v1/state")).json()["member_count"] == 3
             assert (await client.get("/v1/parked")).json()["total"] == 0
             log = (await client.get("/v1/inputs", params={"limit": 100})).json()["items"]
             joins = [row["input_id"] for row in log if row["input_id"].startswith("join:")]
@@ -218,7 +218,7 @@ def test_a_parked_batch_that_waits_anew_does_not_hold_up_the_next_one(tmp_path: 
             await broker.deliver_batch(
                 contracts.MEMBERS, [MembersRegistered(members=[registration("s1", None, 1)])]
             )
-            members = (await client.get("/v1/members", params={"limit": 10})).json()["members"]
+            members = by_member((await client.get("/v1/members", params={"limit": 10})).json())
             assert sorted(members) == ["r", "s1"]
             [parked] = (await client.get("/v1/parked")).json()["items"]
             assert parked["waiting_for"] == "member:s2"
@@ -226,7 +226,7 @@ def test_a_parked_batch_that_waits_anew_does_not_hold_up_the_next_one(tmp_path: 
             # are kept for failures (a long wait must not use them up)
             assert (parked["attempts"], parked["last_error"]) == (0, None)
             await broker.deliver_batch(contracts.MEMBERS, [member_registered("s2", seq=2)])
-            assert (await client.get("/v1/state")).json()["members"] == 5
+            assert (await client.get("/v1/state")).json()["member_count"] == 5
 
     with mock.patch.object(parking, "RETRY_FIRST_SECONDS", 3600):
         asyncio.run(go())
@@ -246,7 +246,7 @@ def test_a_batch_out_of_order_is_dead_lettered_whole(tmp_path: Path) -> None:
             )
             fine = MembersRegistered(members=[registration("x", None, 4)])
             await broker.deliver_batch(contracts.MEMBERS, [wrong, fine])
-            assert (await client.get("/v1/state")).json()["members"] == 1  # x
+            assert (await client.get("/v1/state")).json()["member_count"] == 1  # x
             [(_, _, headers)] = broker.dead_letters
             assert "sponsor 'b' comes after its referral" in headers["reason"]
 

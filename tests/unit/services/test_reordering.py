@@ -18,7 +18,7 @@ import pytest
 from tokenmall import contracts
 from tokenmall.inputlog import scenario_from_inputs
 from tokenmall.scenario import load_scenario, parse_scenario, simulate
-from tokenmall.testing import FakeBroker, MemoryPublisher, member_registered, running
+from tokenmall.testing import FakeBroker, MemoryPublisher, by_member, member_registered, running
 from tokenmall_dividends.app import DividendsSettings, build_app
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -117,7 +117,7 @@ async def drive(app: Any, client: Any, path: Path, rng: random.Random) -> dict[s
     return {
         "log": log,
         "state": state,
-        "members": members["members"],
+        "members": by_member(members),
         "events": days,
         "parked": parked_total,
     }

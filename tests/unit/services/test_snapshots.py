@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from tests.unit.services.test_dividends import SCENARIOS, feed, make_app, owned_fields
 from tokenmall.engine import Engine, snapshot
 from tokenmall.scenario import load_scenario, result_document, run_steps
-from tokenmall.testing import running
+from tokenmall.testing import by_member, running
 from tokenmall_dividends.adapters.tables import inputs, snapshots
 from tokenmall_dividends.service_layer.snapshots import writer_of
 
@@ -32,7 +32,7 @@ async def snapshot_rows(app: Any) -> list[Any]:
 
 async def state_of(client: Any) -> dict[str, Any]:
     state = (await client.get("/v1/state")).json()
-    members = (await client.get("/v1/members")).json()["members"]
+    members = by_member((await client.get("/v1/members")).json())
     return {"day": state["day"], "equity": state["equity"], "members": members}
 
 

@@ -147,10 +147,14 @@ def test_postings_change_balances_and_every_asset_sums_to_zero(tmp_path: Path) -
         assert platform["equity"] == {"issuance": "-21.00000000"}
         assert all(total == 0 for total in (await sums_by_asset(app)).values())
         statement = (await client.get("/v1/members/a/statement")).json()
-        assert [(e["kind"], e["change"]) for e in statement["entries"]] == [
+        assert [(e["kind"], e["change"]) for e in statement["items"]] == [
             ("transfer", "-1.50000000"),
             ("grant", "21.00000000"),
         ]
+        assert statement["total"] == 2
+        assert all(e["booked_at"].endswith("Z") for e in statement["items"])
+        second = (await client.get("/v1/members/a/statement?offset=1&limit=1")).json()
+        assert (second["total"], [e["kind"] for e in second["items"]]) == (2, ["grant"])
         assert (await client.get("/v1/members/nobody/statement")).status_code == 404
 
     run(tmp_path, body)
@@ -198,15 +202,16 @@ def test_release_batches_book_one_line_per_member_and_the_platform_legs(tmp_path
         platform = (await client.get("/v1/accounts/platform")).json()
         assert platform["stable"] == {"issuance": "-1.50", "pool:static": "-0.30"}
         assert all(total == 0 for total in (await sums_by_asset(app)).values())
-        releases = (await client.get("/v1/members/a/statement")).json()["releases"]
-        assert releases == [
-            {
-                "day": 3,
-                "asset": "stable",
-                "total": "1.10",
-                "amounts": {"base": "1.00", "static": "0.10"},
-            }
-        ]
+        releases = (await client.get("/v1/members/a/releases")).json()
+        assert releases["total"] == 1
+        (release,) = releases["items"]
+        assert release.pop("booked_at").endswith("Z")
+        assert release == {
+            "day": 3,
+            "asset": "stable",
+            "total": "1.10",
+            "amounts": {"base": "1.00", "static": "0.10"},
+        }
 
         broker: FakeBroker = app.state.svc.broker
         again = batch.model_copy(update={"event_id": "another-id"})
@@ -345,17 +350,42 @@ def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path)
                     line("equity", "m:a", "issuance", "10", "sell"),
                     line("cny", "pool", "m:a", "12.85", "sell"),
                 ],
-                facts=[{"type": "PointsSold"}],
+                facts=[
+                    {
+                        "type": "PointsSold",
+                        "member": "a",
+                        "units": 1_000_000_000,
+                        "payout": 1285,
+                        "quota_used": 1285,
+                        "forced": False,
+                    }
+                ],
             ),
         )
         done = (await client.get("/v1/requests/r1")).json()
-        assert (done["status"], done["kind"], done["member"], done["reason"]) == (
+        assert (done["status"], done["kind"], done["member"], done["refusal"]) == (
             "done",
             "sell",
             "a",
             None,
         )
-        assert done["result"]["facts"] == [{"type": "PointsSold"}]
+        assert (done["points"], done["held"]) == (
+            "10.00000000",
+            {"asset": "equity", "amount": "10.00000000"},
+        )
+        assert done["outcome"] == {
+            "points": "10.00000000",
+            "cny": "12.85",
+            "stable": None,
+            "quota_used": "12.85",
+            "amount": None,
+            "forced": False,
+        }
+        assert [(p["kind"], p["asset"], p["amount"]) for p in done["postings"]] == [
+            ("sell", "equity", "10.00000000"),
+            ("sell", "cny", "12.85"),
+        ]
+        assert done["created_at"] <= done["decided_at"] and done["day"] == 1
         a = await member(client, "a")
         assert (a["equity"], a["held"]["equity"], a["cny"]) == (
             "11.00000000",
@@ -383,9 +413,10 @@ def test_a_sell_holds_points_is_sent_and_finalised_by_the_engine(tmp_path: Path)
             ),
         )
         refused = (await client.get("/v1/requests/r2")).json()
-        assert (refused["status"], refused["reason"]) == (
+        assert (refused["status"], refused["refusal"], refused["outcome"]) == (
             "refused",
             "the equity module is not enabled",
+            None,
         )
         a = await member(client, "a")
         assert (a["equity"], a["held"]["equity"]) == ("11.00000000", "0.00000000")
@@ -517,7 +548,14 @@ def test_adjustments(tmp_path: Path) -> None:
                 postings=[line("cny", "m:a", "adjustments", "2.50", "adjust")],
             ),
         )
-        assert (await client.get("/v1/requests/adj1")).json()["status"] == "done"
+        adj1 = (await client.get("/v1/requests/adj1")).json()
+        assert {k: adj1[k] for k in ("status", "asset", "amount", "reason", "operator")} == {
+            "status": "done",
+            "asset": "cny",
+            "amount": "-2.50",
+            "reason": "fix",
+            "operator": "ops",
+        }
         a = await member(client, "a")
         assert (a["cny"], a["held"]["cny"]) == ("2.50", "0.00")
 
@@ -534,9 +572,11 @@ def test_balance_listing_in_registration_order(tmp_path: Path) -> None:
         page = (await client.get("/v1/balances?offset=1&limit=1")).json()
         assert page == {
             "total": 3,
-            "members": [{"member": "a", "cny": "1.00", "stable": "0.00", "equity": "0.00000000"}],
+            "offset": 1,
+            "limit": 1,
+            "items": [{"member": "a", "cny": "1.00", "stable": "0.00", "equity": "0.00000000"}],
         }
-        names = [m["member"] for m in (await client.get("/v1/balances")).json()["members"]]
+        names = [m["member"] for m in (await client.get("/v1/balances")).json()["items"]]
         assert names == ["c", "a", "b"]
         assert (await client.get("/v1/members/zz/balances")).status_code == 404
 
@@ -622,7 +662,9 @@ def test_a_member_registered_a_moment_ago_has_balances_and_a_statement_at_once(
             }
             statement = await client.get("/v1/members/fresh/statement")
             assert statement.status_code == 200, statement.text
-            assert statement.json()["entries"] == [] and statement.json()["releases"] == []
+            assert statement.json()["items"] == []
+            releases = await client.get("/v1/members/fresh/releases")
+            assert (releases.status_code, releases.json()["items"]) == (200, [])
             assert (await client.get("/v1/members/nobody/balances")).status_code == 404
             assert registry.lookups == ["fresh", "nobody"]
 

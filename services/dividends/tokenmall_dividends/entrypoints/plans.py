@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from tokenmall.http_errors import ApiError
+from tokenmall.http_errors import ApiError, ErrorBody
 from tokenmall_dividends.entrypoints.deps import ServiceDep
 from tokenmall_dividends.service_layer import handlers
 from tokenmall_dividends.service_layer.handlers import host_of
@@ -35,15 +35,25 @@ class PlanPublic(BaseModel):
     pending: dict[str, Any] | None
 
 
-@router.get("")
+class PlanScheduledPublic(BaseModel):
+    accepted: bool
+    effective_day: int = Field(description="the business day the plan is in force from")
+
+
+@router.get("", response_model=PlanPublic)
 async def get_plan(svc: ServiceDep) -> PlanPublic:
     engine = host_of(svc).engine
     pending = engine.pending_plan.raw if engine.pending_plan else None
     return PlanPublic(day=engine.day, current=engine.plan.raw, pending=pending)
 
 
-@router.post("", status_code=202)
-async def post_plan(body: PlanCreate, svc: ServiceDep) -> dict[str, Any]:
+@router.post(
+    "",
+    status_code=202,
+    response_model=PlanScheduledPublic,
+    responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def post_plan(body: PlanCreate, svc: ServiceDep) -> PlanScheduledPublic:
     outcome = await handlers.schedule_plan(svc, body.plan, body.activate_now)
     if not outcome.accepted:
         reason = outcome.reason or "refused"
@@ -51,4 +61,5 @@ async def post_plan(body: PlanCreate, svc: ServiceDep) -> dict[str, Any]:
             raise ApiError(422, reason, field="body.plan")
         raise ApiError(409, reason, field="body.activate_now" if body.activate_now else None)
     engine = host_of(svc).engine
-    return {"accepted": True, "effective_day": engine.day if body.activate_now else engine.day + 1}
+    effective_day = engine.day if body.activate_now else engine.day + 1
+    return PlanScheduledPublic(accepted=True, effective_day=effective_day)

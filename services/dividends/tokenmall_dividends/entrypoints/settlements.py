@@ -27,6 +27,8 @@ from tokenmall_dividends.service_layer import closing
 
 router = APIRouter(prefix="/v1/settlements", tags=["settlements"])
 
+MAX_PARTITIONS = 1024  # of a topic (the platform makes 6; an operator may add more)
+
 
 class SettlementPublic(BaseModel):
     day: int
@@ -41,7 +43,7 @@ class SettlementPublic(BaseModel):
     retained: Decimal | None = None
     rounding: Decimal | None = None
     forced_exits: int | None = None
-    seconds: float = Field(description="the engine's time for the settlement")
+    duration_ms: int = Field(description="the engine's time for the settlement, milliseconds")
     settled_at: datetime
 
 
@@ -53,14 +55,15 @@ class ParkedInput(BaseModel):
 
 
 class WaitingFor(BaseModel):
-    markers: dict[str, str | list[int]] = Field(
+    markers: dict[str, str | Annotated[list[int], Field(max_length=MAX_PARTITIONS)]] = Field(
         description='per topic: the partitions whose "day closed" marker has not arrived '
         '(or "no marker yet")'
     )
     parked_inputs: int = Field(description="inputs of the day parked on a dependency")
     parked: list[ParkedInput] = Field(
+        max_length=closing.SHOWN_PARKED,
         description="the oldest of them (DELETE /v1/parked/{id} discards one that will "
-        "never be applicable; or settle with force=true)"
+        "never be applicable; or settle with force=true)",
     )
 
 
@@ -83,7 +86,7 @@ def _public(row: Any, already: bool) -> SettlementPublic:
         retained=money(row.retained_cents),
         rounding=money(row.rounding_cents),
         forced_exits=row.forced_exits,
-        seconds=round(row.seconds, 4),
+        duration_ms=round(row.seconds * 1000),
         settled_at=utc(row.created_at),
     )
 

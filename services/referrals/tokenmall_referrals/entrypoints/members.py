@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
+from tokenmall.api_style import DEFAULT_LIMIT, Limit, Page, as_utc
 from tokenmall.http_errors import ApiError, ErrorBody
 from tokenmall.ids import MEMBER_DOC, MemberId, MemberPath, Offset
 from tokenmall.money import format_cents
@@ -16,7 +18,6 @@ from tokenmall_referrals.service_layer import handlers
 
 router = APIRouter(prefix="/v1/members", tags=["members"])
 
-MAX_PAGE = 10_000
 REGISTER_ATTEMPTS = 3  # a concurrent registration can take our seq: try again
 
 
@@ -36,15 +37,13 @@ class MemberSummaryPublic(BaseModel):
     team_performance: str = Field(description="spend of everyone below, decimal string")
     star: int
     seq: int = Field(description="registration order (ascending, gaps allowed)")
+    registered_at: datetime | None
 
 
 class MemberPublic(MemberSummaryPublic):
-    referrals: list[str] = Field(description="direct referrals, in registration order")
-
-
-class MemberList(BaseModel):
-    members: list[MemberSummaryPublic]
-    total: int
+    referral_count: int = Field(
+        description="direct referrals (the list: GET /v1/members/{member}/referrals)"
+    )
 
 
 def _service(request: Request) -> Service:
@@ -74,11 +73,12 @@ def _summary(view: handlers.MemberSummary) -> MemberSummaryPublic:
         team_performance=format_cents(view.team_performance_cents),
         star=view.star,
         seq=view.seq,
+        registered_at=as_utc(view.registered_at),
     )
 
 
 def _detail(view: handlers.MemberDetail) -> MemberPublic:
-    return MemberPublic(**_summary(view).model_dump(), referrals=view.referrals)
+    return MemberPublic(**_summary(view).model_dump(), referral_count=view.referral_count)
 
 
 @router.post(
@@ -207,12 +207,29 @@ async def get_member(member: MemberPath, request: Request) -> MemberPublic:
     return _detail(view)
 
 
-@router.get("", response_model=MemberList)
+@router.get("", response_model=Page[MemberSummaryPublic])
 async def list_members(
-    request: Request,
-    offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1000,
-) -> MemberList:
+    request: Request, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT
+) -> Page[MemberSummaryPublic]:
+    """Every member in registration order."""
     async with _service(request).uow() as uow:
         views, total = await handlers.list_members(uow, offset, limit)
-    return MemberList(members=[_summary(v) for v in views], total=total)
+    return Page(items=[_summary(v) for v in views], total=total, offset=offset, limit=limit)
+
+
+@router.get(
+    "/{member}/referrals",
+    response_model=Page[MemberSummaryPublic],
+    responses={404: {"model": ErrorBody, "description": "unknown member"}},
+)
+async def list_referrals(
+    member: MemberPath, request: Request, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT
+) -> Page[MemberSummaryPublic]:
+    """The member's direct referrals in registration order (one level of the downline:
+    a tree is walked a page of children at a time)."""
+    async with _service(request).uow() as uow:
+        try:
+            views, total = await handlers.list_members(uow, offset, limit, sponsor=member)
+        except handlers.UnknownMember as exc:
+            raise ApiError(status.HTTP_404_NOT_FOUND, str(exc), field="member") from None
+    return Page(items=[_summary(v) for v in views], total=total, offset=offset, limit=limit)

@@ -107,11 +107,12 @@ class MemberSummary:
     team_performance_cents: int
     star: int
     seq: int  # registration order
+    registered_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class MemberDetail(MemberSummary):
-    referrals: list[str]
+    referral_count: int = 0  # direct referrals (the list: list_members(sponsor=…))
 
 
 # ------------------------------------------------------------------ registration
@@ -133,6 +134,7 @@ async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
         if sponsor_depth is None:
             raise UnknownSponsor(cmd.sponsor)
         depth = int(sponsor_depth) + 1
+    registered_at = datetime.now(UTC)
     inserted = await session.execute(
         insert(members)
         .values(
@@ -142,7 +144,7 @@ async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
             seq=_next_seq(session),
             depth=depth,
             spend_cents=0,
-            registered_at=datetime.now(UTC),
+            registered_at=registered_at,
         )
         .returning(members.c.seq)
     )
@@ -155,7 +157,7 @@ async def register_member(cmd: RegisterMember, uow: UnitOfWork) -> MemberDetail:
         ),
     )
     await uow.commit()
-    return MemberDetail(cmd.member, cmd.sponsor, cmd.merchant, 0, 0, star, seq, [])
+    return MemberDetail(cmd.member, cmd.sponsor, cmd.merchant, 0, 0, star, seq, registered_at, 0)
 
 
 def _next_seq(session: AsyncSession) -> Any:
@@ -574,15 +576,9 @@ async def get_member(uow: UnitOfWork, member: str) -> MemberDetail:
     row = await _member_row(session, member)
     if row is None:
         raise UnknownMember(member)
-    referrals = (
-        (
-            await session.execute(
-                select(members.c.member).where(members.c.sponsor == member).order_by(members.c.seq)
-            )
-        )
-        .scalars()
-        .all()
-    )
+    referral_count = (
+        await session.execute(select(func.count()).where(members.c.sponsor == member))
+    ).scalar_one()
     [star] = await _stars(session, [int(row.team_cents)])
     return MemberDetail(
         row.member,
@@ -592,29 +588,42 @@ async def get_member(uow: UnitOfWork, member: str) -> MemberDetail:
         int(row.team_cents),
         star,
         int(row.seq),
-        list(referrals),
+        row.registered_at,
+        int(referral_count),
     )
 
 
-async def list_members(uow: UnitOfWork, offset: int, limit: int) -> tuple[list[MemberSummary], int]:
-    """One page of members in registration order, and how many members there are."""
+_SUMMARY_COLUMNS = (
+    members.c.seq,
+    members.c.member,
+    members.c.sponsor,
+    members.c.merchant,
+    members.c.spend_cents,
+    members.c.team_cents,
+    members.c.registered_at,
+)
+
+
+async def list_members(
+    uow: UnitOfWork, offset: int, limit: int, sponsor: str | None = None
+) -> tuple[list[MemberSummary], int]:
+    """One page of members in registration order, and how many there are; with
+    ``sponsor``, of that member's direct referrals (an index range: ``members_sponsor``)."""
     session = uow.session
+    if sponsor is not None and await _member_row(session, sponsor) is None:
+        raise UnknownMember(sponsor)
+    where = [] if sponsor is None else [members.c.sponsor == sponsor]
     page = (
         await session.execute(
-            select(
-                members.c.seq,
-                members.c.member,
-                members.c.sponsor,
-                members.c.merchant,
-                members.c.spend_cents,
-                members.c.team_cents,
-            )
+            select(*_SUMMARY_COLUMNS)
+            .where(*where)
             .order_by(members.c.seq)
             .offset(offset)
             .limit(limit)
         )
     ).all()
-    total = (await session.execute(select(func.count()).select_from(members))).scalar_one()
+    count = select(func.count()).select_from(members).where(*where)
+    total = (await session.execute(count)).scalar_one()
     stars = await _stars(session, [int(r.team_cents) for r in page])
     out = [
         MemberSummary(
@@ -625,6 +634,7 @@ async def list_members(uow: UnitOfWork, offset: int, limit: int) -> tuple[list[M
             int(r.team_cents),
             star,
             int(r.seq),
+            r.registered_at,
         )
         for r, star in zip(page, stars, strict=True)
     ]
@@ -664,6 +674,7 @@ async def _member_row(session: AsyncSession, member: str) -> Any:
                 members.c.seq,
                 members.c.spend_cents,
                 members.c.team_cents,
+                members.c.registered_at,
             ).where(members.c.member == member)
         )
     ).one_or_none()

@@ -42,6 +42,9 @@ from tokenmall.messaging.tables import SEQUENCE_ID
 
 ASSETS = ("cny", "stable", "equity")
 
+# the transaction's time on PostgreSQL, the statement's on SQLite (UTC on both)
+NOW = text("CURRENT_TIMESTAMP")
+
 metadata = MetaData()
 messaging = define(metadata)
 
@@ -72,6 +75,10 @@ journal = Table(
     Column("amount", BigInteger, nullable=False),
     Column("kind", Text, nullable=False),
     Column("ref", Text, nullable=False),
+    # when the wallet booked it (the database's clock, so that COPY and bulk inserts
+    # need not carry it) and the business day of the event that moved it
+    Column("day", Integer, nullable=True),
+    Column("booked_at", DateTime(timezone=True), nullable=True, server_default=NOW),
 )
 Index("journal_debit", journal.c.debit, journal.c.id)
 Index("journal_credit", journal.c.credit, journal.c.id)
@@ -87,6 +94,7 @@ release_lines = Table(
     Column("asset", String(16), nullable=False),
     Column("amounts", Text, nullable=False),  # {"kind": cents}
     Column("total", BigInteger, nullable=False),
+    Column("booked_at", DateTime(timezone=True), nullable=True, server_default=NOW),
     PrimaryKeyConstraint("member", "day", "asset", name="release_lines_pk"),
 )
 
@@ -113,6 +121,7 @@ requests = Table(
     Column("result", Text, nullable=True),  # JSON
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("day", Integer, nullable=True),  # the business day it was accepted on
+    Column("decided_at", DateTime(timezone=True), nullable=True),  # done or refused
 )
 
 # The business day requests are stamped with (closed by DayClosing, see tokenmall.business_day).

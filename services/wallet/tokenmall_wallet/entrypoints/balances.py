@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 
+from tokenmall.api_style import DEFAULT_LIMIT, Limit, Page
 from tokenmall.ids import MemberPath, Offset
 from tokenmall.messaging import UnitOfWork
 from tokenmall.servicekit import Service
@@ -28,11 +30,6 @@ class BalancesPublic(MemberBalancePublic):
     available: dict[str, str]  # balance − held
 
 
-class BalancePagePublic(BaseModel):
-    members: list[MemberBalancePublic]
-    total: int
-
-
 class EntryPublic(BaseModel):
     id: int
     event_id: str
@@ -43,6 +40,8 @@ class EntryPublic(BaseModel):
     change: str  # signed, for this member
     kind: str
     ref: str
+    day: int | None = Field(description="the business day of the event that moved it")
+    booked_at: datetime | None = Field(description="null: booked before the wallet kept it")
 
 
 class ReleaseLinePublic(BaseModel):
@@ -50,12 +49,7 @@ class ReleaseLinePublic(BaseModel):
     asset: str
     amounts: dict[str, str]  # release kind -> amount
     total: str
-
-
-class StatementPublic(BaseModel):
-    member: str
-    entries: list[EntryPublic]  # newest first
-    releases: list[ReleaseLinePublic]  # newest day first
+    booked_at: datetime | None
 
 
 Svc = Annotated[Service, Depends(get_service)]
@@ -71,15 +65,13 @@ async def member_balances(member: MemberPath, svc: Svc) -> BalancesPublic:
     return await for_member(svc, member, read)
 
 
-@router.get("/v1/balances", response_model=BalancePagePublic)
+@router.get("/v1/balances", response_model=Page[MemberBalancePublic])
 async def all_balances(
-    svc: Svc,
-    offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-) -> BalancePagePublic:
+    svc: Svc, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT
+) -> Page[MemberBalancePublic]:
     """Members in registration order with their balances."""
     async with svc.uow() as uow:
-        return BalancePagePublic(**await handlers.balance_page(uow.session, offset, limit))
+        return Page[MemberBalancePublic](**await handlers.balance_page(uow.session, offset, limit))
 
 
 @router.get("/v1/accounts/platform", response_model=dict[str, dict[str, str]])
@@ -89,12 +81,33 @@ async def platform_accounts(svc: Svc) -> dict[str, dict[str, str]]:
         return await handlers.platform_accounts(uow.session)
 
 
-@router.get("/v1/members/{member}/statement", response_model=StatementPublic, responses=errors(404))
+@router.get(
+    "/v1/members/{member}/statement", response_model=Page[EntryPublic], responses=errors(404)
+)
 async def statement(
-    member: MemberPath, svc: Svc, limit: Annotated[int, Query(ge=1, le=10000)] = 100
-) -> StatementPublic:
+    member: MemberPath, svc: Svc, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT
+) -> Page[EntryPublic]:
+    """The member's journal entries, newest first (the daily releases: ``/releases``)."""
 
-    async def read(uow: UnitOfWork) -> StatementPublic:
-        return StatementPublic(**await handlers.statement(uow.session, member, limit))
+    async def read(uow: UnitOfWork) -> Page[EntryPublic]:
+        return Page[EntryPublic](**await handlers.statement(uow.session, member, offset, limit))
+
+    return await for_member(svc, member, read)
+
+
+@router.get(
+    "/v1/members/{member}/releases",
+    response_model=Page[ReleaseLinePublic],
+    responses=errors(404),
+)
+async def releases(
+    member: MemberPath, svc: Svc, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT
+) -> Page[ReleaseLinePublic]:
+    """The member's daily releases, newest day first: one line per day and asset with
+    the amount of each release kind."""
+
+    async def read(uow: UnitOfWork) -> Page[ReleaseLinePublic]:
+        view = await handlers.release_lines_page(uow.session, member, offset, limit)
+        return Page[ReleaseLinePublic](**view)
 
     return await for_member(svc, member, read)

@@ -6,7 +6,8 @@ the price); the answer comes back as ``InputApplied`` and finalises the request.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Literal
 from uuid import uuid4
 
 from fastapi import APIRouter, Depends, Response
@@ -113,13 +114,54 @@ class RequestPublic(BaseModel):
     status: str  # pending | done | refused
 
 
+class HeldPublic(BaseModel):
+    asset: str
+    amount: str
+
+
+class PostingPublic(BaseModel):
+    kind: str
+    asset: str
+    debit: str
+    credit: str
+    amount: str
+
+
+class OutcomePublic(BaseModel):
+    """What a done request moved (the fields its kind has; the others null)."""
+
+    points: str | None = Field(None, description="equity points sold or exchanged, or bought")
+    cny: str | None = Field(None, description="cny paid out for the points sold")
+    stable: str | None = Field(None, description="stable points received or paid")
+    quota_used: str | None = Field(None, description="quota the trade used up")
+    amount: str | None = Field(None, description="an adjustment's amount (signed)")
+    forced: bool | None = Field(None, description="a sale forced by an exit (出局)")
+
+
+MAX_POSTINGS = 64  # an answer's posting lines: a handful per trade or adjustment
+
+
 class RequestDetailPublic(BaseModel):
+    """A request with the fields its client sent (the others null), its status and once
+    decided what it moved.  ``refusal``: why the engine refused it."""
+
     request_id: str
     member: str
     kind: str
-    status: str
-    reason: str | None
-    result: dict[str, Any] | None
+    status: str  # pending | done | refused
+    day: int | None = Field(description="the business day it was accepted on")
+    created_at: datetime
+    decided_at: datetime | None
+    points: str | None  # sell / exchange: a decimal or "all"
+    stable: str | None  # merchant exchange
+    asset: str | None  # adjustment
+    amount: str | None  # adjustment, signed
+    reason: str | None  # adjustment: the operator's reason
+    operator: str | None  # adjustment
+    held: HeldPublic | None
+    refusal: str | None
+    outcome: OutcomePublic | None
+    postings: Annotated[list[PostingPublic], Field(max_length=MAX_POSTINGS)]
 
 
 def _answer(outcome: handlers.Outcome, response: Response) -> RequestPublic:

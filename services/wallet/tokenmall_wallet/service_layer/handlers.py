@@ -31,6 +31,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenmall import business_day
+from tokenmall.api_style import iso_utc
 from tokenmall.contracts import (
     WALLET_REQUESTS,
     AppliedInput,
@@ -129,6 +130,7 @@ def _posting_rows(
     event_id: str,
     ref: str,
     deltas: defaultdict[tuple[str, str], int],
+    day: int | None,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for p in postings:
@@ -147,6 +149,7 @@ def _posting_rows(
                 "amount": amount,
                 "kind": p.kind,
                 "ref": ref,
+                "day": day,
             }
         )
         deltas[(p.debit, p.asset)] -= amount
@@ -155,11 +158,15 @@ def _posting_rows(
 
 
 async def book_postings(
-    session: AsyncSession, postings: Sequence[PostingLine], event_id: str, ref: str
+    session: AsyncSession,
+    postings: Sequence[PostingLine],
+    event_id: str,
+    ref: str,
+    day: int | None,
 ) -> None:
     """Book posting lines exactly as received: journal rows and balance deltas."""
     deltas: defaultdict[tuple[str, str], int] = defaultdict(int)
-    rows = _posting_rows(postings, event_id, ref, deltas)
+    rows = _posting_rows(postings, event_id, ref, deltas, day)
     await tables.insert_journal(session, rows)
     await tables.apply_deltas(session, deltas)
 
@@ -206,7 +213,7 @@ async def input_applied(event: InputApplied, uow: UnitOfWork) -> None:
     wallet sent), ``order:<id>`` (an order; its stable part may be held here under the
     order id), ``refund:<id>``, …: book its postings, then settle the request or hold."""
     session = uow.session
-    await book_postings(session, event.postings, event.event_id, event.input_id)
+    await book_postings(session, event.postings, event.event_id, event.input_id, event.day)
     kind, _, ident = event.input_id.partition(":")
     if kind == "order":
         # a plain hold (the stable part of an order): the engine's posting moved it
@@ -231,6 +238,7 @@ async def input_applied(event: InputApplied, uow: UnitOfWork) -> None:
                 status="done" if event.accepted else "refused",
                 reason=None if event.accepted else (event.reason or "refused"),
                 result=result,
+                decided_at=datetime.now(UTC),
             )
         )
         # accepted: the postings already moved the value; refused: nothing moves
@@ -280,7 +288,7 @@ def _orders_booking(event: InputApplied | InputsApplied) -> _OrdersBooking:
         if kind != "order":
             raise Rejected(f"InputsApplied answers orders only, not {answer.input_id!r}")
         booking.rows += _posting_rows(
-            answer.postings, event.event_id, answer.input_id, booking.deltas
+            answer.postings, event.event_id, answer.input_id, booking.deltas, event.day
         )
         booking.holds_to["captured" if answer.accepted else "released"].append(order_id)
     return booking
@@ -360,6 +368,7 @@ async def release_computed(event: ReleaseComputed, uow: UnitOfWork) -> None:
                 "amount": column_total,
                 "kind": kind,
                 "ref": f"release:{day}:{event.bucket}" + (f".{event.chunk}" if event.chunk else ""),
+                "day": day,
             }
         )
     if any(not -INT64 < value < INT64 for value in deltas.values()):
@@ -377,7 +386,7 @@ async def release_computed(event: ReleaseComputed, uow: UnitOfWork) -> None:
 
 async def day_settled(event: DaySettled, uow: UnitOfWork) -> None:
     postings = [*event.platform_postings, *event.exit_postings]
-    await book_postings(uow.session, postings, event.event_id, f"day:{event.day}")
+    await book_postings(uow.session, postings, event.event_id, f"day:{event.day}", event.day)
 
 
 # ----------------------------------------------------------------- commands (HTTP side)
@@ -648,17 +657,68 @@ async def submit_adjustment(uow: UnitOfWork, cmd: SubmitAdjustment) -> Outcome:
 # ----------------------------------------------------------------- views (read side)
 
 
+# an engine fact's integer fields, as the minor units they count in
+_FACT_UNITS = {"units": "equity", "payout": "cny", "stable": "stable", "quota_used": "cny"}
+_FACT_NAMES = {"units": "points", "payout": "cny", "stable": "stable", "quota_used": "quota_used"}
+
+
+def _outcome(facts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a done request moved, from the engine's facts, as decimal strings: points
+    sold or exchanged, cny paid out, stable points, quota used; an adjustment's amount."""
+    moved: dict[str, Any] = {}
+    for fact in facts:
+        if fact.get("type") == "BalanceAdjusted":
+            asset = str(fact["asset"])
+            moved["amount"] = format_minor(asset, int(fact["amount"]))
+            continue
+        for field, asset in _FACT_UNITS.items():
+            if isinstance(fact.get(field), int):
+                moved[_FACT_NAMES[field]] = format_minor(asset, int(fact[field]))
+        if "forced" in fact:
+            moved["forced"] = bool(fact["forced"])
+    return moved or None
+
+
+def _posting_view(line: dict[str, Any]) -> dict[str, Any]:
+    amount = Decimal(str(line["amount"]))
+    asset = str(line["asset"])
+    return {
+        "kind": line["kind"],
+        "asset": asset,
+        "debit": line["debit"],
+        "credit": line["credit"],
+        "amount": format_minor(asset, to_minor(asset, amount)),
+    }
+
+
 async def request_view(session: AsyncSession, request_id: str) -> dict[str, Any]:
+    """A request as its client sent it (the fields of its body), its status, and once
+    done what it moved; ``refusal`` says why a refused one was refused."""
     row = await _request_row(session, request_id)
     if row is None:
         raise NotFound(f"unknown request {request_id!r}")
+    body = json.loads(row.body)
+    asked = body.get("request") or {}
+    result = None if row.result is None else json.loads(row.result)
+    hold = body.get("hold")
     return {
         "request_id": row.request_id,
         "member": row.member,
         "kind": row.kind,
         "status": row.status,
-        "reason": row.reason,
-        "result": None if row.result is None else json.loads(row.result),
+        "day": row.day,
+        "created_at": iso_utc(row.created_at),
+        "decided_at": iso_utc(row.decided_at),
+        "points": asked.get("points"),
+        "stable": asked.get("stable"),
+        "asset": asked.get("asset"),
+        "amount": asked.get("amount"),
+        "reason": asked.get("reason"),
+        "operator": asked.get("operator"),
+        "held": hold,
+        "refusal": row.reason,
+        "outcome": None if result is None else _outcome(result.get("facts", [])),
+        "postings": [] if result is None else [_posting_view(p) for p in result["postings"]],
     }
 
 
@@ -693,6 +753,7 @@ async def member_balances(session: AsyncSession, member: str) -> dict[str, Any]:
 
 
 async def balance_page(session: AsyncSession, offset: int, limit: int) -> dict[str, Any]:
+    """A page of members in registration order with their balances."""
     total = int((await session.execute(select(func.count()).select_from(members))).scalar_one())
     names = list(
         (
@@ -717,7 +778,7 @@ async def balance_page(session: AsyncSession, offset: int, limit: int) -> dict[s
         }
         for m in names
     ]
-    return {"members": rows, "total": total}
+    return {"items": rows, "total": total, "offset": offset, "limit": limit}
 
 
 async def platform_accounts(session: AsyncSession) -> dict[str, dict[str, str]]:
@@ -732,16 +793,13 @@ async def platform_accounts(session: AsyncSession) -> dict[str, dict[str, str]]:
     return result
 
 
-async def statement(session: AsyncSession, member: str, limit: int) -> dict[str, Any]:
-    """The member's newest journal entries and release lines (``limit`` of each)."""
+async def statement(session: AsyncSession, member: str, offset: int, limit: int) -> dict[str, Any]:
+    """A page of the member's journal entries, newest first."""
     await _require_member(session, member)
     account = member_account(member)
-    stmt = (
-        select(journal)
-        .where(or_(journal.c.debit == account, journal.c.credit == account))
-        .order_by(journal.c.id.desc())
-        .limit(limit)
-    )
+    mine = or_(journal.c.debit == account, journal.c.credit == account)
+    total = int((await session.execute(select(func.count()).where(mine))).scalar_one())
+    stmt = select(journal).where(mine).order_by(journal.c.id.desc()).offset(offset).limit(limit)
     entries = []
     for r in await session.execute(stmt):
         amount = int(r.amount)
@@ -757,23 +815,38 @@ async def statement(session: AsyncSession, member: str, limit: int) -> dict[str,
                 "change": format_minor(r.asset, change),
                 "kind": r.kind,
                 "ref": r.ref,
+                "day": r.day,
+                "booked_at": iso_utc(r.booked_at),
             }
         )
-    release_stmt = (
+    return {"items": entries, "total": total, "offset": offset, "limit": limit}
+
+
+async def release_lines_page(
+    session: AsyncSession, member: str, offset: int, limit: int
+) -> dict[str, Any]:
+    """A page of the member's daily release lines, newest day first (an index range
+    scan of the member's key)."""
+    await _require_member(session, member)
+    mine = release_lines.c.member == member
+    total = int((await session.execute(select(func.count()).where(mine))).scalar_one())
+    stmt = (
         select(release_lines)
-        .where(release_lines.c.member == member)
+        .where(mine)
         .order_by(release_lines.c.day.desc(), release_lines.c.asset)
+        .offset(offset)
         .limit(limit)
     )
-    releases = []
-    for r in await session.execute(release_stmt):
+    lines = []
+    for r in await session.execute(stmt):
         amounts = json.loads(r.amounts)
-        releases.append(
+        lines.append(
             {
                 "day": int(r.day),
                 "asset": r.asset,
                 "amounts": {k: format_minor(r.asset, int(v)) for k, v in amounts.items()},
                 "total": format_minor(r.asset, int(r.total)),
+                "booked_at": iso_utc(r.booked_at),
             }
         )
-    return {"member": member, "entries": entries, "releases": releases}
+    return {"items": lines, "total": total, "offset": offset, "limit": limit}
