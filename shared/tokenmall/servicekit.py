@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenmall.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tokenmall import contracts, http_errors, migrations
 from tokenmall.api_style import DEFAULT_LIMIT, Limit, Offset, Page
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
@@ -105,6 +106,8 @@ class ServiceSettings(BaseSettings):
     # Off: a service refuses to start on a database not at its migrations' head (run
     # `tokenmall migrate` first, as dev up and docker compose do).  On: it upgrades itself.
     migrate_on_start: bool = False
+    # a request body above this many bytes is refused with 413 before it is parsed
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=256 * 1024 * 1024)
 
 
 # Service.partition_count
@@ -1695,6 +1698,7 @@ def create_app(
     http_errors.install(app, text_paths=("/metrics",))  # one error body, documented
 
     app.add_middleware(StandbyGate, service=service)
+    app.add_middleware(BodyLimit, max_bytes=service.settings.max_body_bytes)
     # added last, so outermost of ours: a standby's refusals are counted too
     app.add_middleware(HttpMetrics, metrics=service.metrics, routes=app.router.routes)
 
