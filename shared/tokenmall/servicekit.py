@@ -34,9 +34,9 @@ from starlette.routing import BaseRoute
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenmall.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tokenmall import contracts, http_errors, migrations
 from tokenmall.api_style import DEFAULT_LIMIT, Limit, Offset, Page
+from tokenmall.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
 from tokenmall.db import make_engine, make_sessions
 from tokenmall.messaging import (
