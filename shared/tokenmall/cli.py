@@ -508,6 +508,50 @@ def events_command(
         out.print(f"  {name}: {', '.join(fields)}")
 
 
+@app.command("openapi")
+def openapi_command(
+    service: Annotated[
+        str | None,
+        typer.Option("--service", help="one service's own document instead of the merged one"),
+    ] = None,
+    server: Annotated[
+        str, typer.Option("--server", help="the gateway's URL, the document's server")
+    ] = "/",
+) -> None:
+    """The platform's OpenAPI 3.1 document (JSON): the four services merged under
+    /{service}/..., as the gateway (`tokenmall gateway`) serves them at one origin."""
+    from tokenmall import openapi
+
+    if service is not None:
+        if service not in openapi.SERVICES:
+            raise typer.BadParameter(
+                f"one of {', '.join(openapi.SERVICES)}", param_hint="--service"
+            )
+        doc = openapi.service_documents()[service]
+    else:
+        doc = openapi.platform_document(server)
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+@app.command("gateway")
+def gateway_command(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8100,
+) -> None:
+    """Serve the platform at one origin: /{service}/... forwarded to that service, the
+    merged OpenAPI document at /openapi.json, Swagger UI at /docs, ReDoc at /redoc.
+    Services are found as every command finds them (TOKENMALL_<NAME>_URL, else the dev
+    platform, else the default ports)."""
+    import uvicorn
+
+    from tokenmall.devenv import service_urls
+    from tokenmall.gateway import build_gateway
+
+    urls = service_urls()
+    out.print("gateway: " + ", ".join(f"/{name}/ → {url}" for name, url in urls.items()))
+    uvicorn.run(build_gateway(urls), host=host, port=port, log_level="warning")
+
+
 @app.command("parked")
 def parked_command(
     as_json: Annotated[

@@ -30,11 +30,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import MetaData
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
 from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenmall import contracts, http_errors, migrations
+from tokenmall import api_docs, contracts, http_errors, migrations
 from tokenmall.api_style import DEFAULT_LIMIT, Limit, Offset, Page
 from tokenmall.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tokenmall.contracts import ContractError, Event, dead_letter_topic, decode
@@ -1334,6 +1334,8 @@ class HttpMetrics:
         template = getattr(route, "path", None) if route is not None else None
         if not isinstance(template, str):
             template = self._plain_route(scope.get("endpoint"))
+        if template == UNMATCHED_ROUTE:
+            template = self._mount(scope.get("path", ""))
         method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
         key = (method, template, status)
         series = self._series.get(key)
@@ -1346,6 +1348,13 @@ class HttpMetrics:
             self._series[key] = series
         series[0].inc()
         series[1].observe(seconds)
+
+    def _mount(self, path: str) -> str:
+        """A mounted app's path (the docs pages' assets): one series for all it serves."""
+        for route in self.routes:
+            if isinstance(route, Mount) and path.startswith(route.path + "/"):
+                return route.path
+        return UNMATCHED_ROUTE
 
     def _plain_route(self, endpoint: Any) -> str:
         if endpoint is None:
@@ -1692,8 +1701,12 @@ def create_app(
                     await close()
             await service.engine.dispose()
 
-    app = FastAPI(title=f"tokenmall {service.name}", lifespan=lifespan)
+    # the docs pages from local assets (api_docs), not FastAPI's CDN-loading ones
+    app = FastAPI(
+        title=f"tokenmall {service.name}", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.svc = service
+    api_docs.install(app, f"tokenmall {service.name}")
 
     http_errors.install(app, text_paths=("/metrics",))  # one error body, documented
 

@@ -58,7 +58,14 @@ CALLS: dict[str, list[Call]] = {
     ],
 }
 # FastAPI's own pages are plain Starlette routes: labelled by their path all the same
-PAGES = [Call("GET", "/openapi.json", 200, "/openapi.json")]
+PAGES = [
+    Call("GET", "/openapi.json", 200, "/openapi.json"),
+    Call("GET", "/docs", 200, "/docs"),
+    Call("GET", "/redoc", 200, "/redoc"),
+    # the docs pages' local assets: one series for the mount, whatever the file
+    Call("GET", "/docs-assets/swagger-ui.css", 200, "/docs-assets"),
+    Call("GET", "/docs-assets/redoc.standalone.js", 200, "/docs-assets"),
+]
 # nothing takes these: one series, whatever the path
 UNMATCHED = ["/no/such/path-1", "/v1/nope-2", "/v1/orders/nope-1/nothing/here"]
 
