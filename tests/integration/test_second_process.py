@@ -638,7 +638,7 @@ def test_two_processes_of_each_service_one_killed_under_load_lose_and_double_not
         report["settlement_kill"]["committed_before_kill"] = again["already_settled"]
         settle_rows = [
             r
-            for r in await pages(mall.lb, "dividends", "/v1/inputs", "items")
+            for r in await pages(mall.lb, "dividends", "/v1/inputs")
             if r["input_id"] == f"settle:{day}"
         ]
         assert len(settle_rows) == 1, settle_rows
