@@ -31,6 +31,7 @@ import numpy as np
 
 from tokenmall import contracts, devenv
 from tokenmall.bench import random_forest
+from tokenmall.client import ApiError, PaidOrder, Settlement
 from tokenmall.imports import import_members
 from tokenmall.inputlog import scenario_from_inputs
 from tokenmall.replay import Platform, read_document
@@ -155,19 +156,23 @@ async def single_orders(
         queue.put_nowait(order)
     latencies: list[float] = []
 
+    orders_api = platform.api.orders
+
     async def worker() -> None:
         while not queue.empty():
             order_id, member, amount = queue.get_nowait()
-            body = {"order_id": order_id, "member": member, "amount": amount}
-            created = await platform.call("orders", "POST", "/v1/orders", json=body)
-            if created.status_code != 201:
-                errors.append(f"create {order_id}: {created.status_code} {created.text[:200]}")
+            try:
+                await orders_api.create_order(member, amount, order_id=order_id)
+            except ApiError as exc:
+                errors.append(f"create {order_id}: {exc.status} {exc.text[:200]}")
                 continue
             started = time.perf_counter()
-            paid = await platform.call("orders", "POST", f"/v1/orders/{order_id}/pay")
-            latencies.append(time.perf_counter() - started)
-            if paid.status_code != 202:
-                errors.append(f"pay {order_id}: {paid.status_code} {paid.text[:200]}")
+            try:
+                await orders_api.pay_order(order_id)
+            except ApiError as exc:
+                errors.append(f"pay {order_id}: {exc.status} {exc.text[:200]}")
+            finally:
+                latencies.append(time.perf_counter() - started)
 
     await asyncio.gather(*(worker() for _ in range(SINGLE_CONCURRENCY)))
     return latencies
@@ -180,46 +185,44 @@ async def batch_orders(
     gate = asyncio.Semaphore(BATCH_CONCURRENCY)
 
     async def send(batch: list[tuple[str, str, str]]) -> None:
-        items = [{"order_id": o, "member": m, "amount": a} for o, m, a in batch]
-        async with gate:
-            answer = await platform.call(
-                "orders", "POST", "/v1/orders:batch", json={"orders": items}
-            )
-        if answer.status_code != 200:
-            errors.append(f"batch: {answer.status_code} {answer.text[:200]}")
-        elif answer.json()["refused"]:
-            errors.append(f"batch: {answer.json()['refused']} refused")
+        items = [PaidOrder(o, m, a) for o, m, a in batch]
+        try:
+            async with gate:
+                answer = await platform.api.orders.create_orders_batch(items)
+        except ApiError as exc:
+            errors.append(f"batch: {exc.status} {exc.text[:200]}")
+            return
+        if answer.refused:
+            errors.append(f"batch: {answer.refused} refused")
 
     await asyncio.gather(*(send(b) for b in batches))
 
 
 async def settle(platform: Platform, errors: list[str]) -> tuple[int, int]:
     """Settle the current day; (the day, the members it released)."""
-    day = (await platform.json("dividends", "/v1/state"))["day"]
-    answer = await platform.call("dividends", "POST", f"/v1/settlements/{day}")
-    if answer.status_code not in (200, 202):
-        errors.append(f"settle: {answer.status_code} {answer.text[:200]}")
+    dividends = platform.api.dividends
+    day = (await dividends.state()).day
+    try:
+        await dividends.settle(day)
+    except ApiError as exc:
+        errors.append(f"settle: {exc.status} {exc.text[:200]}")
         return day, 0
     while True:
-        status = await platform.call("dividends", "GET", f"/v1/settlements/{day}")
-        if status.status_code == 200:
-            return day, int(status.json()["members_released"])
-        if status.status_code != 202:
-            errors.append(f"settlement: {status.status_code} {status.text[:200]}")
+        try:
+            status = await dividends.settlement(day)
+        except ApiError as exc:
+            errors.append(f"settlement: {exc.status} {exc.text[:200]}")
             return day, 0
+        if isinstance(status, Settlement):
+            return day, status.members_released
         await asyncio.sleep(0.02)
 
 
 async def input_log(platform: Platform) -> list[dict[str, Any]]:
     """The whole input log, page after page by seq (keyset: 2,000,000 inputs by offset
     re-read a billion rows)."""
-    rows: list[dict[str, Any]] = []
-    while True:
-        after = f"&after_seq={rows[-1]['seq']}" if rows else ""
-        page = await platform.json("dividends", f"/v1/inputs?limit={INPUT_PAGE}{after}")
-        rows.extend(page["items"])
-        if len(page["items"]) < INPUT_PAGE:
-            return rows
+    log = await platform.api.dividends.inputs(page_size=INPUT_PAGE).all()
+    return [entry.model_dump() for entry in log]
 
 
 # ------------------------------------------------------------------ raw floors
@@ -375,14 +378,10 @@ async def run_bench(
         if not await platform.is_fresh():
             raise RuntimeError("the platform is not fresh: run `tokenmall dev reset` first")
         if preset:  # the base plan releases nothing: a settlement would fan out to no one
-            answer = await platform.call(
-                "dividends",
-                "POST",
-                "/v1/plan",
-                json={"plan": {"preset": preset}, "activate_now": True},
-            )
-            if answer.status_code != 202:
-                raise RuntimeError(f"plan {preset!r}: {answer.status_code} {answer.text[:200]}")
+            try:
+                await platform.api.dividends.schedule_plan({"preset": preset}, activate_now=True)
+            except ApiError as exc:
+                raise RuntimeError(f"plan {preset!r}: {exc.status} {exc.text[:200]}") from None
         people = population(members, seed)
         path = workdir / "members.csv"
         with path.open("w", newline="") as handle:

@@ -4,23 +4,33 @@ Each step becomes HTTP calls; after each step replay waits until the platform is
 quiescent (every outbox published, every consumer caught up: ``GET /v1/sync`` on
 each service), so results never depend on timing.  The final state is read back
 from the services' APIs (never their databases) into the same result document as
-``tokenmall simulate``.
+``tokenmall simulate``.  It talks to the services through ``tokenmall.client``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
+from tokenmall.client import SERVICES as SERVICES  # the platform's four, for replay's users
+from tokenmall.client import (
+    ApiError,
+    AsyncClient,
+    Settlement,
+    UnexpectedResponse,
+    decimal_text,
+)
 from tokenmall.contracts import plain
 from tokenmall.money import format_cents
 from tokenmall.scenario import Scenario, Step, StepFailed, evaluate_checks
 
-SERVICES = ("orders", "wallet", "dividends", "referrals")
+T = TypeVar("T")
 DEFAULT_PORTS = {"orders": 8101, "wallet": 8102, "dividends": 8103, "referrals": 8104}
 PAGE = 5000
 
@@ -46,16 +56,26 @@ class ReplayResult:
 
 
 class Platform:
-    def __init__(self, urls: dict[str, str], timeout: float = 60.0) -> None:
+    """The running platform as replay (and the bench, and tests) use it: ``api``, the
+    platform's client (``tokenmall.client.AsyncClient``), and the quiescence barrier."""
+
+    def __init__(
+        self,
+        urls: dict[str, str],
+        timeout: float = 60.0,
+        *,
+        transport: httpx.AsyncBaseTransport | Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
         self.urls = urls
-        self.client = httpx.AsyncClient(timeout=timeout)
+        self.api = AsyncClient(urls, timeout=timeout, transport=transport)
+        self.client = self.api.http  # plain httpx, for what the API has no method for
         self.quiet_timeout = timeout
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.api.aclose()
 
     async def call(self, service: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return await self.client.request(method, self.urls[service] + path, **kwargs)
+        return await self.api.request(service, method, path, **kwargs)
 
     async def json(self, service: str, path: str) -> Any:
         response = await self.call(service, "GET", path)
@@ -98,17 +118,16 @@ class Platform:
                 await asyncio.sleep(poll_seconds)
 
     async def is_fresh(self) -> bool:
-        state = await self.json("dividends", "/v1/state")
-        return bool(state["member_count"] == 0 and state["day"] == 1 and state["order_count"] == 0)
+        state = await _read(self.api.dividends.state())
+        return state.member_count == 0 and state.day == 1 and state.order_count == 0
 
 
-def _detail(response: httpx.Response) -> str:
+async def _read(answer: Awaitable[T]) -> T:
+    """What a read answers; the platform failing to answer it is a PlatformError."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text
-    # the error body of every service: {"code", "message", "field"} (tokenmall.http_errors)
-    return str(body.get("message", body)) if isinstance(body, dict) else str(body)
+        return await answer
+    except ApiError as exc:
+        raise PlatformError(f"{exc.method} {exc.url}: {exc.status} {exc.text}") from None
 
 
 async def replay(scenario: Scenario, platform: Platform) -> ReplayResult:
@@ -119,14 +138,10 @@ async def replay(scenario: Scenario, platform: Platform) -> ReplayResult:
             "the platform is not fresh (members or orders exist): "
             "replay needs a new platform (tokenmall dev reset)"
         )
-    response = await platform.call(
-        "dividends",
-        "POST",
-        "/v1/plan",
-        json={"plan": plain(scenario.plan.raw), "activate_now": True},
-    )
-    if response.status_code != 202:
-        raise PlatformError(f"installing the plan failed: {_detail(response)}")
+    try:
+        await platform.api.dividends.schedule_plan(plain(scenario.plan.raw), activate_now=True)
+    except ApiError as exc:
+        raise PlatformError(f"installing the plan failed: {exc.message}") from None
     await platform.wait_quiet()
     driver = _Driver(platform)
     for step in scenario.steps:
@@ -147,6 +162,7 @@ async def replay(scenario: Scenario, platform: Platform) -> ReplayResult:
 class _Driver:
     def __init__(self, platform: Platform) -> None:
         self.p = platform
+        self.api = platform.api
         self.accepted_orders = 0
         # An order the rules refused keeps its id on the platform (its verdict is on
         # record), while simulate forgets it: a later order of the scenario with that id
@@ -159,28 +175,23 @@ class _Driver:
         accepted, reason = await handler(step)
         return accepted, reason
 
-    async def _answer(
-        self, response: httpx.Response, ok: tuple[int, ...], quiet: bool = True
-    ) -> tuple[bool, str | None]:
+    async def _answer(self, call: Awaitable[Any], quiet: bool = True) -> tuple[bool, str | None]:
         """Accepted or refused (4xx, with the reason); ``quiet``: wait for its effects."""
-        if response.status_code in ok:
-            if quiet:
-                await self.p.wait_quiet()
-            return True, None
-        if 400 <= response.status_code < 500:
-            return False, _detail(response)
-        raise PlatformError(
-            f"{response.request.method} {response.request.url}: "
-            f"{response.status_code} {response.text}"
-        )
+        try:
+            await call
+        except ApiError as exc:
+            return _refused(exc)
+        if quiet:
+            await self.p.wait_quiet()
+        return True, None
 
     async def _join(self, step: Step) -> tuple[bool, str | None]:
         f = step.fields
-        body = {"member": str(f["member"]), "merchant": bool(f.get("merchant", False))}
-        if f.get("sponsor") is not None:
-            body["sponsor"] = str(f["sponsor"])
+        sponsor = str(f["sponsor"]) if f.get("sponsor") is not None else None
         return await self._answer(
-            await self.p.call("referrals", "POST", "/v1/members", json=body), (200, 201)
+            self.api.referrals.register_member(
+                str(f["member"]), sponsor, bool(f.get("merchant", False))
+            )
         )
 
     async def _order(self, step: Step) -> tuple[bool, str | None]:
@@ -192,31 +203,33 @@ class _Driver:
         while order_id in self.burned:
             n += 1
             order_id = f"{scenario_id}.r{n}"
-        body = {
-            "order_id": order_id,
-            "member": str(f["member"]),
-            "amount": str(f["amount"]),
-            "stable": str(f.get("stable", 0)),
-        }
-        created = await self.p.call("orders", "POST", "/v1/orders", json=body)
+        orders = self.api.orders
+        created = orders.create_order(
+            str(f["member"]),
+            _text(f["amount"]),
+            stable=_text(f.get("stable", 0)),
+            order_id=order_id,
+        )
         # creating an unpaid order publishes nothing: no effects to wait for
-        accepted, reason = await self._answer(created, (200, 201), quiet=False)
+        accepted, reason = await self._answer(created, quiet=False)
         if not accepted:
             return accepted, reason
-        paid = await self.p.call("orders", "POST", f"/v1/orders/{order_id}/pay")
-        accepted, reason = await self._answer(paid, (200, 202))
+        accepted, reason = await self._answer(orders.pay_order(order_id))
         if not accepted:  # a refused step leaves nothing behind, its order id included
-            deleted = await self.p.call("orders", "DELETE", f"/v1/orders/{order_id}")
-            if deleted.status_code != 204:
-                raise PlatformError(f"could not withdraw unpaid order {order_id}: {deleted.text}")
+            try:
+                await orders.delete_order(order_id)
+            except ApiError as exc:
+                raise PlatformError(
+                    f"could not withdraw unpaid order {order_id}: {exc.text}"
+                ) from None
             return accepted, reason
         # quiet: the rules' verdict has reached the order
-        order = await self.p.json("orders", f"/v1/orders/{order_id}")
-        if order["status"] == "refused":
+        order = await _read(orders.order(order_id))
+        if order.status == "refused":
             self.burned.add(order_id)
-            return False, order["reason"]
-        if order["status"] != "paid":
-            raise PlatformError(f"order {order_id} is still {order['status']} after quiet")
+            return False, order.reason
+        if order.status != "paid":
+            raise PlatformError(f"order {order_id} is still {order.status} after quiet")
         self.platform_ids[scenario_id] = order_id
         self.accepted_orders += 1
         return accepted, reason
@@ -224,141 +237,147 @@ class _Driver:
     async def _refund(self, step: Step) -> tuple[bool, str | None]:
         order_id = str(step.fields["order"])
         order_id = self.platform_ids.get(order_id, order_id)
-        return await self._answer(
-            await self.p.call("orders", "POST", f"/v1/orders/{order_id}/refund"), (200,)
-        )
+        return await self._answer(self.api.orders.refund_order(order_id))
 
     async def _settle(self, step: Step) -> tuple[bool, str | None]:
         """Settle the engine's day: the settlement waits for the producers' day markers
         (the barrier before it made sure every input of the day is in); a 202 (still
         waiting, e.g. a slow machine) is followed until the day is settled."""
-        day = (await self.p.json("dividends", "/v1/state"))["day"]
-        response = await self.p.call("dividends", "POST", f"/v1/settlements/{day}")
-        deadline = time.monotonic() + self.p.quiet_timeout
-        while response.status_code == 202:
-            if time.monotonic() > deadline:
-                raise PlatformError(f"day {day} was not settled: {response.text}")
-            await asyncio.sleep(0.05)
-            response = await self.p.call("dividends", "GET", f"/v1/settlements/{day}")
-        return await self._answer(response, (200,))
+        dividends = self.api.dividends
+        day = (await _read(dividends.state())).day
+
+        async def settled() -> None:
+            answer = await dividends.settle(day)
+            deadline = time.monotonic() + self.p.quiet_timeout
+            while not isinstance(answer, Settlement):
+                if time.monotonic() > deadline:
+                    raise PlatformError(
+                        f"day {day} was not settled: {answer.model_dump_json(exclude_none=True)}"
+                    )
+                await asyncio.sleep(0.05)
+                answer = await dividends.settlement(day)
+
+        return await self._answer(settled())
 
     async def _plan(self, step: Step) -> tuple[bool, str | None]:
-        return await self._answer(
-            await self.p.call("dividends", "POST", "/v1/plan", json={"plan": plain(step.fields)}),
-            (200, 202),
-        )
+        return await self._answer(self.api.dividends.schedule_plan(plain(step.fields)))
 
-    async def _request(self, path: str, body: dict[str, Any]) -> tuple[bool, str | None]:
-        accepted, reason = await self._answer(
-            await self.p.call("wallet", "POST", path, json=body), (200, 201, 202)
-        )
+    async def _request(self, submitted: Awaitable[Any], request_id: str) -> tuple[bool, str | None]:
+        accepted, reason = await self._answer(submitted)
         if not accepted:
             return accepted, reason
-        status = await self.p.json("wallet", f"/v1/requests/{body['request_id']}")
-        if status["status"] == "done":
+        status = await _read(self.api.wallet.request(request_id))
+        if status.status == "done":
             return True, None
-        if status["status"] == "refused":
-            return False, status.get("reason")
-        raise PlatformError(f"request {body['request_id']} still {status['status']} after quiet")
+        if status.status == "refused":
+            return False, status.refusal
+        raise PlatformError(f"request {request_id} still {status.status} after quiet")
+
+    def _trade(
+        self,
+        step: Step,
+        kind: Literal["sell", "exchange", "merchant_exchange"],
+        points: str | None = None,
+        stable: str | None = None,
+    ) -> tuple[Awaitable[Any], str]:
+        request_id = f"replay-{step.number}"
+        member = str(step.fields["member"])
+        submitted = self.api.wallet.submit_request(
+            member, kind, points=points, stable=stable, request_id=request_id
+        )
+        return submitted, request_id
 
     async def _sell(self, step: Step) -> tuple[bool, str | None]:
         f = step.fields
-        points = "all" if f.get("all") is True or f.get("points") == "all" else str(f["points"])
-        member = str(f["member"])
-        return await self._request(
-            f"/v1/members/{member}/requests",
-            {"request_id": f"replay-{step.number}", "kind": "sell", "points": points},
-        )
+        points = "all" if f.get("all") is True or f.get("points") == "all" else _text(f["points"])
+        return await self._request(*self._trade(step, "sell", points=points))
 
     async def _exchange(self, step: Step) -> tuple[bool, str | None]:
-        f = step.fields
         return await self._request(
-            f"/v1/members/{f['member']}/requests",
-            {"request_id": f"replay-{step.number}", "kind": "exchange", "points": str(f["points"])},
+            *self._trade(step, "exchange", points=_text(step.fields["points"]))
         )
 
     async def _merchant_exchange(self, step: Step) -> tuple[bool, str | None]:
-        f = step.fields
-        return await self._request(
-            f"/v1/members/{f['member']}/requests",
-            {
-                "request_id": f"replay-{step.number}",
-                "kind": "merchant_exchange",
-                "stable": str(f["stable"]),
-            },
-        )
+        stable = _text(step.fields["stable"])
+        return await self._request(*self._trade(step, "merchant_exchange", stable=stable))
 
     async def _adjust(self, step: Step) -> tuple[bool, str | None]:
         f = step.fields
-        return await self._request(
-            "/v1/admin/adjustments",
-            {
-                "request_id": f"replay-{step.number}",
-                "member": str(f["member"]),
-                "asset": str(f["asset"]),
-                "amount": str(f["amount"]),
-                "reason": str(f["reason"]),
-                "operator": "replay",
-            },
+        request_id = f"replay-{step.number}"
+        asset: Any = str(f["asset"])  # the scenario's: the API checks it
+        submitted = self.api.wallet.adjust(
+            str(f["member"]),
+            asset,
+            _text(f["amount"]),
+            reason=str(f["reason"]),
+            operator="replay",
+            request_id=request_id,
         )
+        return await self._request(submitted, request_id)
 
 
-async def _pages(platform: Platform, service: str, path: str) -> list[Any]:
-    """Every item of a list, a page at a time (the API style's Page)."""
-    rows: list[Any] = []
-    while True:
-        page = await platform.json(service, f"{path}?offset={len(rows)}&limit={PAGE}")
-        rows.extend(page["items"])
-        if len(rows) >= page["total"] or not page["items"]:
-            return rows
+def _text(value: Any) -> str:
+    """A scenario's number as the decimal string replay has always sent (``str``)."""
+    return str(value)
+
+
+def _refused(exc: ApiError) -> tuple[bool, str | None]:
+    """A 4xx is the rules' (or the API's) refusal, with its reason; anything else is the
+    platform failing."""
+    if 400 <= exc.status < 500 and not isinstance(exc, UnexpectedResponse):
+        return False, exc.message
+    raise PlatformError(f"{exc.method} {exc.url}: {exc.status} {exc.text}") from None
 
 
 async def read_document(platform: Platform) -> dict[str, Any]:
-    """The result document, assembled from the services' read APIs."""
+    """The result document, assembled from the services' read APIs (the services' decimal
+    strings as they are: ``decimal_text`` gives a parsed one back unchanged)."""
+    api = platform.api
     state, accounts, sales, engine_rows, balance_rows, tree_rows = await asyncio.gather(
-        platform.json("dividends", "/v1/state"),
-        platform.json("wallet", "/v1/accounts/platform"),
-        platform.json("orders", "/v1/sales"),
-        _pages(platform, "dividends", "/v1/members"),
-        _pages(platform, "wallet", "/v1/balances"),
-        _pages(platform, "referrals", "/v1/members"),
+        _read(api.dividends.state()),
+        _read(api.wallet.platform_accounts()),
+        _read(api.orders.sales()),
+        _read(api.dividends.members(page_size=PAGE).all()),
+        _read(api.wallet.all_balances(page_size=PAGE).all()),
+        _read(api.referrals.members(page_size=PAGE).all()),
     )
-    balances = {row["member"]: row for row in balance_rows}
-    tree = {row["member"]: row for row in tree_rows}
+    balances = {row.member: row for row in balance_rows}
+    tree = {row.member: row for row in tree_rows}
 
     def platform_total(account: str) -> str:
-        from decimal import Decimal
-
         total = sum(
-            (Decimal(str(accounts.get(a, {}).get(account, "0"))) for a in ("cny", "stable")),
+            (accounts.get(a, {}).get(account, Decimal(0)) for a in ("cny", "stable")),
             Decimal(0),
         )
         return format_cents(int(total * 100))
 
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else decimal_text(value)
+
     members: dict[str, Any] = {}
     for view in engine_rows:
-        name = view["member"]
-        wallet_row = balances.get(name, {})
-        tree_row = tree.get(name, {})
+        name = view.member
+        wallet_row = balances.get(name)
+        tree_row = tree.get(name)
         members[name] = {
-            "cny": wallet_row.get("cny"),
-            "stable": wallet_row.get("stable"),
-            "equity": wallet_row.get("equity"),
-            "quota_remaining": view["quota_remaining"],
-            "spend": tree_row.get("spend"),
-            "shares": view["shares"],
-            "contribution": view["contribution"],
-            "star": tree_row.get("star"),
-            "team_performance": tree_row.get("team_performance"),
-            "released": view["released"],
+            "cny": text(wallet_row.cny) if wallet_row else None,
+            "stable": text(wallet_row.stable) if wallet_row else None,
+            "equity": text(wallet_row.equity) if wallet_row else None,
+            "quota_remaining": text(view.quota_remaining),
+            "spend": text(tree_row.spend) if tree_row else None,
+            "shares": view.shares,
+            "contribution": view.contribution,
+            "star": tree_row.star if tree_row else None,
+            "team_performance": text(tree_row.team_performance) if tree_row else None,
+            "released": {kind: text(amount) for kind, amount in view.released.items()},
         }
     return {
-        "day": state["day"],
-        "equity": state["equity"],
+        "day": state.day,
+        "equity": {name: text(value) for name, value in state.equity},
         "platform": {
             "retained": platform_total("retained"),
             "rounding": platform_total("rounding"),
-            "sales": sales["sales"],
+            "sales": text(sales.sales),
         },
         "members": members,
     }
