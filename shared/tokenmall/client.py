@@ -46,6 +46,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,6 +68,7 @@ __all__ = [
     "AsyncItems",
     "Balances",
     "Client",
+    "DayReleaseLine",
     "Equity",
     "Grant",
     "Input",
@@ -98,6 +100,11 @@ __all__ = [
     "SyncStatus",
     "UnexpectedResponse",
     "WalletRequest",
+    "Webhook",
+    "WebhookAttempt",
+    "WebhookCreated",
+    "WebhookDelivery",
+    "WebhookDeliveryDetail",
     "decimal_text",
     "gateway_urls",
 ]
@@ -399,6 +406,16 @@ class ReleaseLine(_Model):
     booked_at: datetime | None
 
 
+class DayReleaseLine(_Model):
+    """A member's releases of one business day in one asset (a day's page of them)."""
+
+    member: str
+    asset: str
+    amounts: dict[str, Decimal]
+    total: Decimal
+    booked_at: datetime | None
+
+
 class RequestStatus(_Model):
     request_id: str
     status: str  # pending | done | refused
@@ -521,6 +538,46 @@ class Plan(_Model):
     day: int
     current: dict[str, Any]
     pending: dict[str, Any] | None
+
+
+class Webhook(_Model):
+    id: str
+    url: str
+    description: str | None
+    events: list[str]
+    active: bool
+    created_at: datetime
+
+
+class WebhookCreated(Webhook):
+    secret: str  # shown once: keep it to verify deliveries (tokenmall.webhooks.verify)
+
+
+class WebhookDelivery(_Model):
+    id: int
+    endpoint_id: str
+    event_id: str
+    type: str
+    status: str  # pending | delivered | failed | cancelled
+    attempts: int
+    next_try_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+
+
+class WebhookAttempt(_Model):
+    attempt: int
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class WebhookDeliveryDetail(WebhookDelivery):
+    payload: dict[str, Any]
+    attempt_log: list[WebhookAttempt]
 
 
 class PlanScheduled(_Model):
@@ -905,6 +962,13 @@ class _WalletCalls(_Calls):
     def request(self, request_id: str) -> Call[WalletRequest]:
         return self._call("GET", f"/v1/requests/{_seg(request_id)}", _reads(WalletRequest))
 
+    def day_releases(
+        self, day: int, *, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Listing[DayReleaseLine]:
+        """Every member's release lines of ``day``, by member then asset (what a
+        ``day.settled`` webhook links to)."""
+        return self._list(f"/v1/days/{day}/releases", Page[DayReleaseLine], page_size)
+
 
 class _DividendsCalls(_Calls):
     def state(self) -> Call[State]:
@@ -958,6 +1022,45 @@ class _DividendsCalls(_Calls):
         each costs the same wherever it is); ``after_seq``: only what follows it."""
         params = {} if after_seq is None else {"after_seq": after_seq}
         return self._list("/v1/inputs", Page[LoggedInput], page_size, params, keyset="seq")
+
+    def register_webhook(
+        self, url: str, events: Sequence[str], *, description: str | None = None
+    ) -> Call[WebhookCreated]:
+        """An endpoint for these event kinds; the answer's ``secret`` is shown only here."""
+        body = {"url": url, "events": list(events), "description": description}
+        return self._call("POST", "/v1/webhooks", _reads(WebhookCreated), json=body, ok=(201,))
+
+    def webhooks(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> Listing[Webhook]:
+        return self._list("/v1/webhooks", Page[Webhook], page_size)
+
+    def webhook(self, webhook_id: str) -> Call[Webhook]:
+        return self._call("GET", f"/v1/webhooks/{_seg(webhook_id)}", _reads(Webhook))
+
+    def delete_webhook(self, webhook_id: str) -> Call[None]:
+        """Stop the endpoint; what waits for it is cancelled."""
+        return self._call("DELETE", f"/v1/webhooks/{_seg(webhook_id)}", _nothing, ok=(204,))
+
+    def webhook_deliveries(
+        self, webhook_id: str, *, status: str | None = None, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Listing[WebhookDelivery]:
+        """The endpoint's delivery log, newest first (``status`` filters)."""
+        params = {} if status is None else {"status": status}
+        path = f"/v1/webhooks/{_seg(webhook_id)}/deliveries"
+        return self._list(path, Page[WebhookDelivery], page_size, params)
+
+    def webhook_delivery(self, webhook_id: str, delivery_id: int) -> Call[WebhookDeliveryDetail]:
+        path = f"/v1/webhooks/{_seg(webhook_id)}/deliveries/{delivery_id}"
+        return self._call("GET", path, _reads(WebhookDeliveryDetail))
+
+    def redeliver(self, webhook_id: str, delivery_id: int) -> Call[WebhookDeliveryDetail]:
+        """Send the delivery again now, with a fresh retry window."""
+        path = f"/v1/webhooks/{_seg(webhook_id)}/deliveries/{delivery_id}/redeliver"
+        return self._call("POST", path, _reads(WebhookDeliveryDetail), ok=(202,))
+
+    def ping_webhook(self, webhook_id: str) -> Call[WebhookDeliveryDetail]:
+        """A ``webhook.ping`` to this endpoint alone."""
+        path = f"/v1/webhooks/{_seg(webhook_id)}/ping"
+        return self._call("POST", path, _reads(WebhookDeliveryDetail), ok=(202,))
 
 
 # ------------------------------------------------------------------ lists
@@ -1187,6 +1290,7 @@ class AsyncWallet(_AsyncService):
     submit_request = _Async(_WalletCalls.submit_request)
     adjust = _Async(_WalletCalls.adjust)
     request = _Async(_WalletCalls.request)
+    day_releases = _AsyncList(_WalletCalls.day_releases)
 
 
 class AsyncDividends(_AsyncService):
@@ -1202,6 +1306,14 @@ class AsyncDividends(_AsyncService):
     grants = _AsyncList(_DividendsCalls.grants)
     input = _Async(_DividendsCalls.input)
     inputs = _AsyncList(_DividendsCalls.inputs)
+    register_webhook = _Async(_DividendsCalls.register_webhook)
+    webhooks = _AsyncList(_DividendsCalls.webhooks)
+    webhook = _Async(_DividendsCalls.webhook)
+    delete_webhook = _Async(_DividendsCalls.delete_webhook)
+    webhook_deliveries = _AsyncList(_DividendsCalls.webhook_deliveries)
+    webhook_delivery = _Async(_DividendsCalls.webhook_delivery)
+    redeliver = _Async(_DividendsCalls.redeliver)
+    ping_webhook = _Async(_DividendsCalls.ping_webhook)
 
 
 # ------------------------------------------------------------------ sync namespaces
@@ -1259,6 +1371,7 @@ class Wallet(_SyncService):
     submit_request = _Blocking(_WalletCalls.submit_request)
     adjust = _Blocking(_WalletCalls.adjust)
     request = _Blocking(_WalletCalls.request)
+    day_releases = _BlockingList(_WalletCalls.day_releases)
 
 
 class Dividends(_SyncService):
@@ -1274,6 +1387,14 @@ class Dividends(_SyncService):
     grants = _BlockingList(_DividendsCalls.grants)
     input = _Blocking(_DividendsCalls.input)
     inputs = _BlockingList(_DividendsCalls.inputs)
+    register_webhook = _Blocking(_DividendsCalls.register_webhook)
+    webhooks = _BlockingList(_DividendsCalls.webhooks)
+    webhook = _Blocking(_DividendsCalls.webhook)
+    delete_webhook = _Blocking(_DividendsCalls.delete_webhook)
+    webhook_deliveries = _BlockingList(_DividendsCalls.webhook_deliveries)
+    webhook_delivery = _Blocking(_DividendsCalls.webhook_delivery)
+    redeliver = _Blocking(_DividendsCalls.redeliver)
+    ping_webhook = _Blocking(_DividendsCalls.ping_webhook)
 
 
 # ------------------------------------------------------------------ the clients

@@ -108,6 +108,16 @@ class ServiceSettings(BaseSettings):
     migrate_on_start: bool = False
     # a request body above this many bytes is refused with 413 before it is parsed
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=256 * 1024 * 1024)
+    # Webhooks (a service that hosts them: dividends).  A failed delivery is retried
+    # after base · 2^(n-1) seconds (capped at the max delay, ±10 % jitter) until the
+    # window has passed since it was queued (at least a day: the receiver's outage of a
+    # night loses nothing), then marked failed; a redelivery starts it over.
+    webhook_retry_base_seconds: float = Field(default=10.0, gt=0, le=3600)
+    webhook_retry_max_delay_seconds: float = Field(default=6 * 3600.0, gt=0, le=86_400)
+    webhook_retry_window_seconds: float = Field(default=72 * 3600.0, ge=86_400, le=30 * 86_400)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=16, ge=1, le=256)
 
 
 # Service.partition_count
@@ -257,6 +267,18 @@ class ServiceMetrics:
             "tokenmall_handler_retries_total",
             "Handler failures retried (backoff), per consumer",
             ["service", "consumer"],
+            registry=self.registry,
+        )
+        self.webhook_attempts = Counter(
+            "tokenmall_webhook_attempts_total",
+            "Webhook delivery attempts, by outcome (delivered: a 2xx answer; failed: retried)",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
+        self.webhook_seconds = Histogram(
+            "tokenmall_webhook_attempt_seconds",
+            "Time a receiver took to answer a webhook delivery",
+            ["service"],
             registry=self.registry,
         )
         self.parked_total = Counter(
@@ -454,6 +476,9 @@ class Service:
     active: bool = False
     lease: Lease | None = None
     relay_lease: Lease | None = None
+    # the webhooks it hosts (tokenmall.webhooks.Webhooks): its unit of work queues
+    # deliveries of the events it emits, the app runs their dispatcher and routes
+    webhooks: Any = None
     # closed when the app stops (HTTP clients of other services, …)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # the business day a parked event counts in (parked.day; dividends: a day's
@@ -587,7 +612,8 @@ class Service:
 
     def uow(self) -> UnitOfWork:
         assert self.sessions is not None, "service not started"
-        return UnitOfWork(self.sessions, self.tables, self.name)
+        outbox = self.webhooks.outbox if self.webhooks is not None else None
+        return UnitOfWork(self.sessions, self.tables, self.name, webhooks=outbox)
 
     async def partition_count(self, topic: str) -> int:
         """Partitions of the logical ``topic`` (where markers go: one on each).  Cached
@@ -1535,6 +1561,36 @@ def default_database_url(service: str) -> str:
     return f"sqlite:///data/{service}.db"
 
 
+def start_webhooks(service: Service) -> asyncio.Task[None] | None:
+    """The dispatcher of the service's webhooks, in every process (a delivery is claimed
+    by one of them); None when it hosts none."""
+    if service.webhooks is None:
+        return None
+    from tokenmall.webhooks import RetryPolicy
+
+    settings, metrics = service.settings, service.metrics
+
+    def attempted(outcome: str, seconds: float) -> None:
+        metrics.webhook_attempts.labels(service.name, outcome).inc()
+        metrics.webhook_seconds.labels(service.name).observe(seconds)
+
+    assert service.sessions is not None
+    dispatcher = service.webhooks.start(
+        service.sessions,
+        policy=RetryPolicy(
+            base_seconds=settings.webhook_retry_base_seconds,
+            max_delay_seconds=settings.webhook_retry_max_delay_seconds,
+            window_seconds=settings.webhook_retry_window_seconds,
+        ),
+        timeout=settings.webhook_timeout_seconds,
+        concurrency=settings.webhook_concurrency,
+        poll_seconds=settings.webhook_poll_seconds,
+        transport=service.webhooks.transport,
+        on_attempt=attempted,
+    )
+    return asyncio.create_task(dispatcher.run_forever(), name=f"{service.name}-webhooks")
+
+
 def create_app(
     service: Service,
     routers: list[APIRouter],
@@ -1667,6 +1723,7 @@ def create_app(
             raise
         relay_task = asyncio.create_task(service.relay.run_forever(), name=f"{service.name}-relay")
         sweeper = asyncio.create_task(service.sweep_parked_forever(), name=f"{service.name}-parked")
+        dispatching = start_webhooks(service)
         probe = None
         watching: asyncio.Task[None] | None = None
         if real_kafka and subscriptions:
@@ -1680,7 +1737,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in (relay_task, sweeper, leading, watching):
+            for task in (relay_task, sweeper, leading, watching, dispatching):
                 if task is None:
                     continue
                 task.cancel()
@@ -1691,6 +1748,8 @@ def create_app(
                 if lease is not None:
                     with contextlib.suppress(Exception):
                         await lease.release()
+            if service.webhooks is not None and service.webhooks.dispatcher is not None:
+                await service.webhooks.dispatcher.close()
             if probe is not None:
                 await probe.stop()
             if hasattr(producer, "stop"):
@@ -1795,4 +1854,8 @@ def create_app(
 
     for router in routers:
         app.include_router(router)
+    if service.webhooks is not None:
+        from tokenmall.webhooks.routes import build_router
+
+        app.include_router(build_router(service.webhooks.kinds))
     return app

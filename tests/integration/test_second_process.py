@@ -38,6 +38,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -411,8 +412,21 @@ async def active_index(client: httpx.AsyncClient, run: dict[str, Any]) -> int:
         found = await roles(client, run)
         if found.count("active") == 1 and found.count("standby") == len(found) - 1:
             return found.index("active")
-        assert time.monotonic() < deadline, f"dividends roles: {found}"
+        assert time.monotonic() < deadline, f"dividends roles: {found}\n" + silent(run, found)
         await asyncio.sleep(0.1)
+
+
+def silent(run: dict[str, Any], found: list[str | None]) -> str:
+    """Why a dividends process does not answer: alive or not, and the end of its log."""
+    lines = []
+    for process, role in zip(process_list(run, "dividends"), found, strict=True):
+        if role is not None:
+            continue
+        pid = process.get("pid")
+        alive = devenv._alive(pid) if pid else False
+        tail = Path(process["log"]).read_text(errors="replace")[-4000:]
+        lines.append(f"--- {process['url']} pid {pid} alive={alive}, log ends:\n{tail}")
+    return "\n".join(lines)
 
 
 def raw_post(url: str, path: str) -> socket.socket:

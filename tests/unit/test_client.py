@@ -40,6 +40,7 @@ from tokenmall.replay import Platform, read_document, replay
 from tokenmall.scenario import load_scenario, simulate
 from tokenmall.servicekit import ServiceSettings
 from tokenmall.testing import FakeBroker
+from tokenmall.webhooks import SignatureError, verify
 
 SCENARIOS = Path(__file__).parents[1] / "scenarios"
 URLS = {name: f"http://{name}.test" for name in SERVICES}
@@ -97,7 +98,9 @@ class InProcess:
 
 
 @contextlib.asynccontextmanager
-async def platform_in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
+async def platform_in_process(
+    tmp_path: Path, webhooks: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[InProcess]:
     from tokenmall_dividends.app import DividendsSettings
     from tokenmall_dividends.app import build_app as dividends_app
     from tokenmall_orders.adapters.wallet import HttpWallet
@@ -124,7 +127,10 @@ async def platform_in_process(tmp_path: Path) -> AsyncIterator[InProcess]:
         registry=registry(),
         **kw,
     )
-    dividends = dividends_app(DividendsSettings(database_url=url("dividends")), **kw)
+    dividends = dividends_app(
+        DividendsSettings(database_url=url("dividends"), webhook_poll_seconds=0.05), **kw
+    )
+    dividends.state.svc.webhooks.transport = webhooks  # where deliveries go (None: network)
     apps = {"orders": orders, "wallet": wallet, "dividends": dividends, "referrals": referrals}
     async with contextlib.AsyncExitStack() as stack:
         for app in apps.values():
@@ -350,6 +356,87 @@ def test_a_mall_back_end_round_trip_with_decimals(tmp_path: Path) -> None:
                     status = await getattr(api, service).sync()
                     assert status.service == service and status.outbox_backlog == 0
                     assert await getattr(api, service).parked().all() == []
+
+    run(main)
+
+
+def test_webhooks_and_a_days_releases_through_the_client(tmp_path: Path) -> None:
+    """A mall registers an endpoint through the client, hears of its order's verdict
+    and of the settled day (signed), pages through the day's release lines the
+    notification links to, reads the delivery log, redelivers and deletes."""
+    received: list[tuple[dict[str, Any], bool]] = []
+    secret: dict[str, str] = {}
+
+    async def receiver(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        try:
+            verify(secret["value"], headers.get("tokenmall-signature"), body)
+            signed = True
+        except SignatureError:
+            signed = False
+        received.append((json.loads(body), signed))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def until(kinds: list[str]) -> None:
+        for _ in range(500):
+            if sorted(event["type"] for event, _ in received) == sorted(kinds):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"received {[e['type'] for e, _ in received]}, not {kinds}")
+
+    async def main() -> None:
+        hooks = httpx.ASGITransport(app=receiver)
+        async with (
+            platform_in_process(tmp_path, webhooks=hooks) as platform,
+            AsyncClient(URLS, transport=platform.transports()) as api,
+        ):
+            await api.dividends.schedule_plan({"preset": "points"}, activate_now=True)
+            created = await api.dividends.register_webhook(
+                "https://mall.example/hooks", ["order.verdict", "day.settled"], description="erp"
+            )
+            secret["value"] = created.secret
+            assert [w.id for w in await api.dividends.webhooks().all()] == [created.id]
+            assert (await api.dividends.webhook(created.id)).events == [
+                "day.settled",
+                "order.verdict",
+            ]
+            await api.referrals.register_member("alice")
+            await api.orders.create_order("alice", Decimal("3000"), order_id="o-1")
+            await api.orders.pay_order("o-1")
+            await api.orders.wait_verdict("o-1", timeout=10)
+            await api.dividends.settle(1)
+            await quiet(platform)
+            await until(["order.verdict", "day.settled"])
+            assert all(signed for _, signed in received)
+            day = next(event for event, _ in received if event["type"] == "day.settled")
+            releases = day["data"]["links"]["releases"]
+            assert releases == "/wallet/v1/days/1/releases"
+            lines = await api.wallet.day_releases(1).all()
+            assert [(line.member, line.asset) for line in lines] == [("alice", "stable")]
+            assert lines[0].total == Decimal(day["data"]["released"]["base"])
+
+            log = await api.dividends.webhook_deliveries(created.id).all()
+            assert [d.type for d in log] == ["day.settled", "order.verdict"]  # newest first
+            assert {d.status for d in log} == {"delivered"}
+            assert await api.dividends.webhook_deliveries(created.id, status="failed").all() == []
+            again = await api.dividends.redeliver(created.id, log[1].id)
+            assert again.status == "pending" and again.payload["type"] == "order.verdict"
+            await until(["order.verdict", "day.settled", "order.verdict"])
+            detail = await api.dividends.webhook_delivery(created.id, log[1].id)
+            assert [a.status_code for a in detail.attempt_log] == [204, 204]
+            ping = await api.dividends.ping_webhook(created.id)
+            assert ping.type == "webhook.ping"
+            await api.dividends.delete_webhook(created.id)
+            with pytest.raises(ApiError) as gone:
+                await api.dividends.webhook(created.id)
+            assert gone.value.status == 404
 
     run(main)
 

@@ -20,9 +20,10 @@ from tokenmall.servicekit import (
     Subscription,
     create_app,
 )
+from tokenmall.webhooks import Webhooks
 from tokenmall_dividends.adapters import tables
 from tokenmall_dividends.entrypoints import input_log, plans, settlements, state
-from tokenmall_dividends.service_layer import closing, handlers, phases, snapshots
+from tokenmall_dividends.service_layer import closing, handlers, phases, snapshots, webhooks
 from tokenmall_dividends.service_layer.host import EngineHost
 
 DEFAULT_PORT = 8103
@@ -71,6 +72,7 @@ def build_app(
     svc.state["phases"] = phases.SettlementPhases(svc)
     closer = svc.state["closer"] = closing.DayCloser(svc)
     svc.park_day = lambda event: closing.park_day(svc, event)
+    svc.webhooks = Webhooks(tables.webhook_tables, webhooks.KINDS, webhooks.notifications_of)
     svc.exclusive = host.lock  # consumers take the engine's lock before any database write
 
     def bound(fn: Any) -> Any:

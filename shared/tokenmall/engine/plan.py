@@ -180,6 +180,33 @@ def check_plan_numbers(value: Any, where: str = "", schema: Any = None) -> None:
             raise PlanError(str(exc)) from None
 
 
+# numeric plan fields that are counts, not amounts or rates: integers in the document
+PLAN_COUNTS = frozenset({"min", "max", "max_depth"})
+
+
+def plan_document(value: Any, schema: Any = None, key: str = "") -> Any:
+    """A plan as the HTTP APIs and webhooks show it (README, "API style"): every amount,
+    rate and multiple a decimal string in the form it was written (``3`` → ``"3"``,
+    ``"0.30"`` stays), counts (a pool tier's ``min``/``max`` shares, the team's
+    ``max_depth``) integers — one form per field, whatever the file mixed."""
+    schema = _SCHEMA if schema is None else schema
+    if value is None:
+        return None
+    if isinstance(schema, dict) and isinstance(value, Mapping):
+        return {
+            k: plan_document(v, schema[k], k) if k in schema else copy.deepcopy(v)
+            for k, v in value.items()
+        }
+    if isinstance(schema, list) and isinstance(value, list):
+        return [plan_document(item, schema[0], key) for item in value]
+    if schema == 0 and not isinstance(value, bool):
+        number = to_decimal(value, key)
+        if key in PLAN_COUNTS and number == number.to_integral_value():
+            return int(number)
+        return str(number)
+    return copy.deepcopy(value)
+
+
 def merge_plan(base: Mapping[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``partial`` into ``base``: mappings key by key, lists and nulls replace whole.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,6 +22,14 @@ async def begin_write(session: AsyncSession) -> None:
         await session.execute(text("BEGIN IMMEDIATE"))
 
 
+class WebhookQueue(Protocol):
+    """tokenmall.webhooks.WebhookOutbox, as the unit of work needs it."""
+
+    async def enqueue(self, session: AsyncSession, events: Sequence[Event]) -> int: ...
+
+    def wake(self) -> None: ...
+
+
 class UnitOfWork:
     """``async with uow: ... await uow.commit()`` — rolls back unless committed.
 
@@ -32,9 +40,15 @@ class UnitOfWork:
     """
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], tables: MessagingTables, producer: str
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        tables: MessagingTables,
+        producer: str,
+        webhooks: WebhookQueue | None = None,
     ) -> None:
         self._sessions = sessions
+        # where the events it emits also become webhook deliveries (a hosting service)
+        self.webhooks = webhooks
         self.tables = tables
         self.producer = producer
         self.session: AsyncSession
@@ -143,6 +157,9 @@ class UnitOfWork:
                 "a handler committed inside a batch of messages: the kit commits their "
                 "effects together with their inbox rows"
             )
+        queued = 0
+        if self.events and self.webhooks is not None:
+            queued = await self.webhooks.enqueue(self.session, [e for _, e, _ in self.events])
         if self.events:
             now = datetime.now(UTC)
             await insert_many(
@@ -164,6 +181,8 @@ class UnitOfWork:
             self.events = []  # written: a later commit() must not write them again
         await self.session.commit()
         self._committed = True
+        if queued and self.webhooks is not None:
+            self.webhooks.wake()  # committed: the dispatcher can see them now
 
     @property
     def committed(self) -> bool:

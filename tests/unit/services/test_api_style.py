@@ -23,8 +23,8 @@ SERVICES = ("orders", "wallet", "dividends", "referrals")
 COUNT = re.compile(
     r"^(day|days|total|offset|limit|seq|id|attempts|shares|contribution|star|code|depth|"
     r"members_released|forced_exits|accepted|existing|refused|created|parked_inputs|"
-    r"batches|bucket|buckets|chunk|chunks|partition|partitions|after_seq|"
-    r"parked_id|pid|parked|progress|outbox_backlog|consumer_lag|[a-z_]+_count|[a-z_]+_ms|[a-z_]+_day)$"
+    r"batches|bucket|buckets|chunk|chunks|partition|partitions|after_seq|attempt|delivery_id|"
+    r"parked_id|pid|parked|progress|outbox_backlog|consumer_lag|[a-z_]+_count|[a-z_]+_code|[a-z_]+_ms|[a-z_]+_day)$"
 )
 # what a field holding money, points or a rate is called
 MONEY = re.compile(

@@ -343,3 +343,59 @@ def test_a_failed_write_after_the_engine_moved_rebuilds_the_engine(tmp_path: Pat
             assert (await client.get("/v1/state")).json() == before  # still day 1, unsettled
 
     asyncio.run(run())
+
+
+def test_the_plan_document_has_one_form_per_field_whatever_was_posted(tmp_path: Path) -> None:
+    """Amounts, rates and multiples are decimal strings, counts integers (API style),
+    whether the plan said ``3`` or ``"2.5"``; the document posted back is the same plan."""
+
+    def numbers(value: Any, key: str = "") -> list[tuple[str, Any]]:
+        if isinstance(value, dict):
+            return [n for k, v in value.items() for n in numbers(v, k)]
+        if isinstance(value, list):
+            return [n for v in value for n in numbers(v, key)]
+        return (
+            [(key, value)]
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else []
+        )
+
+    async def run() -> None:
+        app = make_app(tmp_path)
+        async with running(app) as client:
+            plan = {
+                "preset": "cycle",
+                "grants": {
+                    "tiers": [
+                        {"threshold": 0, "multiple": 3},
+                        {"threshold": "9000", "multiple": "2.5"},
+                    ]
+                },
+                "team": {
+                    "levels": [{"threshold": 50000, "rate": "0.10"}],
+                    "peer_rate": 0,
+                    "max_depth": 3,
+                },
+            }
+            answer = await client.post("/v1/plan", json={"plan": plan, "activate_now": True})
+            assert answer.status_code == 202, answer.text
+            current = (await client.get("/v1/plan")).json()["current"]
+            assert {key for key, _ in numbers(current)} == {"min", "max", "max_depth"}
+            tiers = current["grants"]["tiers"]
+            assert tiers == [
+                {"threshold": "0", "multiple": "3"},
+                {"threshold": "9000", "multiple": "2.5"},
+            ]
+            assert current["team"]["max_depth"] == 3 and current["team"]["peer_rate"] == "0"
+            assert current["pools"][1]["tiers"][0] | {"rate": None} == {
+                "name": "V1",
+                "min": 50,
+                "max": 100,
+                "rate": None,
+            }
+            again = await client.post("/v1/plan", json={"plan": current})
+            assert again.status_code == 202, again.text
+            pending = (await client.get("/v1/plan")).json()["pending"]
+            assert pending == current
+
+    asyncio.run(run())

@@ -212,6 +212,15 @@ def test_release_batches_book_one_line_per_member_and_the_platform_legs(tmp_path
             "total": "1.10",
             "amounts": {"base": "1.00", "static": "0.10"},
         }
+        # the whole day, every member, paged: what a day.settled webhook links to
+        day = (await client.get("/v1/days/3/releases", params={"limit": 2})).json()
+        assert (day["total"], day["limit"]) == (3, 2)
+        assert [(i["member"], i["total"]) for i in day["items"]] == [("a", "1.10"), ("b", "0.20")]
+        rest = (await client.get("/v1/days/3/releases", params={"offset": 2})).json()
+        assert [(i["member"], i["amounts"]) for i in rest["items"]] == [("c", {"base": "0.50"})]
+        empty = (await client.get("/v1/days/4/releases")).json()
+        assert (empty["total"], empty["items"]) == (0, [])
+        assert (await client.get("/v1/days/0/releases")).status_code == 422
 
         broker: FakeBroker = app.state.svc.broker
         again = batch.model_copy(update={"event_id": "another-id"})

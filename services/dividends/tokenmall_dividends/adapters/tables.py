@@ -20,11 +20,15 @@ from sqlalchemy import (
     Text,
 )
 
+from tokenmall import webhooks
 from tokenmall.messaging import define
 from tokenmall.messaging.tables import SEQUENCE_ID
 
 metadata = MetaData()
 messaging = define(metadata)
+# dividends hosts the platform's webhooks: the engine's verdicts, decisions and
+# settlements are the events an exchange or a mall subscribes to
+webhook_tables = webhooks.define(metadata)
 
 inputs = Table(
     "inputs",

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from tokenmall.engine.plan import plan_document
 from tokenmall.http_errors import ApiError, ErrorBody
 from tokenmall_dividends.entrypoints.deps import ServiceDep
 from tokenmall_dividends.service_layer import handlers
@@ -31,8 +32,11 @@ class PlanCreate(BaseModel):
 
 class PlanPublic(BaseModel):
     day: int
-    current: dict[str, Any]
-    pending: dict[str, Any] | None
+    current: dict[str, Any] = Field(
+        description="the plan in force: amounts, rates and multiples as decimal strings, "
+        "counts (a pool tier's min/max shares, the team's max_depth) as integers"
+    )
+    pending: dict[str, Any] | None = Field(description="the version in force from day + 1")
 
 
 class PlanScheduledPublic(BaseModel):
@@ -43,8 +47,8 @@ class PlanScheduledPublic(BaseModel):
 @router.get("", response_model=PlanPublic)
 async def get_plan(svc: ServiceDep) -> PlanPublic:
     engine = host_of(svc).engine
-    pending = engine.pending_plan.raw if engine.pending_plan else None
-    return PlanPublic(day=engine.day, current=engine.plan.raw, pending=pending)
+    pending = plan_document(engine.pending_plan.raw) if engine.pending_plan else None
+    return PlanPublic(day=engine.day, current=plan_document(engine.plan.raw), pending=pending)
 
 
 @router.post(

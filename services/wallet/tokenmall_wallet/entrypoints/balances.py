@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from tokenmall.api_style import DEFAULT_LIMIT, Limit, Page
-from tokenmall.ids import MemberPath, Offset
+from tokenmall.ids import DayPath, MemberPath, Offset
 from tokenmall.messaging import UnitOfWork
 from tokenmall.servicekit import Service
 from tokenmall_wallet.entrypoints import errors, for_member, get_service
@@ -46,6 +46,14 @@ class EntryPublic(BaseModel):
 
 class ReleaseLinePublic(BaseModel):
     day: int
+    asset: str
+    amounts: dict[str, str]  # release kind -> amount
+    total: str
+    booked_at: datetime | None
+
+
+class DayReleaseLinePublic(BaseModel):
+    member: str
     asset: str
     amounts: dict[str, str]  # release kind -> amount
     total: str
@@ -111,3 +119,15 @@ async def releases(
         return Page[ReleaseLinePublic](**view)
 
     return await for_member(svc, member, read)
+
+
+@router.get("/v1/days/{day}/releases", response_model=Page[DayReleaseLinePublic])
+async def day_releases(
+    day: DayPath, svc: Svc, offset: Offset = 0, limit: Limit = DEFAULT_LIMIT
+) -> Page[DayReleaseLinePublic]:
+    """One business day's releases for every member, by member then asset: what a
+    ``day.settled`` webhook links to.  Empty until the wallet booked that day (it books
+    the dividends' ``ReleaseComputed`` messages after the settlement)."""
+    async with svc.uow() as uow:
+        view = await handlers.day_release_lines_page(uow.session, day, offset, limit)
+    return Page[DayReleaseLinePublic](**view)

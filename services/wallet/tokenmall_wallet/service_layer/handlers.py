@@ -837,16 +837,36 @@ async def release_lines_page(
         .offset(offset)
         .limit(limit)
     )
-    lines = []
-    for r in await session.execute(stmt):
-        amounts = json.loads(r.amounts)
-        lines.append(
-            {
-                "day": int(r.day),
-                "asset": r.asset,
-                "amounts": {k: format_minor(r.asset, int(v)) for k, v in amounts.items()},
-                "total": format_minor(r.asset, int(r.total)),
-                "booked_at": iso_utc(r.booked_at),
-            }
-        )
+    lines = [{"day": int(r.day), **_release_line(r)} for r in await session.execute(stmt)]
     return {"items": lines, "total": total, "offset": offset, "limit": limit}
+
+
+async def day_release_lines_page(
+    session: AsyncSession, day: int, offset: int, limit: int
+) -> dict[str, Any]:
+    """A page of one business day's release lines for all members, by member then asset
+    (an index range scan of ``release_lines_day``); a day without releases is an empty
+    page."""
+    of_day = release_lines.c.day == day
+    total = int((await session.execute(select(func.count()).where(of_day))).scalar_one())
+    stmt = (
+        select(release_lines)
+        .where(of_day)
+        .order_by(release_lines.c.member, release_lines.c.asset)
+        .offset(offset)
+        .limit(limit)
+    )
+    lines = [{"member": r.member, **_release_line(r)} for r in await session.execute(stmt)]
+    return {"items": lines, "total": total, "offset": offset, "limit": limit}
+
+
+def _release_line(r: Row[Any]) -> dict[str, Any]:
+    """A release line's asset, amounts per kind and total as decimal strings, and
+    when it was booked."""
+    amounts = json.loads(r.amounts)
+    return {
+        "asset": r.asset,
+        "amounts": {k: format_minor(r.asset, int(v)) for k, v in amounts.items()},
+        "total": format_minor(r.asset, int(r.total)),
+        "booked_at": iso_utc(r.booked_at),
+    }
