@@ -500,6 +500,8 @@ def _new_run(
                 # a new run's databases are empty, a resumed one's may predate the code:
                 # the services upgrade them when they start (tokenmall.migrations)
                 "TOKENMALL_MIGRATE_ON_START": "true",
+                # a developer's webhook receiver runs on this machine
+                "TOKENMALL_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
                 **(extra_env or {}).get(name, {}),
             }
             info: dict[str, Any] = {

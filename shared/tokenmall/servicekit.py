@@ -118,6 +118,11 @@ class ServiceSettings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     webhook_concurrency: int = Field(default=16, ge=1, le=256)
+    # Off: a webhook URL naming a loopback, private, link-local or reserved address
+    # (127.0.0.1, 10.x, 169.254.169.254, localhost, …) is refused at registration — a
+    # delivery must not become a way to call the platform's own internal services.  On:
+    # allowed (tokenmall dev, where the receiver runs on the same machine).
+    webhook_allow_private_targets: bool = False
 
 
 # Service.partition_count
@@ -1857,5 +1862,6 @@ def create_app(
     if service.webhooks is not None:
         from tokenmall.webhooks.routes import build_router
 
-        app.include_router(build_router(service.webhooks.kinds))
+        allow_private = service.settings.webhook_allow_private_targets
+        app.include_router(build_router(service.webhooks.kinds, allow_private=allow_private))
     return app

@@ -5,6 +5,7 @@ endpoint's delivery log; redeliver; ping.  Operator routes (identity decides who
 # kinds as the enum) inside build_router, and FastAPI resolves a route's annotations
 # from the module's globals, where a local class is not
 
+import ipaddress
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -71,8 +72,33 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
-def build_router(kinds: dict[str, str]) -> APIRouter:
-    """The routes, with ``kinds`` (this service's event kinds) as the registration's enum."""
+def internal_host(host: str) -> bool:
+    """Whether ``host`` names this machine or a private network by itself: a literal
+    loopback, private, link-local, reserved or unspecified address, or localhost.  (A
+    public name that resolves to such an address is the resolver's business: DNS is
+    not consulted at registration.)"""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_multicast
+    )
+
+
+def build_router(kinds: dict[str, str], *, allow_private: bool = False) -> APIRouter:
+    """The routes, with ``kinds`` (this service's event kinds) as the registration's enum;
+    ``allow_private``: URLs on this machine or a private network are accepted."""
     Kind = Literal[tuple(kinds)]  # type: ignore[valid-type]
 
     class WebhookCreate(BaseModel):
@@ -98,6 +124,11 @@ def build_router(kinds: dict[str, str]) -> APIRouter:
                 raise ValueError("url must be an absolute http(s) URL such as https://host/path")
             if parts.username or parts.password:
                 raise ValueError("url must not carry credentials (deliveries are signed)")
+            if not allow_private and internal_host(parts.hostname):
+                raise ValueError(
+                    f"url must not point at a loopback or private address ({parts.hostname}); "
+                    "TOKENMALL_WEBHOOK_ALLOW_PRIVATE_TARGETS allows it"
+                )
             return url
 
     router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])

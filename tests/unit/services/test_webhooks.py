@@ -287,12 +287,22 @@ def test_registration_shows_the_secret_once_and_refuses_bad_input(tmp_path: Path
                 ({"url": "https://x/y", "events": ["day.settledd"]}, "events"),
                 ({"url": "https://x/y", "events": []}, "events"),
                 ({"url": "https://x/y", "events": ["day.settled"], "extra": 1}, "extra"),
+                # not a way into the platform's own network (SSRF)
+                ({"url": "http://127.0.0.1:8104/v1/members", "events": ["day.settled"]}, "url"),
+                ({"url": "http://169.254.169.254/latest", "events": ["day.settled"]}, "url"),
+                ({"url": "http://[::ffff:10.0.0.1]/h", "events": ["day.settled"]}, "url"),
+                ({"url": "https://localhost/h", "events": ["day.settled"]}, "url"),
+                ({"url": "https://10.1.2.3/h", "events": ["day.settled"]}, "url"),
             ]:
                 answer = await client.post("/v1/webhooks", json=body)
                 assert answer.status_code == 422, body
                 assert field in answer.text
             assert (await client.get("/v1/webhooks")).json()["total"] == 1
             assert (await client.get("/v1/webhooks/wh_0123")).status_code == 404
+            refused = await client.post(
+                "/v1/webhooks", json={"url": "http://127.0.0.1:9/h", "events": ["day.settled"]}
+            )
+            assert "TOKENMALL_WEBHOOK_ALLOW_PRIVATE_TARGETS" in refused.json()["message"]
             assert (await client.post("/v1/webhooks/wh_0123/ping")).status_code == 404
             assert (await client.get("/v1/webhooks/nope")).status_code == 422
 
@@ -475,6 +485,20 @@ def test_a_settled_day_is_one_delivery_with_its_totals_and_a_link(tmp_path: Path
             assert sum(Decimal(v) for v in data["released"].values()) > 0
             page = (await client.get(f"/v1/webhooks/{hook}/deliveries")).json()
             assert "day.settled" in {item["type"] for item in page["items"]}
+
+    asyncio.run(run())
+
+
+def test_a_local_receiver_is_accepted_where_the_setting_allows_it(tmp_path: Path) -> None:
+    receiver = Receiver()
+
+    async def run() -> None:
+        app = dividends(tmp_path, receiver, webhook_allow_private_targets=True)
+        async with running(app) as client:
+            answer = await client.post(
+                "/v1/webhooks", json={"url": "http://127.0.0.1:9/h", "events": ["day.settled"]}
+            )
+            assert answer.status_code == 201, answer.text
 
     asyncio.run(run())
 
