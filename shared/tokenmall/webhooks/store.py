@@ -167,7 +167,7 @@ def endpoint_view(row: Any, kinds: Sequence[str]) -> dict[str, Any]:
         "description": get("description"),
         "events": list(kinds),
         "active": bool(get("active")),
-        "created_at": get("created_at"),
+        "created_at": iso_utc(get("created_at")),
     }
 
 
@@ -258,9 +258,9 @@ def delivery_view(row: Any) -> dict[str, Any]:
         "type": m["kind"],
         "status": m["status"],
         "attempts": m["attempts"],
-        "next_try_at": m["next_try_at"] if m["status"] == "pending" else None,
-        "created_at": m["created_at"],
-        "delivered_at": m["delivered_at"],
+        "next_try_at": iso_utc(m["next_try_at"]) if m["status"] == "pending" else None,
+        "created_at": iso_utc(m["created_at"]),
+        "delivered_at": iso_utc(m["delivered_at"]),
         "last_status_code": m["last_status_code"],
         "last_error": m["last_error"],
     }
@@ -317,7 +317,7 @@ async def delivery(
     view["attempt_log"] = [
         {
             "attempt": t.attempt,
-            "at": t.at,
+            "at": iso_utc(t.at),
             "status_code": t.status_code,
             "error": t.error,
             "duration_ms": t.duration_ms,

@@ -643,3 +643,29 @@ def test_a_claim_of_a_dispatcher_that_died_mid_send_is_taken_over(tmp_path: Path
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_every_time_the_webhook_routes_show_is_utc_with_its_zone(tmp_path: Path) -> None:
+    """SQLite gives back naive datetimes: the API still says they are UTC (``Z``)."""
+    receiver = Receiver()
+    receiver.answers = lambda n: 500
+
+    async def run() -> None:
+        app = dividends(tmp_path, receiver, webhook_retry_base_seconds=3600)
+        async with running(app) as client:
+            hook = await register(client, receiver, ["day.settled"])
+            assert (await client.get(f"/v1/webhooks/{hook}")).json()["created_at"].endswith("Z")
+            pinged = (await client.post(f"/v1/webhooks/{hook}/ping")).json()
+
+            async def tried() -> bool:
+                found = await client.get(f"/v1/webhooks/{hook}/deliveries/{pinged['id']}")
+                return bool(found.json()["attempt_log"])
+
+            await eventually(tried)
+            detail = (await client.get(f"/v1/webhooks/{hook}/deliveries/{pinged['id']}")).json()
+            times = [detail["created_at"], detail["next_try_at"], detail["attempt_log"][0]["at"]]
+            assert all(t.endswith("Z") for t in times), times
+            listed = (await client.get(f"/v1/webhooks/{hook}/deliveries")).json()["items"][0]
+            assert listed["created_at"].endswith("Z") and listed["next_try_at"].endswith("Z")
+
+    asyncio.run(run())
