@@ -7,7 +7,7 @@ the price); the answer comes back as ``InputApplied`` and finalises the request.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import uuid4
 
 from fastapi import APIRouter, Depends, Response
@@ -170,11 +170,17 @@ def _answer(outcome: handlers.Outcome, response: Response) -> RequestPublic:
     return RequestPublic(request_id=outcome.id, status=outcome.status)
 
 
+# a request id seen before answers with what became of it: 200, not a second 202
+REPEATED: dict[int | str, dict[str, Any]] = {
+    200: {"model": RequestPublic, "description": "a repeated request_id: its stored status"}
+}
+
+
 @router.post(
     "/v1/members/{member}/requests",
     status_code=202,
     response_model=RequestPublic,
-    responses=errors(404, 409),
+    responses={**REPEATED, **errors(404, 409)},
 )
 async def submit_request(
     body: RequestCreate,
@@ -196,7 +202,7 @@ async def submit_request(
     "/v1/admin/adjustments",
     status_code=202,
     response_model=RequestPublic,
-    responses=errors(404, 409),
+    responses={**REPEATED, **errors(404, 409)},
 )
 async def submit_adjustment(
     body: AdjustmentCreate, response: Response, svc: Annotated[Service, Depends(get_service)]
