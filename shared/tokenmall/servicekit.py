@@ -1592,6 +1592,7 @@ def start_webhooks(service: Service) -> asyncio.Task[None] | None:
         poll_seconds=settings.webhook_poll_seconds,
         transport=service.webhooks.transport,
         on_attempt=attempted,
+        allow_private=settings.webhook_allow_private_targets,
     )
     return asyncio.create_task(dispatcher.run_forever(), name=f"{service.name}-webhooks")
 

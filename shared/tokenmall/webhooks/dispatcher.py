@@ -2,25 +2,30 @@
 
 At least once: a delivery is sent until an endpoint answers 2xx, with exponential
 backoff (``base · 2^(n-1)``, capped, ±10 % jitter) for the retry window (72 h by
-default), then marked failed (a redelivery starts it over).  Runs in every process of a
-hosting service: a delivery is claimed by one conditional UPDATE, so a second process
-takes only what nobody holds, and a claim older than the in-flight window (a process
-that died mid-send) is due again.  Nothing here holds a database transaction while it
-waits for a receiver.
+default; the last try on the window's end), then marked failed (a redelivery opens a
+new window).  Runs in every process of a hosting service: a delivery is claimed by one
+conditional UPDATE, so a second process takes only what nobody holds; a claim is never
+more than can be sent at once and every send ends by a hard deadline, so a live
+sender records its result before the claim runs out, and a claim older than that (a
+process that died mid-send) is due again.  Nothing here holds a database transaction
+while it waits for a receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
@@ -39,6 +44,23 @@ from tokenmall.webhooks.tables import WebhookTables
 log = logging.getLogger("tokenmall.webhooks")
 
 ERROR_TEXT = 500  # characters of a receiver's error kept in the log
+ANSWER_BYTES = 4096  # of a receiver's answer read at most
+
+
+class InternalTarget(Exception):
+    """The endpoint's host resolves to an address deliveries are not sent to."""
+
+
+def public_address(text: str) -> bool:
+    """Whether ``text`` is a globally routable address (not loopback, private, shared
+    100.64/10, link-local, reserved, multicast or unspecified)."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
 
 
 @dataclass(frozen=True)
@@ -94,19 +116,22 @@ class WebhookDispatcher:
         poll_seconds: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
         on_attempt: Callable[[str, float], None] | None = None,
+        allow_private: bool = False,
     ) -> None:
         self.sessions = sessions
         self.tables = tables
         self.policy = policy or RetryPolicy()
         self.timeout = timeout
-        self.batch = batch
+        # no more than can be sent at once: a claimed delivery never waits for a slot
+        self.batch = max(1, min(batch, concurrency))
+        self.allow_private = allow_private
         self.poll_seconds = poll_seconds
-        self._gate = asyncio.Semaphore(concurrency)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._wake = asyncio.Event()
-        # a claim older than this is a dead sender's: the send's timeout and a margin
-        self.in_flight = timedelta(seconds=timeout * 3 + 5)
+        # a claim older than this is a dead sender's: every send of a claim ends within
+        # the timeout (a hard deadline), then its result is recorded; twice that, and a margin
+        self.in_flight = timedelta(seconds=timeout * 2 + 5)
         self.on_attempt = on_attempt  # (outcome, seconds): metrics
 
     def wake(self) -> None:
@@ -141,18 +166,41 @@ class WebhookDispatcher:
             self._wake.clear()
 
     async def _claim(self) -> list[_Taken]:
+        """Take what is due, at most one send slot's worth (every claimed delivery is
+        sent at once, so a claim never waits longer than one send's deadline)."""
         d, e = self.tables.deliveries, self.tables.endpoints
-        token = uuid.uuid4().hex
         now = datetime.now(UTC)
+        due = (
+            select(d.c.id, e.c.active)
+            .join(e, e.c.id == d.c.endpoint_id)
+            .where(d.c.status == "pending", d.c.next_try_at <= now)
+            .order_by(d.c.next_try_at, d.c.id)
+            .limit(self.batch)
+        )
+        # a plain read first: an idle poll takes no write lock (SQLite: the engine's too)
+        async with self.sessions() as session:
+            found = (await session.execute(due)).all()
+        if not found:
+            return []
+        token = uuid.uuid4().hex
         async with writing(self.sessions) as session:
-            due = (
-                select(d.c.id)
-                .join(e, e.c.id == d.c.endpoint_id)
-                .where(d.c.status == "pending", d.c.next_try_at <= now, e.c.active.is_(True))
-                .order_by(d.c.next_try_at, d.c.id)
-                .limit(self.batch)
+            stale = [row.id for row in found if not row.active]
+            if stale:  # queued by a transaction that read the endpoint just before its deletion
+                await session.execute(
+                    update(d)
+                    .where(d.c.id.in_(stale), d.c.status == "pending")
+                    .values(status="cancelled", claim=None)
+                )
+            ids = [row.id for row in found if row.active]
+            if not ids:
+                return []
+            locked = select(d.c.id).where(
+                d.c.id.in_(ids), d.c.status == "pending", d.c.next_try_at <= now
             )
-            ids = [row.id for row in await session.execute(due)]
+            if session.get_bind().dialect.name == "postgresql":
+                # rows another process is claiming are skipped, not waited for (no deadlock)
+                locked = locked.with_for_update(skip_locked=True)
+            ids = [row.id for row in await session.execute(locked.order_by(d.c.id))]
             if not ids:
                 return []
             # conditional: a delivery another process claimed meanwhile is no longer due
@@ -193,6 +241,8 @@ class WebhookDispatcher:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "tokenmall-webhooks/1",
+            # a receiver's answer is read up to ANSWER_BYTES, as sent (no decompression)
+            "Accept-Encoding": "identity",
             EVENT_ID_HEADER: item.event_id,
             EVENT_TYPE_HEADER: item.kind,
             DELIVERY_HEADER: str(item.id),
@@ -202,18 +252,49 @@ class WebhookDispatcher:
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
-        async with self._gate:
-            try:
-                answer = await self._http().post(item.url, content=body, headers=headers)
-                status = answer.status_code
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}: {answer.text[:ERROR_TEXT]}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {str(exc)[:ERROR_TEXT] or 'no answer'}"
+        try:
+            # the whole exchange within the timeout (httpx's own is per read: a receiver
+            # trickling bytes would hold the batch, and its claim, for ever)
+            async with asyncio.timeout(self.timeout):
+                await self._refuse_internal(item.url)
+                status, answer = await self._post(item.url, body, headers)
+            if not 200 <= status < 300:
+                error = f"HTTP {status}: {answer[:ERROR_TEXT]}"
+        except TimeoutError:
+            error = f"no answer within {self.timeout:g} s"
+        except InternalTarget as exc:
+            error = str(exc)
+        except (httpx.HTTPError, OSError) as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:ERROR_TEXT] or 'no answer'}"
         seconds = time.perf_counter() - started
         if self.on_attempt is not None:
             self.on_attempt("delivered" if error is None else "failed", seconds)
         return at, status, error, round(seconds * 1000)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        """The answer's status and the start of its body: at most ANSWER_BYTES are read
+        (a receiver's answer is not ours to buffer whole)."""
+        async with self._http().stream("POST", url, content=body, headers=headers) as answer:
+            kept = b""
+            async for chunk in answer.aiter_raw():
+                kept += chunk
+                if len(kept) >= ANSWER_BYTES:
+                    break
+            return answer.status_code, kept[:ANSWER_BYTES].decode("utf-8", "replace")
+
+    async def _refuse_internal(self, url: str) -> None:
+        """A URL whose host resolves to a loopback, private or otherwise non-public
+        address is not sent to (unless allowed): registration checked the literal, the
+        resolver may still answer with one.  Not on an injected transport (tests)."""
+        if self.allow_private or self._transport is not None:
+            return
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for info in infos:
+            if not public_address(str(info[4][0])):
+                raise InternalTarget(f"refused: {host} resolves to a non-public address")
 
     async def _record(
         self, results: list[tuple[_Taken, tuple[datetime, int | None, str | None, int]]]
@@ -247,11 +328,13 @@ class WebhookDispatcher:
                 if error is None:
                     values |= {"status": "delivered", "delivered_at": now}
                 else:
-                    next_try = now + timedelta(seconds=self.policy.delay(attempts))
-                    if next_try > _utc(item.retry_from) + window:
+                    closes = _utc(item.retry_from) + window
+                    if now >= closes:
                         values |= {"status": "failed"}  # the window closed: a redelivery reopens it
                     else:
-                        values |= {"next_try_at": next_try}
+                        # the last try falls on the window's end: retries cover all of it
+                        next_try = now + timedelta(seconds=self.policy.delay(attempts))
+                        values |= {"next_try_at": min(next_try, closes)}
                 # only while still ours: a redelivery or a deletion meanwhile wins
                 await session.execute(
                     update(d).where(d.c.id == item.id, d.c.claim == item.claim).values(values)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenmall.webhooks import store
@@ -83,19 +84,25 @@ class Webhooks:
         async with self._session() as session:
             return await store.delivery(session, self.tables, endpoint_id, delivery_id)
 
-    async def redeliver(self, endpoint_id: str, delivery_id: int) -> dict[str, Any] | None:
+    async def redeliver(
+        self, endpoint_id: str, delivery_id: int
+    ) -> tuple[str, dict[str, Any] | None]:
+        """("queued" | "missing" | "in_flight", the delivery as it is now)."""
         async with writing(self._sessions()) as session:
-            if not await store.redeliver(session, self.tables, endpoint_id, delivery_id):
-                return None
-        self._woken()
-        return await self.delivery(endpoint_id, delivery_id)
+            outcome = await store.redeliver(session, self.tables, endpoint_id, delivery_id)
+        if outcome == "queued":
+            self._woken()
+        return outcome, await self.delivery(endpoint_id, delivery_id)
 
     async def ping(self, endpoint_id: str) -> dict[str, Any] | None:
         """A ``webhook.ping`` to this endpoint alone (a receiver's first test)."""
         note = Notification(f"ping-{uuid.uuid4()}", PING, {"endpoint_id": endpoint_id})
         async with writing(self._sessions()) as session:
             await store.queue(session, self.tables, [note], endpoint_id=endpoint_id)
-            page = await store.deliveries_page(session, self.tables, endpoint_id, 0, 1)
+            d = self.tables.deliveries
+            queued = await session.execute(
+                select(d.c.id).where(d.c.endpoint_id == endpoint_id, d.c.event_id == note.event_id)
+            )
+            delivery_id = queued.scalar_one()
         self._woken()
-        delivered = page["items"][0]
-        return await self.delivery(endpoint_id, delivered["id"])
+        return await self.delivery(endpoint_id, delivery_id)

@@ -5,7 +5,7 @@ endpoint's delivery log; redeliver; ping.  Operator routes (identity decides who
 # kinds as the enum) inside build_router, and FastAPI resolves a route's annotations
 # from the module's globals, where a local class is not
 
-import ipaddress
+import socket
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tokenmall.api_style import DEFAULT_LIMIT, Limit, Page
 from tokenmall.http_errors import ApiError, ErrorBody
 from tokenmall.ids import Offset
+from tokenmall.webhooks.dispatcher import public_address
 from tokenmall.webhooks.host import Webhooks
 
 MAX_URL_LENGTH = 2000
@@ -73,27 +74,18 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 def internal_host(host: str) -> bool:
-    """Whether ``host`` names this machine or a private network by itself: a literal
-    loopback, private, link-local, reserved or unspecified address, or localhost.  (A
-    public name that resolves to such an address is the resolver's business: DNS is
-    not consulted at registration.)"""
+    """Whether ``host`` names this machine or a non-public network by itself: localhost,
+    or an address in any notation the resolver takes (``127.1``, ``2130706433``,
+    ``0x7f000001``, ``[::ffff:10.0.0.1]``) that is not globally routable.  A name that
+    resolves to such an address is refused when a delivery is sent (the dispatcher)."""
     name = host.strip("[]").lower().rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
+    try:  # numeric forms only: no DNS lookup here
+        infos = socket.getaddrinfo(name, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_unspecified
-        or address.is_multicast
-    )
+    return any(not public_address(str(info[4][0])) for info in infos)
 
 
 def build_router(kinds: dict[str, str], *, allow_private: bool = False) -> APIRouter:
@@ -203,7 +195,10 @@ def build_router(kinds: dict[str, str], *, allow_private: bool = False) -> APIRo
         "/{webhook_id}/deliveries/{delivery_id}/redeliver",
         status_code=202,
         response_model=DeliveryDetail,
-        responses=NOT_FOUND,
+        responses={
+            **NOT_FOUND,
+            409: {"model": ErrorBody, "description": "it is being sent this moment"},
+        },
     )
     async def redeliver(
         webhook_id: EndpointId, delivery_id: DeliveryId, request: Request
@@ -211,9 +206,15 @@ def build_router(kinds: dict[str, str], *, allow_private: bool = False) -> APIRo
         """Send it again now (whatever its status), with a fresh retry window."""
         webhooks = hooks(request)
         await existing(webhooks, webhook_id)
-        found = await webhooks.redeliver(webhook_id, delivery_id)
-        if found is None:
+        outcome, found = await webhooks.redeliver(webhook_id, delivery_id)
+        if outcome == "missing" or found is None:
             raise ApiError(404, f"no delivery {delivery_id} to {webhook_id!r}", field="delivery_id")
+        if outcome == "in_flight":
+            raise ApiError(
+                409,
+                f"delivery {delivery_id} is being sent right now: ask again once it is recorded",
+                field="delivery_id",
+            )
         return DeliveryDetail(**found)
 
     @router.post(

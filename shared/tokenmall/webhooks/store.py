@@ -9,9 +9,9 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenmall.api_style import iso_utc
@@ -226,7 +226,7 @@ async def endpoints_page(
 
 async def delete(session: AsyncSession, tables: WebhookTables, endpoint_id: str) -> bool:
     """Stops the endpoint: nothing more is queued for it, and what waits is cancelled
-    (its log stays readable through the delivery routes until then)."""
+    (its routes answer 404 from then on; the rows stay in the table)."""
     now = datetime.now(UTC)
     done = await session.execute(
         update(tables.endpoints)
@@ -329,16 +329,20 @@ async def delivery(
 
 async def redeliver(
     session: AsyncSession, tables: WebhookTables, endpoint_id: str, delivery_id: int
-) -> bool:
+) -> Literal["queued", "missing", "in_flight"]:
     """Due again now, with a fresh retry window, whatever became of it (the receiver
-    lost it, it gave up, it was cancelled)."""
+    lost it, it gave up, it was cancelled) — unless it is being sent this moment (a live
+    claim): two sends of one event at once would race a receiver's dedup, and the
+    answer to the first would be lost."""
+    d = tables.deliveries
     now = datetime.now(UTC)
+    mine = (d.c.id == delivery_id, d.c.endpoint_id == endpoint_id)
     done = await session.execute(
-        update(tables.deliveries)
-        .where(
-            tables.deliveries.c.id == delivery_id,
-            tables.deliveries.c.endpoint_id == endpoint_id,
-        )
+        update(d)
+        .where(*mine, or_(d.c.claim.is_(None), d.c.next_try_at <= now))
         .values(status="pending", next_try_at=now, retry_from=now, claim=None)
     )
-    return bool(done.rowcount)  # type: ignore[attr-defined]
+    if done.rowcount:  # type: ignore[attr-defined]
+        return "queued"
+    exists = (await session.execute(select(d.c.id).where(*mine))).first()
+    return "in_flight" if exists is not None else "missing"

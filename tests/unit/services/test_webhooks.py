@@ -34,6 +34,7 @@ from tokenmall.webhooks import (
     verify,
 )
 from tokenmall.webhooks import store as webhook_store
+from tokenmall.webhooks.routes import internal_host
 from tokenmall_dividends.app import DividendsSettings, build_app
 from tokenmall_dividends.service_layer import webhooks as notifications
 
@@ -54,6 +55,8 @@ def test_a_signature_verifies_and_any_change_or_a_stale_timestamp_fails() -> Non
         verify("whsec_k", None, body)
     with pytest.raises(SignatureError, match="needs t="):
         verify("whsec_k", "v1=abc", body)
+    with pytest.raises(SignatureError, match="needs t="):  # a digit, but not an ASCII one
+        verify("whsec_k", "t=\u00b2,v1=abc", body)
     # a secret being rotated: either value passes
     rotated = header + ",v1=" + "0" * 64
     assert verify("whsec_k", rotated, body, now=1_700_000_000) == 1_700_000_000
@@ -181,6 +184,24 @@ def test_notifications_of_the_engines_events() -> None:
         "3",
         "9.90",
     )
+    # one batch forcing the same member out twice (two orders, two price rises): two facts
+    sold = {
+        "type": "PointsSold",
+        "member": "Z",
+        "units": 1,
+        "payout": 1,
+        "quota_used": 0,
+        "forced": True,
+    }
+    twice = contracts.InputsApplied(
+        day=5,
+        inputs=[
+            contracts.AppliedInput(input_id=f"order:t-{i}", member="Y", accepted=True, facts=[sold])
+            for i in range(2)
+        ],
+    )
+    exits = [n for n in notifications.notifications_of(twice) if n.kind == "member.forced_exit"]
+    assert len({n.event_id for n in exits}) == 2
     [plan] = notifications.notifications_of(
         contracts.PlanActivated(day=8, plan={"daily_rate": "0.001"})
     )
@@ -568,7 +589,8 @@ def test_the_window_closes_then_failed_and_a_redelivery_reopens_it(tmp_path: Pat
             assert await dispatcher.dispatch_due() == 0  # nothing due once it gave up
             async with webhook_store.writing(sessions) as session:
                 [delivery_id] = (await session.execute(select(tables.deliveries.c.id))).scalars()
-                assert await webhook_store.redeliver(session, tables, view["id"], delivery_id)
+                outcome = await webhook_store.redeliver(session, tables, view["id"], delivery_id)
+                assert outcome == "queued"
             receiver.answers = lambda n: 200
             assert await dispatcher.dispatch_due() == 1
             async with sessions() as session:
@@ -667,5 +689,129 @@ def test_every_time_the_webhook_routes_show_is_utc_with_its_zone(tmp_path: Path)
             assert all(t.endswith("Z") for t in times), times
             listed = (await client.get(f"/v1/webhooks/{hook}/deliveries")).json()["items"][0]
             assert listed["created_at"].endswith("Z") and listed["next_try_at"].endswith("Z")
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("host", "internal"),
+    [
+        ("127.0.0.1", True),
+        ("127.1", True),
+        ("2130706433", True),
+        ("0x7f000001", True),
+        ("0177.0.0.1", True),
+        ("10.0.0.1", True),
+        ("100.64.1.1", True),
+        ("169.254.169.254", True),
+        ("[::1]", True),
+        ("[::ffff:10.0.0.1]", True),
+        ("localhost", True),
+        ("a.localhost", True),
+        ("0.0.0.0", True),
+        ("8.8.8.8", False),
+        ("mall.example.com", False),
+        ("[2001:4860:4860::8888]", False),
+    ],
+)
+def test_internal_hosts_in_any_notation(host: str, internal: bool) -> None:
+    assert internal_host(host) is internal
+
+
+def test_the_dispatcher_does_not_send_to_an_internal_address_or_wait_on_a_trickle(
+    tmp_path: Path,
+) -> None:
+    async def trickle(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(50):  # each byte within any read timeout, the whole far beyond it
+            await send({"type": "http.response.body", "body": b".", "more_body": True})
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def huge(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * 5_000_000})
+
+    async def run() -> None:
+        engine, sessions, tables = await _fresh(tmp_path / "hooks.db")
+        async with webhook_store.writing(sessions) as session:
+            for url in ("http://127.0.0.1:9/h", "https://slow.example/h", "https://big.example/h"):
+                await webhook_store.register(session, tables, url, ["day.settled"], None)
+            await webhook_store.queue(session, tables, [Notification("n", "day.settled", {})])
+        network = WebhookDispatcher(sessions, tables)  # no transport: the network
+        slow = WebhookDispatcher(
+            sessions, tables, timeout=0.5, transport=httpx.ASGITransport(app=trickle)
+        )
+        big = WebhookDispatcher(sessions, tables, transport=httpx.ASGITransport(app=huge))
+        d, e = tables.deliveries, tables.endpoints
+        try:
+
+            async def only(url: str) -> None:  # park the other endpoints' deliveries
+                async with webhook_store.writing(sessions) as session:
+                    ids = select(e.c.id).where(e.c.url == url)
+                    await session.execute(
+                        update(d).where(d.c.endpoint_id.in_(ids)).values(status="pending")
+                    )
+                    await session.execute(
+                        update(d).where(d.c.endpoint_id.not_in(ids)).values(status="held")
+                    )
+
+            async def error_of(url: str) -> str:
+                async with sessions() as session:
+                    return str(
+                        (
+                            await session.execute(
+                                select(d.c.last_error)
+                                .join(e, e.c.id == d.c.endpoint_id)
+                                .where(e.c.url == url)
+                            )
+                        ).scalar_one()
+                    )
+
+            await only("http://127.0.0.1:9/h")
+            assert await network.dispatch_due() == 1
+            assert "non-public" in await error_of("http://127.0.0.1:9/h")
+            await only("https://slow.example/h")
+            started = time.monotonic()
+            assert await slow.dispatch_due() == 1
+            assert time.monotonic() - started < 2
+            assert "no answer within 0.5 s" in await error_of("https://slow.example/h")
+            await only("https://big.example/h")
+            assert await big.dispatch_due() == 1
+            assert len(await error_of("https://big.example/h")) < 1000
+        finally:
+            for dispatcher in (network, slow, big):
+                await dispatcher.close()
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_a_delivery_being_sent_is_not_redelivered_until_its_claim_is_over(tmp_path: Path) -> None:
+    async def run() -> None:
+        engine, sessions, tables = await _fresh(tmp_path / "hooks.db")
+        async with webhook_store.writing(sessions) as session:
+            view, _ = await webhook_store.register(
+                session, tables, "https://mall.example/h", ["order.verdict"], None
+            )
+            await webhook_store.queue(session, tables, [Notification("n", "order.verdict", {})])
+        sender = WebhookDispatcher(sessions, tables, transport=httpx.ASGITransport(app=Receiver()))
+        try:
+            [taken] = await sender._claim()  # being sent
+            async with webhook_store.writing(sessions) as session:
+                assert await webhook_store.redeliver(session, tables, view["id"], taken.id) == (
+                    "in_flight"
+                )
+                assert await webhook_store.redeliver(session, tables, view["id"], 999) == "missing"
+                # the sender died: once its claim is over, a redelivery goes ahead
+                await session.execute(
+                    update(tables.deliveries).values(next_try_at=taken.retry_from)
+                )
+                assert await webhook_store.redeliver(session, tables, view["id"], taken.id) == (
+                    "queued"
+                )
+        finally:
+            await sender.close()
+            await engine.dispose()
 
     asyncio.run(run())

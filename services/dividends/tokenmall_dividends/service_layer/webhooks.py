@@ -100,7 +100,8 @@ def _answered(
     forced = [fact for fact in answer.facts if fact.get("type") == "PointsSold" and fact["forced"]]
     for fact in forced:
         yield Notification(
-            notification_id(FORCED_EXIT, source.event_id, fact["member"]),
+            # one input can force several members out, a batch the same member twice
+            notification_id(FORCED_EXIT, source.event_id, answer.input_id, fact["member"]),
             FORCED_EXIT,
             {
                 "member": fact["member"],

@@ -47,7 +47,15 @@ class HoldPublic(BaseModel):
     status: str  # held | captured | released
 
 
-@router.post("", status_code=201, response_model=HoldPublic, responses=errors(404, 409))
+@router.post(
+    "",
+    status_code=201,
+    response_model=HoldPublic,
+    responses={
+        200: {"model": HoldPublic, "description": "the same hold exists already"},
+        **errors(404, 409),
+    },
+)
 async def place_hold(
     body: HoldCreate, response: Response, svc: Annotated[Service, Depends(get_service)]
 ) -> HoldPublic:
