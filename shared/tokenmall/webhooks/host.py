@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tokenmall.webhooks import store
-from tokenmall.webhooks.dispatcher import RetryPolicy, WebhookDispatcher
+from tokenmall.webhooks.dispatcher import WebhookDispatcher
 from tokenmall.webhooks.store import PING, Notification, NotificationsOf, WebhookOutbox, writing
 from tokenmall.webhooks.tables import WebhookTables
 
@@ -38,10 +38,6 @@ class Webhooks:
         self.dispatcher = WebhookDispatcher(sessions, self.tables, **dispatcher)
         self.outbox.on_queued = self.dispatcher.wake
         return self.dispatcher
-
-    @staticmethod
-    def policy(base: float, max_delay: float, window: float) -> RetryPolicy:
-        return RetryPolicy(base_seconds=base, max_delay_seconds=max_delay, window_seconds=window)
 
     def _sessions(self) -> async_sessionmaker[AsyncSession]:
         assert self.sessions is not None, "webhooks not started"
